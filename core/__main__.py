@@ -1,0 +1,71 @@
+"""Command line: ``python -m core {zoo,compat,merge,probe,reproduce,bench}``.
+
+Every user error prints one sentence on stderr and exits 2; an unexpected
+failure prints one sentence, logs the traceback to the log file, exits 1.
+Each subcommand's work lives in core.service; this file only parses.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+from .errors import UserError, one_line
+
+log = logging.getLogger("core")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m core", description="Merge explorer command line.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    z = sub.add_parser("zoo", help="the built-in tiny model family")
+    z.add_argument("action", choices=["build", "check"], help="build: retrain all four models; check: measure them")
+    z.add_argument("--out", default=None, help="folder for the family (default assets/zoo)")
+    z.add_argument("--json", action="store_true")
+
+    c = sub.add_parser("compat", help="compatibility report for a base and experts")
+    c.add_argument("base")
+    c.add_argument("experts", nargs="+")
+
+    m = sub.add_parser("merge", help="merge the models of a recipe into a folder")
+    m.add_argument("recipe", help="recipe YAML (mergekit format, extended)")
+    m.add_argument("--out", required=True, help="output folder (must not exist, or use --force)")
+    m.add_argument("--force", action="store_true", help="replace an existing output folder")
+    m.add_argument("--device", default="cpu")
+
+    pr = sub.add_parser("probe", help="quick safety/utility probes of one model")
+    pr.add_argument("model", help="folder, Hub id or zoo:NAME")
+    pr.add_argument("--suites", default="harmful,benign,math,code")
+    pr.add_argument("--limit", type=int, default=None, help="at most this many prompts per suite")
+    pr.add_argument("--json", action="store_true")
+
+    r = sub.add_parser("reproduce", help="the paper-style table on the built-in family")
+    r.add_argument("--json", action="store_true")
+    r.add_argument("--quick", action="store_true", help="defaults only, no grid search")
+    r.add_argument("--write", default=None, help="markdown file to write the table to")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"),
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    args = _parser().parse_args(argv)
+    from . import service
+    try:
+        return int(service.run_cli(args) or 0)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted; nothing was written.", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: one sentence for the user, details in the log
+        log.exception("unexpected failure in %s", args.cmd)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,428 @@
+"""Resolve model references, read headers, check compatibility, load lazily.
+
+A reference is a built-in name (``zoo:safety``), a local folder, or a Hub id
+(``org/name``). Everything that decides whether a merge can happen is read
+from config.json and the safetensors headers, so a wrong pair of models is
+refused in milliseconds, before any weight is read.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+
+from . import ZOO_DIR
+from .errors import UserError
+
+ZOO_NAMES = ("base", "safety", "math", "code")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+
+# safetensors dtype names -> bytes per element (for memory estimates)
+DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
+               "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+_ST_TO_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
+
+
+@dataclass(frozen=True)
+class TensorMeta:
+    dtype: str            # safetensors dtype name, e.g. "F32"
+    shape: tuple[int, ...]
+    file: str             # absolute path of the shard holding it
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def nbytes(self) -> int:
+        return self.numel * DTYPE_BYTES.get(self.dtype, 4)
+
+
+@dataclass
+class ModelInfo:
+    """What we know about a model without loading it."""
+    ref: str                       # what the user typed
+    path: str                      # local folder
+    config: dict
+    tensors: dict[str, TensorMeta]
+    name: str = ""                 # short display name
+
+    @property
+    def architecture(self) -> str:
+        archs = self.config.get("architectures") or [self.config.get("model_type", "?")]
+        return str(archs[0])
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.config.get("num_hidden_layers", 0))
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.config.get("vocab_size", 0))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors.values())
+
+    @property
+    def n_params(self) -> int:
+        return sum(t.numel for t in self.tensors.values())
+
+    def fingerprint(self) -> str:
+        """Identity of the weights for caches: file sizes + mtimes + header."""
+        import hashlib
+        h = hashlib.sha256()
+        for f in sorted({t.file for t in self.tensors.values()}):
+            st = os.stat(f)
+            h.update(f"{os.path.basename(f)}:{st.st_size}:{int(st.st_mtime)}".encode())
+        for k in sorted(self.tensors):
+            t = self.tensors[k]
+            h.update(f"{k}:{t.dtype}:{t.shape}".encode())
+        return h.hexdigest()[:16]
+
+
+def zoo_path(name: str) -> str:
+    return os.path.join(ZOO_DIR, name)
+
+
+def resolve(ref: str, *, allow_download: bool | None = None) -> str:
+    """Turn a reference into a local folder, or raise one clear sentence.
+
+    Hub ids are fetched with huggingface_hub only when it is installed and
+    the machine is online (HF_HUB_OFFLINE unset); offline it must already be
+    in the local Hub cache.
+    """
+    ref = (ref or "").strip()
+    if not ref:
+        raise UserError("No model given: pick a built-in model or enter a folder or Hub id.")
+    if ref.startswith("zoo:"):
+        name = ref[4:]
+        if name not in ZOO_NAMES:
+            raise UserError(f"Unknown built-in model '{ref}'; choose one of " +
+                            ", ".join("zoo:" + n for n in ZOO_NAMES) + ".")
+        path = zoo_path(name)
+        if not os.path.isdir(path):
+            raise UserError(f"The built-in model '{ref}' is missing; rebuild it with `python -m core zoo build`.")
+        return path
+    expanded = os.path.abspath(os.path.expanduser(ref))
+    if os.path.isdir(expanded):
+        return expanded
+    looks_local = ref.startswith((".", "/", "~")) or os.sep in ref.rstrip("/").split("/", 1)[0] \
+        or ref.count("/") != 1 or not _HUB_ID.match(ref)
+    if looks_local:
+        raise UserError(f"The folder '{ref}' does not exist.")
+    return _fetch_hub(ref, allow_download)
+
+
+def _fetch_hub(repo_id: str, allow_download: bool | None) -> str:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError:  # pragma: no cover - hub is a transformers dependency
+        raise UserError(f"'{repo_id}' looks like a Hub id but huggingface_hub is not installed.")
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    if allow_download is False:
+        offline = True
+    patterns = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.md"]
+    try:
+        return snapshot_download(repo_id, allow_patterns=patterns, local_files_only=offline)
+    except Exception as exc:  # network, 404, gated repo ...
+        kind = type(exc).__name__
+        if offline or "Connect" in kind or "Offline" in kind or "LocalEntryNotFound" in kind:
+            raise UserError(f"Cannot reach the Hugging Face Hub to fetch '{repo_id}' (no network, and it is not in the local cache).")
+        raise UserError(f"Could not fetch '{repo_id}' from the Hub ({kind}).")
+
+
+def read_safetensors_header(path: str) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """Parse one safetensors header without touching the tensor data."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            if len(raw) < 8:
+                raise ValueError("too short")
+            (n,) = struct.unpack("<Q", raw)
+            if n <= 0 or n > min(size - 8, 100_000_000):
+                raise ValueError("bad header length")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise UserError(f"'{path}' is not a readable safetensors file ({exc}).")
+    out = {}
+    data_len = size - 8 - n
+    for k, v in header.items():
+        if k == "__metadata__":
+            continue
+        try:
+            start, end = v["data_offsets"]
+            shape = tuple(int(s) for s in v["shape"])
+            dtype = v["dtype"]
+        except (KeyError, TypeError, ValueError):
+            raise UserError(f"'{path}' has a malformed safetensors header entry for '{k}'.")
+        if end > data_len or start > end:
+            raise UserError(f"'{path}' is truncated or corrupt: tensor '{k}' lies past the end of the file.")
+        out[k] = (dtype, shape)
+    return out
+
+
+def _weight_files(folder: str) -> list[str]:
+    idx = os.path.join(folder, "model.safetensors.index.json")
+    if os.path.isfile(idx):
+        try:
+            with open(idx) as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+        except (OSError, ValueError, KeyError):
+            raise UserError(f"'{idx}' is not a valid safetensors index.")
+        missing = [x for x in files if not os.path.isfile(os.path.join(folder, x))]
+        if missing:
+            raise UserError(f"'{folder}' is missing the shard {missing[0]} named in its index.")
+        return [os.path.join(folder, x) for x in files]
+    return sorted(os.path.join(folder, x) for x in os.listdir(folder) if x.endswith(".safetensors"))
+
+
+def inspect(ref: str, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+            allow_download: bool | None = None) -> ModelInfo:
+    """Config + tensor headers of one model; no weights are read."""
+    path = resolve(ref, allow_download=allow_download)
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        if not os.listdir(path):
+            raise UserError(f"The folder '{ref}' is empty.")
+        raise UserError(f"'{ref}' has no config.json, so it is not a Hugging Face model folder.")
+    try:
+        with open(cfg_path) as f:
+            config = json.load(f)
+        if not isinstance(config, dict):
+            raise ValueError("not an object")
+    except (OSError, ValueError) as exc:
+        raise UserError(f"The config.json of '{ref}' is not valid JSON ({exc}).")
+    if config.get("auto_map") and not trust_remote_code:
+        raise UserError(f"'{ref}' needs custom code (auto_map in config.json); enable trust_remote_code only if you trust its author.")
+    files = _weight_files(path)
+    if not files:
+        pickled = [x for x in os.listdir(path) if x.endswith((".bin", ".pt", ".pth", ".ckpt"))]
+        if pickled and not allow_pickle:
+            raise UserError(f"'{ref}' has only pickled weights ({pickled[0]}); pickles can run code, so they are refused unless you opt in.")
+        if pickled:
+            raise UserError(f"'{ref}' has only pickled weights; convert them to safetensors first (pickled merging is not supported).")
+        raise UserError(f"'{ref}' has no .safetensors weights.")
+    tensors: dict[str, TensorMeta] = {}
+    for fpath in files:
+        for k, (dtype, shape) in read_safetensors_header(fpath).items():
+            tensors[k] = TensorMeta(dtype, shape, fpath)
+    if not tensors:
+        raise UserError(f"'{ref}' has safetensors files but no tensors in them.")
+    name = ref[4:] if ref.startswith("zoo:") else os.path.basename(os.path.normpath(ref))
+    return ModelInfo(ref=ref, path=path, config=config, tensors=tensors, name=name)
+
+
+@dataclass
+class CompatReport:
+    """Whether base + experts can be merged, with every reason in one place."""
+    ok: bool
+    problems: list[str] = field(default_factory=list)   # each blocks the merge
+    notes: list[str] = field(default_factory=list)      # handled, but worth saying
+    vocab_extra: dict[str, int] = field(default_factory=dict)  # expert ref -> extra rows
+    rows: list[dict] = field(default_factory=list)      # one per model, for a table
+
+    def sentence(self) -> str:
+        return self.problems[0] if self.problems else "Compatible."
+
+
+# tensors whose first dimension is the vocabulary
+VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight")
+
+
+def is_vocab_tensor(name: str) -> bool:
+    return name.endswith(VOCAB_TENSORS) or name.endswith("wte.weight")
+
+
+def compatibility(base: ModelInfo, experts: Iterable[ModelInfo]) -> CompatReport:
+    """Same family, same tensor names and shapes; vocab growth is allowed."""
+    experts = list(experts)
+    rep = CompatReport(ok=True)
+    rep.rows.append(_row(base, "base"))
+    seen = {base.path}
+    for e in experts:
+        rep.rows.append(_row(e, "expert"))
+        if e.path in seen:
+            rep.problems.append(f"'{e.ref}' is listed twice (or is the base); each model may appear once.")
+            continue
+        seen.add(e.path)
+        if e.config.get("model_type") != base.config.get("model_type") or e.architecture != base.architecture:
+            rep.problems.append(f"'{e.ref}' is a {e.architecture} but the base '{base.ref}' is a {base.architecture}; only models of one architecture merge.")
+            continue
+        if e.n_layers != base.n_layers:
+            rep.problems.append(f"'{e.ref}' has {e.n_layers} layers but the base has {base.n_layers}; it was not fine-tuned from this base.")
+            continue
+        missing = sorted(set(base.tensors) - set(e.tensors))
+        extra = sorted(set(e.tensors) - set(base.tensors))
+        if missing or extra:
+            what = f"lacks '{missing[0]}'" if missing else f"has an extra tensor '{extra[0]}'"
+            rep.problems.append(f"'{e.ref}' {what}; its tensor names do not match the base.")
+            continue
+        for k, bt in base.tensors.items():
+            et = e.tensors[k]
+            if et.shape == bt.shape:
+                continue
+            if is_vocab_tensor(k) and et.shape[1:] == bt.shape[1:] and et.shape[0] > bt.shape[0]:
+                rep.vocab_extra[e.ref] = et.shape[0] - bt.shape[0]
+                continue
+            rep.problems.append(f"'{e.ref}' has {k} of shape {list(et.shape)} but the base has {list(bt.shape)}.")
+            break
+        if e.ref in rep.vocab_extra:
+            rep.notes.append(f"'{e.ref}' adds {rep.vocab_extra[e.ref]} tokens to the vocabulary: shared rows are merged, its extra rows are kept as they are.")
+    if not experts:
+        rep.problems.append("No experts chosen: pick at least one model to merge into the base.")
+    rep.ok = not rep.problems
+    return rep
+
+
+def _row(m: ModelInfo, role: str) -> dict:
+    return {"role": role, "model": m.ref, "architecture": m.architecture, "layers": m.n_layers,
+            "vocab": m.vocab_size, "params (M)": round(m.n_params / 1e6, 2),
+            "size (MB)": round(m.nbytes / 2**20, 1)}
+
+
+class TensorReader:
+    """Per-tensor access to a model's weights, memory-mapped.
+
+    Opening a shard is cheap (safetensors mmaps it); ``get`` materialises one
+    tensor. Readers are reused across tensors so each file is opened once.
+    """
+
+    def __init__(self, info: ModelInfo):
+        from safetensors import safe_open
+        self.info = info
+        self._open = {}
+        self._safe_open = safe_open
+
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        meta = self.info.tensors[name]
+        h = self._open.get(meta.file)
+        if h is None:
+            try:
+                h = self._safe_open(meta.file, framework="pt", device="cpu")
+            except Exception as exc:
+                raise UserError(f"Cannot read '{meta.file}' ({exc}).")
+            self._open[meta.file] = h
+        try:
+            t = h.get_tensor(name)
+        except Exception as exc:
+            raise UserError(f"Tensor '{name}' of '{self.info.ref}' could not be read; the file may be corrupt ({exc}).")
+        return t.to(dtype) if dtype is not None else t
+
+    def close(self) -> None:
+        self._open.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def pick_device(prefer: str = "auto") -> str:
+    if prefer != "auto":
+        return prefer
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """fp32 on CPU (bf16 matmuls are slow there); bf16 on CUDA when supported."""
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    return torch.float32
+
+
+def quantization_status() -> dict[str, str]:
+    """Which bitsandbytes modes can run here, and why not when they cannot.
+
+    Returns {"8bit": reason-or-"", "4bit": reason-or-""}; an empty string
+    means available.
+    """
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:
+        why = f"bitsandbytes is not usable here ({type(exc).__name__})."
+        return {"8bit": why, "4bit": why}
+    if not torch.cuda.is_available():
+        why = "No CUDA GPU on this machine; 8/4-bit loading runs only on a GPU here."
+        return {"8bit": why, "4bit": why}
+    return {"8bit": "", "4bit": ""}
+
+
+def load_tokenizer(ref: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+    path = resolve(ref)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise UserError(f"Cannot load the tokenizer of '{ref}' ({type(exc).__name__}: {str(exc)[:120]}).")
+
+
+def load_model(ref: str, *, device: str = "auto", dtype: torch.dtype | None = None,
+               quantization: str | None = None, trust_remote_code: bool = False):
+    """Load a model for generation (eval mode), optionally 8/4-bit."""
+    from transformers import AutoModelForCausalLM
+    info = inspect(ref, trust_remote_code=trust_remote_code)
+    device = pick_device(device)
+    kwargs: dict = {"dtype": dtype or default_dtype(device), "trust_remote_code": trust_remote_code}
+    if quantization in ("8bit", "4bit"):
+        why = quantization_status()[quantization]
+        if why:
+            raise UserError(why)
+        from transformers import BitsAndBytesConfig
+        kwargs["quantization_config"] = (BitsAndBytesConfig(load_in_8bit=True) if quantization == "8bit"
+                                         else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16,
+                                                                 bnb_4bit_quant_type="nf4"))
+        kwargs["device_map"] = {"": 0}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(info.path, **kwargs)
+    except Exception as exc:
+        raise UserError(f"Cannot load '{ref}' ({type(exc).__name__}: {str(exc)[:160]}).")
+    if quantization not in ("8bit", "4bit"):
+        model.to(device)
+    model.eval()
+    return model
+
+
+def layer_of(name: str) -> int | None:
+    """Decoder layer index of a tensor name, or None for embeddings/head/final norm."""
+    m = re.search(r"\.layers\.(\d+)\.", name) or re.search(r"\.h\.(\d+)\.", name)
+    return int(m.group(1)) if m else None
+
+
+MODULE_KINDS = ("q", "k", "v", "o", "gate", "up", "down", "attn_norm", "mlp_norm")
+
+
+def module_of(name: str) -> str:
+    """Short module kind used by figures: q,k,v,o,gate,up,down,norms,embed,head."""
+    table = [("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("o_proj", "o"),
+             ("gate_proj", "gate"), ("up_proj", "up"), ("down_proj", "down"),
+             ("input_layernorm", "attn_norm"), ("post_attention_layernorm", "mlp_norm"),
+             ("embed_tokens", "embed"), ("lm_head", "head")]
+    for key, short in table:
+        if key in name:
+            return short
+    if name.endswith("norm.weight"):
+        return "final_norm"
+    return "other"
+
+
+def torch_dtype_of(st_dtype: str) -> torch.dtype:
+    return _ST_TO_TORCH.get(st_dtype, torch.float32)
