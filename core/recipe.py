@@ -116,3 +116,203 @@ def load(path: str) -> Recipe:
         raise UserError(f"Cannot read the recipe file '{path}'.")
     except UnicodeDecodeError:
         raise UserError(f"The recipe file '{path}' is not UTF-8 text.")
+
+
+# ------------------------------------------------------------- validation
+DTYPES = ("float32", "float16", "bfloat16")
+
+# mergekit options that change nothing here: int8_mask only saves memory in
+# mergekit, so a mergekit recipe that sets it must still load.
+IGNORED = ("int8_mask",)
+
+
+def _spec(recipe: Recipe):
+    from .methods import get
+    return get(recipe.merge_method)
+
+
+def contributors(recipe: Recipe, spec=None) -> list[int]:
+    """Indices of ``models`` entries that bring a task vector to the merge.
+
+    A needs-base method skips an entry that repeats the base (mergekit
+    allows listing it; its task vector is zero and mergekit ignores it).
+    A method without a base (linear) averages every listed model.
+    """
+    spec = spec or _spec(recipe)
+    if spec.needs_base:
+        return [i for i, m in enumerate(recipe.models) if m.model != recipe.base_model]
+    return list(range(len(recipe.models)))
+
+
+def _fmt(x: Any) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def _check_value(p, value: Any, where: str) -> Any:
+    """One value against its Param; returns it normalised (int, float, choice)."""
+    what = f"'{p.name}'{where}"
+    if p.kind in ("float", "int"):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"{what} must be a number, not {value!r}.")
+        if value != value or value in (float("inf"), float("-inf")):
+            raise UserError(f"{what} must be a finite number, not {value!r}.")
+        if p.kind == "int":
+            if float(value) != int(value):
+                raise UserError(f"{what} must be a whole number, not {value!r}.")
+            value = int(value)
+        else:
+            value = float(value)
+        if (p.lo is not None and value < p.lo) or (p.hi is not None and value > p.hi):
+            lo = "-inf" if p.lo is None else _fmt(p.lo)
+            hi = "inf" if p.hi is None else _fmt(p.hi)
+            raise UserError(f"{what} is {_fmt(value)}; it must be between {lo} and {hi}.")
+        return value
+    if p.kind == "bool":
+        if not isinstance(value, bool):
+            raise UserError(f"{what} must be true or false, not {value!r}.")
+        return value
+    if p.kind == "choice":
+        # YAML reads an unquoted 11 as a number; match choices by their text
+        for c in p.choices:
+            if str(c) == str(value):
+                return c
+        raise UserError(f"{what} is {value!r}; use one of {', '.join(str(c) for c in p.choices)}.")
+    if p.kind == "str":
+        if not isinstance(value, str):
+            raise UserError(f"{what} must be text, not {value!r}.")
+        return value
+    return value
+
+
+def _canonical(spec, raw: dict, where: str, per_model: bool) -> dict:
+    """Map mergekit names to ours, check every name and value."""
+    alias = {p.mergekit: p.name for p in spec.params if p.mergekit and p.mergekit != p.name}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        key = str(key)
+        if key in IGNORED:
+            continue
+        name = alias.get(key, key)
+        if name in out:
+            raise UserError(f"'{name}'{where} is given twice (once as '{key}').")
+        p = spec.param(name)
+        if p is None and name == "seed" and not per_model:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UserError(f"'seed'{where} must be a whole number of at least 0, not {value!r}.")
+            out[name] = int(value)
+            continue
+        if p is None and name == "normalize" and value is False:
+            # mergekit's normalize: false is the plain sum every method here
+            # does unless it declares normalize itself
+            continue
+        if p is None:
+            known = sorted({q.name for q in spec.params if q.per_model or not per_model}
+                           | ({"seed"} if not per_model else set()))
+            raise UserError(f"'{key}'{where} is not a parameter of {spec.name}; known: {', '.join(known)}.")
+        if per_model and not p.per_model:
+            raise UserError(f"'{name}'{where} is a global parameter of {spec.name}; put it under the recipe's parameters.")
+        out[name] = _check_value(p, value, where)
+    return out
+
+
+def resolve_params(recipe: Recipe, spec=None) -> tuple[list[dict], dict]:
+    """(per-model params for every models entry, global params), defaults filled.
+
+    Precedence follows mergekit: the method's default, then a per-model
+    parameter written once under the recipe's parameters (applies to every
+    model), then the model's own parameters.
+    """
+    spec = spec or _spec(recipe)
+    pm_default, gl_default = spec.defaults()
+    top = _canonical(spec, recipe.parameters, " in parameters", per_model=False)
+    shared = {k: v for k, v in top.items() if spec.param(k) is not None and spec.param(k).per_model}
+    glob = dict(gl_default)
+    glob.update({k: v for k, v in top.items() if k not in shared})
+    per = []
+    for m in recipe.models:
+        d = dict(pm_default)
+        d.update(shared)
+        d.update(_canonical(spec, m.parameters, f" of '{m.model}'", per_model=True))
+        per.append(d)
+    return per, glob
+
+
+def validate(recipe: Recipe) -> None:
+    """Every check that needs no weights; raises one sentence on the first problem."""
+    spec = _spec(recipe)  # unknown method -> sentence listing the known ones
+    if recipe.dtype not in DTYPES:
+        raise UserError(f"dtype '{recipe.dtype}' is not supported; use one of {', '.join(DTYPES)}.")
+    if not recipe.models:
+        raise UserError("The recipe lists no models to merge.")
+    seen: set[str] = set()
+    for m in recipe.models:
+        key = m.model.strip().rstrip("/")
+        if key in seen:
+            raise UserError(f"'{m.model}' is listed twice in models; each model may appear once.")
+        seen.add(key)
+    if spec.needs_base and not recipe.base_model:
+        raise UserError(f"{spec.name} needs a base_model: the task vectors are measured from it.")
+    n = len(contributors(recipe, spec))
+    if n == 0:
+        raise UserError("The recipe lists no models to merge besides the base.")
+    if n < spec.min_models:
+        raise UserError(f"{spec.name} needs at least {spec.min_models} models to merge, but the recipe has {n}.")
+    if spec.max_models is not None and n > spec.max_models:
+        raise UserError(f"{spec.name} merges at most {spec.max_models} models, but the recipe has {n}.")
+    resolve_params(recipe, spec)
+
+
+def to_mergekit_yaml(recipe: Recipe) -> str:
+    """The same merge as a mergekit YAML, for methods both tools implement.
+
+    Built-in models become absolute folders, since mergekit knows no zoo:.
+    Parameters are written under mergekit's names; ours-only knobs are an
+    error rather than silently dropped.
+    """
+    import yaml
+    from .models import zoo_path
+    spec = _spec(recipe)
+    if not spec.mergekit_name:
+        raise UserError(f"{spec.name} has no mergekit equivalent, so it cannot be exported as a mergekit recipe.")
+    validate(recipe)
+
+    def ref(r: str) -> str:
+        return zoo_path(r[4:]) if r.startswith("zoo:") else r
+
+    def names(params: dict, where: str) -> dict:
+        out = {}
+        for k, v in params.items():
+            p = spec.param(k)
+            if p is None:          # seed: mergekit takes it on the command line
+                continue
+            if p.mergekit is None and p.name not in _MERGEKIT_NAMES:
+                if v == p.default:  # an ours-only knob left alone changes nothing
+                    continue
+                raise UserError(f"'{k}'{where} has no mergekit equivalent, so {spec.name} with it cannot be exported.")
+            out[p.mergekit or p.name] = v
+        return out
+
+    per, glob = resolve_params(recipe, spec)
+    d: dict[str, Any] = {"merge_method": spec.mergekit_name}
+    if recipe.base_model:
+        d["base_model"] = ref(recipe.base_model)
+    d["models"] = []
+    for m, params in zip(recipe.models, per):
+        e: dict[str, Any] = {"model": ref(m.model)}
+        if not (spec.needs_base and m.model == recipe.base_model):
+            # mergekit wants every per-model parameter spelled out (weight
+            # has no default there), so defaults are written explicitly
+            e["parameters"] = names(params, f" of '{m.model}'")
+        d["models"].append(e)
+    g = names(glob, " in parameters")
+    if g:
+        d["parameters"] = g
+    d["dtype"] = recipe.dtype
+    if recipe.tokenizer_source:
+        d["tokenizer_source"] = ref(recipe.tokenizer_source)
+    return yaml.safe_dump(d, sort_keys=False)
+
+
+# parameter names mergekit itself uses, so a Param named like this needs no
+# explicit mergekit= alias
+_MERGEKIT_NAMES = ("weight", "density", "gamma", "lambda", "normalize", "t", "epsilon", "rescale", "select_topk")

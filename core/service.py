@@ -24,6 +24,21 @@ def list_methods():
     return REGISTRY
 
 
+def merge(recipe, out_dir: str | None = None, live_model=None, progress=None, **options):
+    """Merge a recipe (Recipe, mapping, or path to a YAML file) into a folder
+    or into an already loaded model; returns engine.MergeResult.
+
+    options go to engine.run_merge: force, device, infos, shard_size.
+    """
+    from . import engine
+    from . import recipe as recipes
+    if isinstance(recipe, str):
+        recipe = recipes.load(recipe)
+    elif isinstance(recipe, dict):
+        recipe = recipes.from_dict(recipe)
+    return engine.run_merge(recipe, out_dir=out_dir, live_model=live_model, progress=progress, **options)
+
+
 # ---------------------------------------------------------------- CLI glue
 def run_cli(args) -> int:
     handler = _CLI.get(args.cmd)
@@ -56,4 +71,12 @@ def _cli_compat(args) -> int:
     return 0
 
 
-_CLI = {"zoo": _cli_zoo, "compat": _cli_compat}
+def _cli_merge(args) -> int:
+    res = merge(args.recipe, out_dir=args.out, force=args.force, device=args.device, show_bar=True)
+    for n in res.notes:
+        print("note:", n)
+    print(f"Wrote {res.out_dir} ({res.n_tensors} tensors) in {res.seconds:.1f} s.")
+    return 0
+
+
+_CLI = {"zoo": _cli_zoo, "compat": _cli_compat, "merge": _cli_merge}
