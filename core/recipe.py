@@ -294,7 +294,9 @@ def to_mergekit_yaml(recipe: Recipe) -> str:
 
     per, glob = resolve_params(recipe, spec)
     d: dict[str, Any] = {"merge_method": spec.mergekit_name}
-    if recipe.base_model:
+    if recipe.base_model and (spec.needs_base or recipe.base_model in [m.model for m in recipe.models]):
+        # mergekit's linear makes base_model an input of the average; ours only
+        # measures from it, so an unlisted base is left out of the YAML
         d["base_model"] = ref(recipe.base_model)
     d["models"] = []
     for m, params in zip(recipe.models, per):
