@@ -220,19 +220,27 @@ class FileReader:
     def read(self, name: str, staging: torch.Tensor | None = None) -> torch.Tensor:
         """The tensor as stored (dtype, shape); in ``staging`` (uint8, CPU) when given."""
         meta = self.info.tensors[name]
+        return self.read_rows(name, 0, meta.shape[0] if meta.shape else 1, staging)
+
+    def read_rows(self, name: str, a: int, b: int, staging: torch.Tensor | None = None) -> torch.Tensor:
+        """Rows [a, b) of the tensor as stored (the whole tensor for a scalar)."""
+        meta = self.info.tensors[name]
         fd, start, nbytes = self._locate(name)
         if nbytes != self.nbytes(name):
             raise UserError(f"Tensor '{name}' of '{self.info.ref}' has {nbytes} bytes but its shape needs "
                             f"{self.nbytes(name)}; the file is corrupt.")
-        raw = staging[:nbytes] if staging is not None else torch.empty(nbytes, dtype=torch.uint8)
+        shape = tuple(meta.shape)
+        row = nbytes // shape[0] if shape and shape[0] else nbytes
+        size = (b - a) * row if shape else nbytes
+        raw = staging[:size] if staging is not None else torch.empty(size, dtype=torch.uint8)
         view = memoryview(raw.numpy())
-        done = 0
-        while done < nbytes:   # one read returns at most ~2 GiB on Linux
-            got = os.preadv(fd, [view[done:]], start + done)
+        done, off = 0, start + (a * row if shape else 0)
+        while done < size:   # one read returns at most ~2 GiB on Linux
+            got = os.preadv(fd, [view[done:]], off + done)
             if got <= 0:
                 raise UserError(f"Tensor '{name}' of '{self.info.ref}' could not be read; the file is truncated.")
             done += got
-        return raw.view(M.torch_dtype_of(meta.dtype)).view(meta.shape)
+        return raw.view(M.torch_dtype_of(meta.dtype)).view(((b - a),) + shape[1:] if shape else shape)
 
     def close(self) -> None:
         for fd in self._fds.values():
@@ -240,20 +248,55 @@ class FileReader:
         self._fds.clear()
 
 
+# Elementwise methods (entry i of the result depends only on entry i of the
+# inputs) are fed row blocks of about this many entries: every pass of the
+# method then runs in cache instead of memory, and no float32 copy of a
+# whole tensor is ever made. Methods with per-tensor statistics (TIES
+# thresholds, cosines, SVDs) always see whole tensors.
+CHUNK_ELEMS = 1 << 18
+_ELEMENTWISE = ("task_arithmetic", "linear")
+
+
+def elementwise(spec) -> bool:
+    """A spec may say so itself (``elementwise = True``); the two plain sums are known."""
+    flag = getattr(spec, "elementwise", None)
+    return bool(flag) if flag is not None else spec.name in _ELEMENTWISE
+
+
+def _chunked(p: _Plan, name: str) -> bool:
+    meta = p.base.tensors[name]
+    return (elementwise(p.spec) and p.spec.prepare is None and meta.dtype in _FLOAT_ST
+            and len(meta.shape) >= 1 and meta.numel > CHUNK_ELEMS)
+
+
 class _Buffers:
-    """Float32 work buffers sized for the largest tensor, reused for every
-    tensor of a streamed merge: fresh large allocations cost a page fault
-    per 4 KiB, which made up a third of the merge time."""
+    """Work buffers reused for every tensor of a streamed merge: fresh large
+    allocations cost a page fault per 4 KiB, which made up a third of the
+    merge time. Whole-tensor float32 buffers are sized for the largest
+    tensor that is not fed in row blocks."""
 
     def __init__(self, p: _Plan, n_readers: int, device: str, dtype: torch.dtype):
         floats = [n for n in p.names if p.base.tensors[n].dtype in _FLOAT_ST]
-        numel = max((p.base.tensors[n].numel for n in floats), default=1)
-        raw = max((i.tensors[n].nbytes for i in [p.base] + list(p.sources) for n in floats), default=1)
+        self.chunked = {n for n in floats if _chunked(p, n)}
+        whole = [n for n in floats if n not in self.chunked]
+        infos = [p.base] + list(p.sources)
+        numel = max((p.base.tensors[n].numel for n in whole), default=1)
+        raw = max((i.tensors[n].nbytes for i in infos for n in whole), default=1)
         self.base = torch.empty(numel, dtype=torch.float32, device=device)
         self.deltas = [torch.empty(numel, dtype=torch.float32, device=device) for _ in range(n_readers)]
         self.staging = torch.empty(raw, dtype=torch.uint8)
         self.zero = torch.empty(numel, dtype=torch.float32, device=device) if p.zero_first else None
-        self.out = torch.empty(numel, dtype=dtype, device=device) if dtype != torch.float32 else None
+        out_numel = max((_numel(_out_meta(p, n, dtype)[1]) for n in (floats if self.chunked else whole)), default=1)
+        self.out = torch.empty(out_numel, dtype=dtype, device=device) \
+            if dtype != torch.float32 or self.chunked else None
+        # row-block buffers: a block is at least one row
+        rows = [p.base.tensors[n].numel // p.base.tensors[n].shape[0] for n in self.chunked]
+        block = max([CHUNK_ELEMS] + rows) if self.chunked else 0
+        self.block = block
+        self.cbase = torch.empty(block, dtype=torch.float32, device=device)
+        self.cdeltas = [torch.empty(block, dtype=torch.float32, device=device) for _ in range(n_readers)]
+        self.czero = torch.empty(block, dtype=torch.float32, device=device) if p.zero_first else None
+        self.cstaging = [torch.empty(block * 8, dtype=torch.uint8) for _ in range(n_readers + 1)] if block else []
 
 
 def _slot(buf: torch.Tensor, shape) -> torch.Tensor:
@@ -451,6 +494,54 @@ def _numel(shape) -> int:
 
 
 # ------------------------------------------------------------------ merging
+def _merge_rows(p: _Plan, inputs: _Inputs, name: str, bufs: _Buffers, dtype: torch.dtype,
+                ctx: TensorContext) -> tuple[torch.Tensor, list[float], float]:
+    """An elementwise method fed row blocks; returns (output, ‖τᵢ‖, ‖τ‖)."""
+    meta = p.base.tensors[name]
+    shape = tuple(meta.shape)
+    rows = shape[0]
+    per = max(1, bufs.block // (meta.numel // rows))
+    out = _slot(bufs.out, _out_meta(p, name, dtype)[1])
+    norm = torch.linalg.vector_norm
+    ssq = [0.0] * len(inputs.readers)
+    merged = 0.0
+    for a in range(0, rows, per):
+        b = min(rows, a + per)
+        cshape = (b - a,) + shape[1:]
+        base = _slot(bufs.cbase, cshape).copy_(inputs.base_reader.read_rows(name, a, b, bufs.cstaging[0]))
+        deltas = []
+        for i, r in enumerate(inputs.readers):
+            d = _slot(bufs.cdeltas[i], cshape).copy_(r.read_rows(name, a, b, bufs.cstaging[i + 1])).sub_(base)
+            ssq[i] += float(norm(d)) ** 2
+            deltas.append(d)
+        if p.zero_first:
+            deltas = [_slot(bufs.czero, cshape).zero_()] + deltas
+        delta = p.spec.fn(base, deltas, p.model_params, p.global_params, ctx)
+        if tuple(delta.shape) != cshape:
+            raise RuntimeError(f"{p.spec.name} returned shape {list(delta.shape)} for a block of {name} {list(cshape)}")
+        if delta.dtype != torch.float32 or delta.device != base.device:
+            delta = delta.to(base.device, torch.float32)
+        merged += float(norm(delta)) ** 2
+        if delta.is_contiguous() and delta.untyped_storage().data_ptr() != base.untyped_storage().data_ptr():
+            out[a:b].copy_(delta.add_(base))
+        else:
+            out[a:b].copy_(torch.add(base, delta))
+    if M.is_vocab_tensor(name) and p.grow_from is not None:
+        r = inputs.readers[p.grow_index]
+        total = r.info.tensors[name].shape[0]
+        for a in range(rows, total, per):
+            b = min(total, a + per)
+            raw = r.read_rows(name, a, b, bufs.cstaging[0])
+            if _has_nonfinite(raw.to(torch.float32)):
+                inputs.culprit(name)
+            out[a:b].copy_(raw)
+    return out, [x ** 0.5 for x in ssq], merged ** 0.5
+
+
+def _finite_norm(x: float) -> bool:
+    return x == x and x != float("inf")
+
+
 def _walk(p: _Plan, inputs: _Inputs, dtype: torch.dtype, emit: Callable[[str, torch.Tensor], None],
           progress: Progress | None, prepared, result: MergeResult, bar=None, bufs: _Buffers | None = None) -> None:
     """The hot loop: one tensor name at a time through the method.
@@ -471,11 +562,27 @@ def _walk(p: _Plan, inputs: _Inputs, dtype: torch.dtype, emit: Callable[[str, to
             emit(name, inputs.base_reader.read(name))
             continue
         vocab = M.is_vocab_tensor(name)
+        aux = prepared.aux(name) if prepared is not None else {}
+        ctx = TensorContext(name, layer, module, p.seed, aux if aux is not None else {})
+        if bufs is not None and name in bufs.chunked and not inputs.cache_on:
+            out, norms, merged_norm = _merge_rows(p, inputs, name, bufs, dtype, ctx)
+            # NaN/Inf in any input makes a task-vector norm non-finite
+            if not all(_finite_norm(x) for x in norms) or not inputs.readers:
+                inputs.culprit(name)
+            if not _finite_norm(merged_norm):
+                raise UserError(f"The {spec.name} merge produced NaN or Inf in tensor '{name}'; nothing was written.")
+            result.stats[name] = TensorStats(layer, module, merged_norm, ([0.0] if p.zero_first else []) + norms)
+            emit(name, out)
+            if bar is not None:
+                bar.update(1)
+            if progress is not None and (i % every == 0 or i == n - 1):
+                progress((i + 1) / n, f"merged tensor {i + 1} of {n}: {name}")
+            continue
         base, deltas, extras = inputs.get(name, meta.shape[0] if vocab else None, bufs)
         norms = [float(norm(d)) for d in deltas]
         # NaN/Inf in any input makes a task-vector norm non-finite (a NaN
         # base poisons them all), so the norms double as the input check
-        if not all(x == x and x != float("inf") for x in norms) or not deltas:
+        if not all(_finite_norm(x) for x in norms) or not deltas:
             inputs.culprit(name)
         for x in extras:
             if x is not None and _has_nonfinite(x):
@@ -483,15 +590,13 @@ def _walk(p: _Plan, inputs: _Inputs, dtype: torch.dtype, emit: Callable[[str, to
         if p.zero_first:
             zero = _slot(bufs.zero, meta.shape).zero_() if bufs is not None else torch.zeros_like(base)
             deltas, norms = [zero] + deltas, [0.0] + norms
-        aux = prepared.aux(name) if prepared is not None else {}
-        ctx = TensorContext(name, layer, module, p.seed, aux if aux is not None else {})
         delta = spec.fn(base, deltas, p.model_params, p.global_params, ctx)
         if tuple(delta.shape) != tuple(base.shape):
             raise RuntimeError(f"{spec.name} returned shape {list(delta.shape)} for {name} {list(base.shape)}")
         if delta.dtype != torch.float32 or delta.device != base.device:
             delta = delta.to(base.device, torch.float32)
         merged_norm = float(norm(delta))
-        if not (merged_norm == merged_norm and merged_norm != float("inf")):
+        if not _finite_norm(merged_norm):
             raise UserError(f"The {spec.name} merge produced NaN or Inf in tensor '{name}'; nothing was written.")
         result.stats[name] = TensorStats(layer, module, merged_norm, norms)
         grow = vocab and p.grow_from is not None and extras[p.grow_index] is not None
@@ -502,7 +607,7 @@ def _walk(p: _Plan, inputs: _Inputs, dtype: torch.dtype, emit: Callable[[str, to
         del delta, deltas, base
         if grow:
             out = torch.cat([out, extras[p.grow_index].to(out.device)], 0)
-        elif bufs is not None and bufs.out is not None:
+        elif bufs is not None and bufs.out is not None and dtype != torch.float32:
             # into a reused buffer: torch's add(out=) to another dtype
             # allocates a float32 temporary anyway
             out = _slot(bufs.out, out.shape).copy_(out)

@@ -388,3 +388,46 @@ def test_zoo_task_arithmetic_end_to_end(tmp_path):
     ids = tok("2+3=", return_tensors="pt").input_ids
     gen = model.generate(ids, max_new_tokens=3, do_sample=False)
     assert gen.shape[1] > ids.shape[1]
+
+
+@pytest.fixture
+def small_blocks(monkeypatch):
+    """Row blocks of ~100 entries, so the tiny models take the blocked path."""
+    monkeypatch.setattr(engine, "CHUNK_ELEMS", 100)
+
+
+def test_row_blocks_give_the_same_tensors_as_whole_tensors(family, tmp_path, small_blocks):
+    recipe = ta(family, (0.6, 1.2), 0.8)
+    engine.run_merge(recipe, out_dir=str(tmp_path / "m"))
+    merged, whole = engine.merge_state_dict(recipe)          # the in-memory path never uses blocks
+    disk = _tensors(tmp_path / "m")
+    assert set(disk) == set(merged)
+    for k in disk:
+        assert torch.equal(disk[k], merged[k]), k
+    blocked = engine.run_merge(recipe, out_dir=str(tmp_path / "m2"))
+    for k, st in blocked.stats.items():
+        assert st.merged_norm == pytest.approx(whole.stats[k].merged_norm, rel=1e-5)
+        assert st.expert_norms == pytest.approx(whole.stats[k].expert_norms, rel=1e-5)
+
+
+def test_row_blocks_with_vocab_growth_nan_and_no_base(family, tmp_path, small_blocks, monkeypatch):
+    out = tmp_path / "g"
+    engine.run_merge(ta(family, experts=("safety", "grown")), out_dir=str(out))
+    got = _tensors(out)
+    grown = load_file(os.path.join(family["grown"], "model.safetensors"))
+    assert torch.equal(got["lm_head.weight"][VOCAB:], grown["lm_head.weight"][VOCAB:])
+    with pytest.raises(UserError, match=f"'model.layers.1.mlp.up_proj.weight' of '{family['nan']}'"):
+        engine.run_merge(ta(family, experts=("safety", "nan")), out_dir=str(tmp_path / "n"))
+    assert not os.path.exists(tmp_path / "n") and not _leftovers(tmp_path)
+    spec = _mean_spec()
+    spec.elementwise = True
+    monkeypatch.setitem(registry.REGISTRY, "mean_test", spec)
+    recipe = Recipe("mean_test", None, [ModelEntry(family["safety"], {"weight": 1.0}),
+                                        ModelEntry(family["math"], {"weight": 3.0})])
+    res = engine.run_merge(recipe, out_dir=str(tmp_path / "mean"))
+    got = _tensors(tmp_path / "mean")
+    s = load_file(os.path.join(family["safety"], "model.safetensors"))
+    m = load_file(os.path.join(family["math"], "model.safetensors"))
+    for k in s:
+        assert torch.allclose(got[k], (s[k] + 3 * m[k]) / 4, atol=1e-6, rtol=0), k
+    assert all(st.expert_norms[0] == 0.0 and len(st.expert_norms) == 2 for st in res.stats.values())
