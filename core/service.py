@@ -75,7 +75,7 @@ def _cli_merge(args) -> int:
     res = merge(args.recipe, out_dir=args.out, force=args.force, device=args.device, show_bar=True)
     for n in res.notes:
         print("note:", n)
-    print(f"Wrote {res.out_dir} ({res.n_tensors} tensors) in {res.seconds:.1f} s.")
+    print(f"Wrote {res.out_dir} ({res.n_tensors} tensors) in {res.seconds:.2f} s.")
     return 0
 
 
