@@ -2,14 +2,17 @@
 
 The engine holds no method math. It checks everything that can be checked
 before touching a weight (recipe, headers, compatibility), then streams one
-tensor name at a time: read it from every model (memory-mapped), compute in
-float32, hand base + task vectors to the method, and send the result to a
-sink -- the UI's live model (fast re-merge, no disk) or safetensors shards.
+tensor name at a time: read it from every model (pread into reused buffers,
+see FileReader), compute in float32, hand base + task vectors to the method,
+and send the result to a sink -- the UI's live model (fast re-merge, no
+disk) or safetensors shards. Elementwise methods get row blocks instead of
+whole tensors, so their passes run in cache (see CHUNK_ELEMS).
 
 Shards are written as they are computed: every output shape and dtype is
 known from the headers, so each shard's header is planned up front and its
 tensors are appended to the file one by one. Peak memory is one tensor per
-input plus one output tensor, not a whole shard.
+input plus one output tensor (one row block per input for elementwise
+methods), never a whole shard.
 
 Outputs go to a temp folder next to the target and are renamed into place
 only when everything succeeded; a failure or Ctrl-C leaves nothing behind.
