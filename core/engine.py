@@ -19,6 +19,7 @@ only when everything succeeded; a failure or Ctrl-C leaves nothing behind.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import json
 import os
@@ -254,16 +255,16 @@ class FileReader:
 # Elementwise methods (entry i of the result depends only on entry i of the
 # inputs) are fed row blocks of about this many entries: every pass of the
 # method then runs in cache instead of memory, and no float32 copy of a
-# whole tensor is ever made. Methods with per-tensor statistics (TIES
-# thresholds, cosines, SVDs) always see whole tensors.
+# whole tensor is ever made. A method whose blocks need per-tensor numbers
+# first (TIES's thresholds) gets them from its ``delta_stats`` hook, run on
+# one whole task vector at a time in a scratch buffer. Methods with other
+# per-tensor work (cosines, SVDs, DARE's masks) always see whole tensors.
 CHUNK_ELEMS = 1 << 18
-_ELEMENTWISE = ("task_arithmetic", "linear")
 
 
 def elementwise(spec) -> bool:
-    """A spec may say so itself (``elementwise = True``); the two plain sums are known."""
-    flag = getattr(spec, "elementwise", None)
-    return bool(flag) if flag is not None else spec.name in _ELEMENTWISE
+    """The spec says so itself (MethodSpec.elementwise, off by default)."""
+    return bool(getattr(spec, "elementwise", False))
 
 
 def _chunked(p: _Plan, name: str) -> bool:
@@ -300,6 +301,10 @@ class _Buffers:
         self.cdeltas = [torch.empty(block, dtype=torch.float32, device=device) for _ in range(n_readers)]
         self.czero = torch.empty(block, dtype=torch.float32, device=device) if p.zero_first else None
         self.cstaging = [torch.empty(block * 8, dtype=torch.uint8) for _ in range(n_readers + 1)] if block else []
+        # one whole float32 task vector for the delta_stats pre-pass
+        stats_numel = max((p.base.tensors[n].numel for n in self.chunked), default=0) \
+            if getattr(p.spec, "delta_stats", None) is not None else 0
+        self.scratch = torch.empty(stats_numel, dtype=torch.float32, device=device)
 
 
 def _slot(buf: torch.Tensor, shape) -> torch.Tensor:
@@ -508,6 +513,9 @@ def _merge_rows(p: _Plan, inputs: _Inputs, name: str, bufs: _Buffers, dtype: tor
     norm = torch.linalg.vector_norm
     ssq = [0.0] * len(inputs.readers)
     merged = 0.0
+    row = meta.numel // rows
+    if getattr(p.spec, "delta_stats", None) is not None:
+        ctx = dataclasses.replace(ctx, aux={**ctx.aux, "delta_stats": _delta_stats(p, inputs, name, bufs, per)})
     for a in range(0, rows, per):
         b = min(rows, a + per)
         cshape = (b - a,) + shape[1:]
@@ -519,7 +527,7 @@ def _merge_rows(p: _Plan, inputs: _Inputs, name: str, bufs: _Buffers, dtype: tor
             deltas.append(d)
         if p.zero_first:
             deltas = [_slot(bufs.czero, cshape).zero_()] + deltas
-        delta = p.spec.fn(base, deltas, p.model_params, p.global_params, ctx)
+        delta = p.spec.fn(base, deltas, p.model_params, p.global_params, dataclasses.replace(ctx, offset=a * row))
         if tuple(delta.shape) != cshape:
             raise RuntimeError(f"{p.spec.name} returned shape {list(delta.shape)} for a block of {name} {list(cshape)}")
         if delta.dtype != torch.float32 or delta.device != base.device:
@@ -539,6 +547,33 @@ def _merge_rows(p: _Plan, inputs: _Inputs, name: str, bufs: _Buffers, dtype: tor
                 inputs.culprit(name)
             out[a:b].copy_(raw)
     return out, [x ** 0.5 for x in ssq], merged ** 0.5
+
+
+def _delta_stats(p: _Plan, inputs: _Inputs, name: str, bufs: _Buffers, per: int) -> list:
+    """The spec's delta_stats of every task vector of ``name``, one at a time.
+
+    Each τᵢ is assembled block by block in the one scratch buffer (the hook
+    may scramble it, e.g. partition it in place), so the pre-pass holds one
+    whole float32 tensor, not one per expert. A non-finite input only gives
+    meaningless statistics here; the row pass that follows names it.
+    """
+    meta = p.base.tensors[name]
+    shape = tuple(meta.shape)
+    rows = shape[0]
+    row = meta.numel // rows
+    tau = bufs.scratch[:meta.numel]
+    hook = p.spec.delta_stats
+    out = []
+    if p.zero_first:
+        out.append(hook(tau.zero_(), p.model_params[0], p.global_params))
+    for i, r in enumerate(inputs.readers):
+        for a in range(0, rows, per):
+            b = min(rows, a + per)
+            cshape = (b - a,) + shape[1:]
+            base = _slot(bufs.cbase, cshape).copy_(inputs.base_reader.read_rows(name, a, b, bufs.cstaging[0]))
+            tau[a * row:b * row].view(cshape).copy_(r.read_rows(name, a, b, bufs.cstaging[i + 1])).sub_(base)
+        out.append(hook(tau, p.model_params[len(out)], p.global_params))
+    return out
 
 
 def _finite_norm(x: float) -> bool:

@@ -16,6 +16,22 @@ model size and the UI can show any intermediate:
 It returns the merged delta τ (θ = θ₀ + τ). Parameters are declared in the
 spec with defaults and ranges; the UI builds its sliders from them and the
 recipe validator checks values against them before any weight is read.
+
+Row blocks. A spec with ``elementwise=True`` promises that entry j of the
+result depends only on entry j of the inputs, so the engine may call ``fn``
+on consecutive row blocks of a large tensor (in flat order, each once, with
+``ctx.offset`` = flat index of the block's first entry) instead of on the
+whole tensor. That keeps every pass in cache and no float32 copy of a whole
+tensor is made (0.5B Task Arithmetic: 3.1 GB -> 0.5 GB peak RSS).
+
+Methods that need one number per tensor first (TIES: the k-th largest |τᵢ|)
+add ``delta_stats(tau, params_i, global_params) -> object``: the engine
+calls it once per task vector (in ``deltas`` order, one whole tensor at a
+time, flattened float32 in a scratch buffer the hook may overwrite) and
+hands the results to the row blocks as ``ctx.aux["delta_stats"]``. Only one
+whole task vector is ever held, instead of all of them at once. ``fn`` must
+still work on whole tensors without that key (small tensors, the UI's
+in-memory re-merge, tests): it then computes the statistics itself.
 """
 from __future__ import annotations
 
@@ -45,6 +61,7 @@ class TensorContext:
     module: str = "other"
     seed: int = 0
     aux: dict = field(default_factory=dict)   # e.g. {"masks": [...]} or {"coeffs": [...]}
+    offset: int = 0   # flat index of the first entry fn sees (row blocks; 0 for a whole tensor)
 
 
 MergeFn = Callable[[torch.Tensor, list, list, dict, TensorContext], torch.Tensor]
@@ -64,6 +81,12 @@ class MethodSpec:
     # prepare(recipe, infos, progress) -> Prepared with .aux(name) -> dict;
     # used by methods that need whole-model work first (LED scores, ACM MI)
     prepare: Callable | None = None
+    # fn may be fed row blocks (see the module docstring); off by default so
+    # a new method is always given whole tensors unless it says otherwise
+    elementwise: bool = False
+    # delta_stats(tau_flat_f32, params_i, global_params) -> object, once per
+    # task vector before the row blocks; results in ctx.aux["delta_stats"]
+    delta_stats: Callable | None = None
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

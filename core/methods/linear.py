@@ -50,4 +50,5 @@ SPEC = register(MethodSpec(
         Param("weight", 1.0, 0.0, 2.0, per_model=True, help="wᵢ: this model's share of the average"),
         Param("normalize", True, kind="bool", help="divide by the sum of the weights (off: plain weighted sum)"),
     ],
+    elementwise=True,   # a weighted sum: the engine may feed row blocks
 ))

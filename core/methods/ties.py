@@ -16,17 +16,26 @@ so the same YAML gives the same tensors:
 
 The combination step (``combine``) and the L1 rescale are shared with DARE
 and Breadcrumbs, which differ from TIES only in how they sparsify.
+
+Streaming: once each τᵢ's trim threshold is known, every step above is
+elementwise, so the spec is ``elementwise`` with a ``delta_stats`` hook that
+selects the threshold (one task vector at a time, in the engine's scratch
+buffer) and the engine feeds row blocks. Whole tensors work the same way
+with the threshold computed on the spot. Entries are boolean-masked and
+combined expert by expert: no stacked copy of all task vectors is made.
 """
 from __future__ import annotations
 
 import torch
 
 from . import register
-from ._threshold import top_k_mask
+from ._threshold import TopK
 from .base import MethodSpec, Param, TensorContext
 
+_EPS = 1e-7   # mergekit's: below it an L1 norm counts as zero and nothing is rescaled
 
-def rescale_l1(delta: torch.Tensor, mask: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+
+def rescale_l1(delta: torch.Tensor, mask: torch.Tensor, eps: float = _EPS) -> torch.Tensor:
     """δ⊙m scaled so its L1 norm equals δ's (mergekit's ``rescale``).
 
     Matching the norm rather than dividing by the density keeps the expected
@@ -41,16 +50,49 @@ def rescale_l1(delta: torch.Tensor, mask: torch.Tensor, eps: float = 1e-7) -> to
     return masked * (before / after)
 
 
+class Trim:
+    """What trimming one τᵢ needs to know about the whole tensor: its top-k
+    set (as a threshold) and the L1 rescale factor (1 when off)."""
+
+    __slots__ = ("top", "scale")
+
+    def __init__(self, top: TopK | None, scale: float = 1.0):
+        self.top, self.scale = top, scale   # top None: density ≥ 1 keeps everything
+
+    def apply(self, delta: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """The trimmed (and rescaled) block of τᵢ starting at flat ``offset``; a new tensor."""
+        if self.top is None:
+            return delta.clone()
+        out = torch.where(self.top.mask(delta, offset), delta, 0.0)
+        if self.scale != 1.0:
+            out.mul_(self.scale)
+        return out
+
+
+def trim_stats(tau: torch.Tensor, params: dict, global_params: dict, *, overwrite: bool = True) -> Trim:
+    """The ``delta_stats`` hook: τᵢ's trim threshold, from the whole tensor.
+
+    ``overwrite``: ``tau`` is the engine's scratch copy and may be scrambled.
+    """
+    density = float(params.get("density", 1.0))
+    if density >= 1:
+        return Trim(None)
+    n = tau.numel()
+    k = 0 if density <= 0 or n == 0 else max(1, int(density * n))
+    rescale = bool(global_params.get("rescale", False))
+    top = TopK.of(tau, k, overwrite=overwrite, l1=rescale)
+    scale = 1.0
+    if rescale and top.abs_sum >= _EPS and top.top_sum >= _EPS:
+        # as a float32 quotient, like mergekit's tensor division
+        scale = float(torch.tensor(top.abs_sum, dtype=torch.float32) / torch.tensor(top.top_sum, dtype=torch.float32))
+    return Trim(top, scale)
+
+
 def magnitude(delta: torch.Tensor, density: float, rescale: bool = False) -> torch.Tensor:
     """Keep the ⌊density·n⌋ largest |δ| (at least one when density > 0)."""
     if density >= 1:
         return delta
-    n = delta.numel()
-    if density <= 0 or n == 0:
-        return torch.zeros_like(delta)
-    k = max(1, int(density * n))
-    mask = top_k_mask(delta.abs(), k).to(delta.dtype)
-    return rescale_l1(delta, mask) if rescale else delta * mask
+    return trim_stats(delta, {"density": density}, {"rescale": rescale}, overwrite=False).apply(delta)
 
 
 def combine(deltas: list, weights: list[float], *, consensus: bool, normalize: bool,
@@ -60,34 +102,57 @@ def combine(deltas: list, weights: list[float], *, consensus: bool, normalize: b
     ``deltas`` are already sparsified; weights are applied here, before the
     sign election, exactly as mergekit does.
     """
-    stacked = torch.stack(list(deltas), 0)
-    w = torch.tensor(weights, dtype=stacked.dtype, device=stacked.device)
-    w = w.reshape((-1,) + (1,) * (stacked.dim() - 1))
-    weighted = stacked * w
+    return elect([d * w for d, w in zip(deltas, weights)], weights, consensus=consensus, normalize=normalize,
+                 lam=lam)
+
+
+def elect(weighted: list, weights: list[float], *, consensus: bool, normalize: bool, lam: float) -> torch.Tensor:
+    """Sign election and (disjoint) mean of already weighted task vectors.
+
+    Works expert by expert with boolean masks, so its memory is a few
+    tensors of one expert's size however many experts there are. The
+    tensors in ``weighted`` are the caller's temporaries and are reused.
+    """
+    w32 = torch.tensor(weights, dtype=torch.float32)
     if consensus:
-        elected = torch.where(weighted.sum(0) >= 0, 1.0, -1.0).to(stacked.dtype)
-        agree = (weighted.sign() == elected).to(stacked.dtype)
-        mixed = (weighted * agree).sum(0)
-        divisor = (w * agree).sum(0)
-        divisor[divisor == 0] = 1
+        total = weighted[0].clone()
+        for x in weighted[1:]:
+            total.add_(x)
+        plus = total >= 0            # a zero sum elects +
+        mixed = total.zero_()
+        divisor = torch.zeros_like(mixed) if normalize else None
+        for x, w in zip(weighted, w32):
+            # zero entries never agree with either sign
+            agree = torch.where(plus, x > 0, x < 0)
+            mixed.add_(x.mul_(agree))
+            if divisor is not None:
+                divisor.add_(agree * w)
+        if divisor is not None:
+            divisor.masked_fill_(divisor == 0, 1.0)
+            mixed.div_(divisor)
     else:
-        mixed = weighted.sum(0)
-        divisor = w.sum(0).expand_as(mixed).clone()
-        divisor[divisor.abs() < 1e-8] = 1
-    if normalize:
-        mixed = mixed / divisor
+        mixed = weighted[0].clone()
+        for x in weighted[1:]:
+            mixed.add_(x)
+        if normalize:
+            divisor = w32.sum()
+            mixed.div_(divisor if divisor.abs() >= 1e-8 else 1.0)
     if lam != 1:
-        mixed = mixed * lam
+        mixed.mul_(lam)
     return mixed
 
 
 def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
           ctx: TensorContext) -> torch.Tensor:
-    rescale = bool(global_params.get("rescale", False))
-    trimmed = [magnitude(d, float(p.get("density", 1.0)), rescale) for d, p in zip(deltas, model_params)]
-    return combine(trimmed, [float(p.get("weight", 1.0)) for p in model_params], consensus=True,
-                   normalize=bool(global_params.get("normalize", True)),
-                   lam=float(global_params.get("lambda", 1.0)))
+    trims = ctx.aux.get("delta_stats")
+    offset = ctx.offset
+    if trims is None:   # a whole tensor: select here, on a copy
+        trims = [trim_stats(d, p, global_params, overwrite=False) for d, p in zip(deltas, model_params)]
+        offset = 0
+    weights = [float(p.get("weight", 1.0)) for p in model_params]
+    weighted = [t.apply(d, offset).mul_(w) for t, d, w in zip(trims, deltas, weights)]
+    return elect(weighted, weights, consensus=True, normalize=bool(global_params.get("normalize", True)),
+                 lam=float(global_params.get("lambda", 1.0)))
 
 
 SPEC = register(MethodSpec(
@@ -103,4 +168,5 @@ SPEC = register(MethodSpec(
         Param("rescale", False, kind="bool",
               help="scale each trimmed task vector back to its original L1 norm"),
     ],
+    elementwise=True, delta_stats=trim_stats,
 ))
