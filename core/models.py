@@ -16,7 +16,7 @@ from typing import Iterable
 
 import torch
 
-from . import ZOO_DIR
+from . import ZOO_DIR, limits
 from .errors import UserError
 
 ZOO_NAMES = ("base", "safety", "math", "code")
@@ -116,11 +116,15 @@ def resolve(ref: str, *, allow_download: bool | None = None) -> str:
         return path
     expanded = os.path.abspath(os.path.expanduser(ref))
     if os.path.isdir(expanded):
+        limits.check_local_path(expanded, ref)   # Space mode: allowed folders only
         return expanded
     looks_local = ref.startswith((".", "/", "~")) or os.sep in ref.rstrip("/").split("/", 1)[0] \
         or ref.count("/") != 1 or not _HUB_ID.match(ref)
     if looks_local:
+        # checked first so a Space does not tell what exists outside its folders
+        limits.check_local_path(expanded, ref)
         raise UserError(f"The folder '{ref}' does not exist.")
+    limits.check_hub_id(ref)
     return _fetch_hub(ref, allow_download)
 
 
@@ -154,8 +158,10 @@ def read_safetensors_header(path: str) -> dict[str, tuple[str, tuple[int, ...]]]
             if n <= 0 or n > min(size - 8, 100_000_000):
                 raise ValueError("bad header length")
             header = json.loads(f.read(n))
-    except (OSError, ValueError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:   # RecursionError: deeply nested JSON
         raise UserError(f"'{path}' is not a readable safetensors file ({exc}).")
+    if not isinstance(header, dict):   # valid JSON but not a header (fuzzing found this)
+        raise UserError(f"'{path}' is not a readable safetensors file (its header is not a JSON object).")
     out = {}
     data_len = size - 8 - n
     for k, v in header.items():
@@ -165,10 +171,16 @@ def read_safetensors_header(path: str) -> dict[str, tuple[str, tuple[int, ...]]]
             start, end = v["data_offsets"]
             shape = tuple(int(s) for s in v["shape"])
             dtype = v["dtype"]
+            # strings or floats here used to escape as TypeError/KeyError later
+            if not all(type(x) is int for x in (start, end)) or dtype not in DTYPE_BYTES or min(shape, default=0) < 0:
+                raise ValueError(dtype)
         except (KeyError, TypeError, ValueError):
             raise UserError(f"'{path}' has a malformed safetensors header entry for '{k}'.")
         if end > data_len or start > end:
             raise UserError(f"'{path}' is truncated or corrupt: tensor '{k}' lies past the end of the file.")
+        if end - start != TensorMeta(dtype, shape, path).nbytes:
+            raise UserError(f"'{path}' is corrupt: tensor '{k}' has {end - start} bytes but its shape needs "
+                            f"{TensorMeta(dtype, shape, path).nbytes}.")
         out[k] = (dtype, shape)
     return out
 
@@ -191,6 +203,7 @@ def _weight_files(folder: str) -> list[str]:
 def inspect(ref: str, *, allow_pickle: bool = False, trust_remote_code: bool = False,
             allow_download: bool | None = None) -> ModelInfo:
     """Config + tensor headers of one model; no weights are read."""
+    limits.check_opt_ins(ref, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     path = resolve(ref, allow_download=allow_download)
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
@@ -391,6 +404,10 @@ def load_model(ref: str, *, device: str = "auto", dtype: torch.dtype | None = No
                                          else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=torch.bfloat16,
                                                                  bnb_4bit_quant_type="nf4"))
         kwargs["device_map"] = {"": 0}
+    if quantization not in ("8bit", "4bit"):
+        # loaded into RAM first (then moved): refuse before the OOM killer does
+        limits.check_memory(limits.load_estimate([info], torch.empty((), dtype=kwargs["dtype"]).element_size()),
+                            f"Loading '{ref}'")
     try:
         model = AutoModelForCausalLM.from_pretrained(info.path, **kwargs)
     except Exception as exc:

@@ -105,6 +105,8 @@ def loads(text: str) -> Recipe:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise UserError(f"The recipe is not valid YAML{where}.")
+    except RecursionError:   # PyYAML recurses per nesting level; ~1000 '[' is enough
+        raise UserError("The recipe is nested too deeply to be a recipe.")
     return from_dict(data)
 
 
