@@ -32,6 +32,7 @@ from typing import Callable
 
 import torch
 
+from . import limits
 from . import models as M
 from . import recipe as R
 from .errors import UserError
@@ -580,6 +581,14 @@ def _finite_norm(x: float) -> bool:
     return x == x and x != float("inf")
 
 
+def _check_range(out: torch.Tensor, dtype: torch.dtype, method: str, name: str) -> None:
+    """A finite float32 result can still overflow a half-precision output
+    (float16 tops out at 65504); the float32 norm check cannot see that."""
+    if dtype != torch.float32 and _has_nonfinite(out):
+        raise UserError(f"The {method} merge gives values too large for {str(dtype).replace('torch.', '')} in "
+                        f"tensor '{name}'; nothing was written (merge in float32 or bfloat16).")
+
+
 def _walk(p: _Plan, inputs: _Inputs, dtype: torch.dtype, emit: Callable[[str, torch.Tensor], None],
           progress: Progress | None, prepared, result: MergeResult, bar=None, bufs: _Buffers | None = None) -> None:
     """The hot loop: one tensor name at a time through the method.
@@ -610,6 +619,7 @@ def _walk(p: _Plan, inputs: _Inputs, dtype: torch.dtype, emit: Callable[[str, to
             if not _finite_norm(merged_norm):
                 raise UserError(f"The {spec.name} merge produced NaN or Inf in tensor '{name}'; nothing was written.")
             result.stats[name] = TensorStats(layer, module, merged_norm, ([0.0] if p.zero_first else []) + norms)
+            _check_range(out, dtype, spec.name, name)
             emit(name, out)
             if bar is not None:
                 bar.update(1)
@@ -651,6 +661,7 @@ def _walk(p: _Plan, inputs: _Inputs, dtype: torch.dtype, emit: Callable[[str, to
             out = _slot(bufs.out, out.shape).copy_(out)
         if out.dtype != dtype:
             out = out.to(dtype)
+        _check_range(out, dtype, spec.name, name)
         emit(name, out)
         if bar is not None:
             bar.update(1)
@@ -711,8 +722,12 @@ def run_merge(recipe: R.Recipe, *, out_dir: str | None = None, live_model=None, 
     t0 = time.perf_counter()
     if out_dir is not None:
         out_dir = os.path.abspath(os.path.expanduser(out_dir))
+        limits.check_output_dir(out_dir)   # Space mode: only under the output roots
         _check_out(out_dir, force)
     p = plan(recipe, infos)
+    # headers only so far: refuse a merge that would not fit before reading weights
+    limits.check_merge(p.base, p.sources, live=live_model is not None, needs_grad=p.spec.prepare is not None,
+                       out_bytes=_TORCH_DTYPES[recipe.dtype].itemsize)
     if live_model is not None:
         merged, result = merge_state_dict(recipe, device=device, progress=progress, _plan=p)
         _into_live(live_model, merged)
@@ -744,12 +759,15 @@ def _to_folder(recipe: R.Recipe, p: _Plan, out_dir: str, force: bool, progress: 
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
         raise UserError(f"Cannot create the folder '{parent}' ({exc.strerror}).")
-    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{uuid.uuid4().hex[:8]}")
+    # the pid in the name lets a later merge tell a folder left by a killed
+    # process (SIGKILL skips every cleanup) from one still being written
+    tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     result = MergeResult(out_dir, len(p.names), 0.0, list(p.notes), list(p.labels))
     writer = None
     bar = None
     _LOCK.acquire()
     try:
+        _clean_stale(parent, os.path.basename(out_dir))
         os.makedirs(tmp)
         prepared = p.spec.prepare(recipe, p.infos, progress) if p.spec.prepare else None
         inputs = _inputs(p, device, live=False)
@@ -783,6 +801,35 @@ def _to_folder(recipe: R.Recipe, p: _Plan, out_dir: str, force: bool, progress: 
         progress(1.0, f"wrote {out_dir}")
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def _clean_stale(parent: str, base: str) -> None:
+    """Remove ``.<base>.partial-<pid>-*`` folders whose process is gone.
+
+    A merge killed with SIGKILL (or by the OOM killer) cannot clean up after
+    itself; its hidden temp folder is removed by the next merge to the same
+    output. Folders of this process are stale too: merges here hold _LOCK.
+    """
+    prefix = f".{base}.partial-"
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for entry in names:
+        if not entry.startswith(prefix):
+            continue
+        pid = entry[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        if int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue            # still running: another process is writing it
+            except ProcessLookupError:
+                pass
+            except OSError:         # exists but is not ours to signal
+                continue
+        shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
 
 
 def _cleanup(writer: ShardWriter | None, tmp: str) -> None:
