@@ -48,6 +48,32 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _log_crash(cmd: str) -> str | None:
+    """Write the current traceback to a log file, never to the terminal.
+
+    log.exception alone went through basicConfig's stderr handler, so the
+    user saw the whole traceback above the one sentence. The file is
+    MERGE_EXPLORER_LOG, else <cache>/logs/cli.log; returns its path.
+    """
+    from . import CACHE_DIR
+    path = os.environ.get("MERGE_EXPLORER_LOG") or os.path.join(CACHE_DIR, "logs", "cli.log")
+    crash = logging.getLogger("core.crash")
+    crash.propagate = False
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+    except OSError:
+        return None
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    crash.addHandler(handler)
+    try:
+        crash.exception("unexpected failure in %s", cmd)
+    finally:
+        crash.removeHandler(handler)
+        handler.close()
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOGLEVEL", "WARNING"),
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -62,8 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         print("error: interrupted; nothing was written.", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: one sentence for the user, details in the log
-        log.exception("unexpected failure in %s", args.cmd)
-        print(f"error: {one_line(exc)}", file=sys.stderr)
+        where = _log_crash(args.cmd)
+        msg = one_line(exc)
+        if where and msg.endswith("in the log."):
+            msg = msg[:-1] + f" ({where})."
+        print(f"error: {msg}", file=sys.stderr)
         return 1
 
 
