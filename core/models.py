@@ -289,6 +289,11 @@ def compatibility(base: ModelInfo, experts: Iterable[ModelInfo]) -> CompatReport
             if is_vocab_tensor(k) and et.shape[1:] == bt.shape[1:] and et.shape[0] > bt.shape[0]:
                 rep.vocab_extra[e.ref] = et.shape[0] - bt.shape[0]
                 continue
+            if is_vocab_tensor(k) and et.shape[1:] == bt.shape[1:]:
+                # the shapes alone did not say this is about the vocabulary
+                rep.problems.append(f"'{e.ref}' has a smaller vocabulary than the base ({et.shape[0]} rows in {k}, "
+                                    f"the base has {bt.shape[0]}); only an expert that adds tokens can be merged.")
+                break
             rep.problems.append(f"'{e.ref}' has {k} of shape {list(et.shape)} but the base has {list(bt.shape)}.")
             break
         if e.ref in rep.vocab_extra:
