@@ -158,6 +158,9 @@ def _check_value(p, value: Any, where: str) -> Any:
             raise UserError(f"{what} must be a number, not {value!r}.")
         if value != value or value in (float("inf"), float("-inf")):
             raise UserError(f"{what} must be a finite number, not {value!r}.")
+        if isinstance(value, int) and abs(value) >= 2**63:
+            # float() of a 400-digit YAML integer overflows (fuzzing found it); no parameter is that large
+            raise UserError(f"{what} is a {len(str(abs(value)))}-digit number; it is far out of range.")
         if p.kind == "int":
             if float(value) != int(value):
                 raise UserError(f"{what} must be a whole number, not {value!r}.")
@@ -199,8 +202,8 @@ def _canonical(spec, raw: dict, where: str, per_model: bool) -> dict:
             raise UserError(f"'{name}'{where} is given twice (once as '{key}').")
         p = spec.param(name)
         if p is None and name == "seed" and not per_model:
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise UserError(f"'seed'{where} must be a whole number of at least 0, not {value!r}.")
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:   # torch seeds are int64
+                raise UserError(f"'seed'{where} must be a whole number from 0 to 2^63-1, not {str(value)[:20]!r}.")
             out[name] = int(value)
             continue
         if p is None and name == "normalize" and value is False:
