@@ -49,6 +49,14 @@ class TensorMeta:
         return self.numel * DTYPE_BYTES.get(self.dtype, 4)
 
 
+def _as_int(x) -> int:
+    """A config count, or -1 when it is not a number (shown, and then it
+    mismatches the base, instead of a ValueError from int())."""
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or x != x or x in (float("inf"), float("-inf")):
+        return -1
+    return int(x)
+
+
 @dataclass
 class ModelInfo:
     """What we know about a model without loading it."""
@@ -60,16 +68,18 @@ class ModelInfo:
 
     @property
     def architecture(self) -> str:
-        archs = self.config.get("architectures") or [self.config.get("model_type", "?")]
+        archs = self.config.get("architectures")
+        if not isinstance(archs, list) or not archs:   # a hand-edited config may hold anything
+            archs = [self.config.get("model_type", "?")]
         return str(archs[0])
 
     @property
     def n_layers(self) -> int:
-        return int(self.config.get("num_hidden_layers", 0))
+        return _as_int(self.config.get("num_hidden_layers", 0))
 
     @property
     def vocab_size(self) -> int:
-        return int(self.config.get("vocab_size", 0))
+        return _as_int(self.config.get("vocab_size", 0))
 
     @property
     def nbytes(self) -> int:
@@ -192,7 +202,10 @@ def _weight_files(folder: str) -> list[str]:
         try:
             with open(idx) as f:
                 files = sorted(set(json.load(f)["weight_map"].values()))
-        except (OSError, ValueError, KeyError):
+            if not all(isinstance(x, str) and x and os.path.basename(x) == x for x in files):
+                # a shard name like ../../x or /x would read a file outside the model folder
+                raise ValueError("shard names must be plain file names")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
             raise UserError(f"'{idx}' is not a valid safetensors index.")
         missing = [x for x in files if not os.path.isfile(os.path.join(folder, x))]
         if missing:
@@ -216,7 +229,7 @@ def inspect(ref: str, *, allow_pickle: bool = False, trust_remote_code: bool = F
             config = json.load(f)
         if not isinstance(config, dict):
             raise ValueError("not an object")
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:
         raise UserError(f"The config.json of '{ref}' is not valid JSON ({exc}).")
     if config.get("auto_map") and not trust_remote_code:
         raise UserError(f"'{ref}' needs custom code (auto_map in config.json); enable trust_remote_code only if you trust its author.")

@@ -107,6 +107,8 @@ def loads(text: str) -> Recipe:
         raise UserError(f"The recipe is not valid YAML{where}.")
     except RecursionError:   # PyYAML recurses per nesting level; ~1000 '[' is enough
         raise UserError("The recipe is nested too deeply to be a recipe.")
+    except ValueError:       # int() of a 4300+ digit number, raised from inside PyYAML
+        raise UserError("The recipe holds a number too long to read.")
     return from_dict(data)
 
 
@@ -160,7 +162,7 @@ def _check_value(p, value: Any, where: str) -> Any:
             raise UserError(f"{what} must be a finite number, not {value!r}.")
         if isinstance(value, int) and abs(value) >= 2**63:
             # float() of a 400-digit YAML integer overflows (fuzzing found it); no parameter is that large
-            raise UserError(f"{what} is a {len(str(abs(value)))}-digit number; it is far out of range.")
+            raise UserError(f"{what} is a number of {value.bit_length()} bits; it is far out of range.")
         if p.kind == "int":
             if float(value) != int(value):
                 raise UserError(f"{what} must be a whole number, not {value!r}.")

@@ -19,7 +19,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core import probes
+from core import ZOO_DIR, probes
 from core import recipe as R
 from core.errors import UserError
 from core.methods import REGISTRY
@@ -103,16 +103,17 @@ def test_any_text_only_raises_user_errors(text):
     "a: &x [*x]",                                              # a self-referencing alias
     "merge_method: task_arithmetic\nmodels: [zoo:safety]\nparameters: {lambda: 1" + "0" * 500 + "}",
     "merge_method: task_arithmetic\nbase_model: zoo:base\nmodels: [zoo:safety]\nparameters: {seed: 1" + "0" * 400 + "}",
+    "merge_method: task_arithmetic\nmodels: [zoo:safety]\nparameters: {lambda: " + "1" * 5000 + "}",   # past int()'s digit limit
     "!!python/object/apply:os.system ['echo pwned']",         # safe_load refuses to construct it
     "\x00\x01\x02",
     "merge_method: 5\nmodels: {a: b}",
-], ids=["deep", "alias-loop", "huge-float", "huge-seed", "python-tag", "control-chars", "wrong-types"])
+], ids=["deep", "alias-loop", "huge-float", "huge-seed", "long-int", "python-tag", "control-chars", "wrong-types"])
 def test_hand_picked_nasty_recipes(text):
     _only_user_errors(lambda t: R.validate(R.loads(t)), text)
 
 
 def test_a_huge_number_is_a_range_error_not_an_overflow():
-    with pytest.raises(UserError, match="401-digit number; it is far out of range"):
+    with pytest.raises(UserError, match="1329 bits; it is far out of range"):
         R.validate(R.from_dict({"merge_method": "task_arithmetic", "base_model": "zoo:base",
                                 "models": ["zoo:safety"], "parameters": {"lambda": 10**400}}))
 
@@ -248,3 +249,47 @@ def test_safetensors_reader_on_random_bytes(data):
     with open(path, "wb") as f:
         f.write(data)
     _only_user_errors(read_safetensors_header, path)
+
+
+# ------------------------------------------------ config.json and the index
+_MODEL = os.path.join(_DIR, "model")
+os.makedirs(_MODEL, exist_ok=True)
+if not os.path.exists(os.path.join(_MODEL, "weights.safetensors")):
+    # the base's real weights, linked (not copied): only config and index vary
+    os.symlink(os.path.join(ZOO_DIR, "base", "model.safetensors"), os.path.join(_MODEL, "weights.safetensors"))
+
+configs = st.one_of(anything, st.fixed_dictionaries({}, optional={
+    "architectures": st.one_of(st.lists(st.sampled_from(["LlamaForCausalLM", "MistralForCausalLM"]), max_size=2),
+                               anything),
+    "model_type": st.one_of(st.sampled_from(["llama", "mistral"]), anything),
+    "num_hidden_layers": st.one_of(st.integers(-1, 6), numbers, anything),
+    "vocab_size": st.one_of(st.integers(0, 200), numbers, anything),
+    "auto_map": anything}))
+indexes = st.one_of(anything, st.fixed_dictionaries({"weight_map": st.one_of(
+    st.dictionaries(st.text(max_size=6), st.sampled_from(["weights.safetensors", "../model/weights.safetensors",
+                                                          "/etc/passwd", "missing.safetensors", ""]), max_size=3),
+    anything)}))
+
+
+def _inspect_and_compare(ref: str):
+    from core import models as M
+    info = M.inspect(ref)
+    base = M.inspect("zoo:base")
+    rep = M.compatibility(base, [info])
+    assert rep.ok or rep.problems[0].endswith(".")
+    return rep
+
+
+@SETTINGS
+@given(configs, st.one_of(st.none(), indexes))
+def test_config_and_index_only_raise_user_errors(config, index):
+    with open(os.path.join(_MODEL, "config.json"), "w") as f:
+        json.dump(config, f)
+    idx = os.path.join(_MODEL, "model.safetensors.index.json")
+    if index is None:
+        if os.path.exists(idx):
+            os.remove(idx)
+    else:
+        with open(idx, "w") as f:
+            json.dump(index, f)
+    _only_user_errors(_inspect_and_compare, _MODEL)

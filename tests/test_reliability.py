@@ -284,7 +284,7 @@ def _with_method(fam, method: str, **kw) -> dict:
     ("ties", "model", {"density": 1.5}, ["'density' of", "is 1.5", "between 0 and 1"]),
     ("slerp", "global", {"t": 1.01}, ["'t' in parameters is 1.01", "between 0 and 1"]),
     ("led", "model", {"mask_ratio": 1.2}, ["'mask_ratio'", "1.2", "between 0 and 1"]),
-    ("acm", "global", {"t": -1}, ["'t' in parameters is -1"]),
+    ("acm", "global", {"temperature": 0}, ["'temperature' in parameters is 0", "between 0.01 and 10"]),
 ], ids=["lambda-high", "lambda-negative", "density", "slerp-t", "led-r", "acm-t"])
 def test_parameter_out_of_range(fam, tmp_path, capsys, method, where, value, needles):
     from core.methods import REGISTRY
