@@ -239,8 +239,10 @@ def inspect(ref: str, *, allow_pickle: bool = False, trust_remote_code: bool = F
         if pickled and not allow_pickle:
             raise UserError(f"'{ref}' has only pickled weights ({pickled[0]}); pickles can run code, so they are refused unless you opt in.")
         if pickled:
-            raise UserError(f"'{ref}' has only pickled weights; convert them to safetensors first (pickled merging is not supported).")
-        raise UserError(f"'{ref}' has no .safetensors weights.")
+            path = _convert_pickled(ref, path, sorted(x for x in pickled if x.endswith(".bin")))
+            files = _weight_files(path)
+        else:
+            raise UserError(f"'{ref}' has no .safetensors weights.")
     tensors: dict[str, TensorMeta] = {}
     for fpath in files:
         for k, (dtype, shape) in read_safetensors_header(fpath).items():
@@ -249,6 +251,53 @@ def inspect(ref: str, *, allow_pickle: bool = False, trust_remote_code: bool = F
         raise UserError(f"'{ref}' has safetensors files but no tensors in them.")
     name = ref[4:] if ref.startswith("zoo:") else os.path.basename(os.path.normpath(ref))
     return ModelInfo(ref=ref, path=path, config=config, tensors=tensors, name=name)
+
+
+def _convert_pickled(ref: str, folder: str, bins: list[str]) -> str:
+    """The user opted in: a safetensors copy of ``pytorch_model*.bin`` in the cache.
+
+    ``torch.load(weights_only=True)`` unpickles tensors and plain containers
+    only, so even an opted-in pickle cannot run code here; everything after
+    it (engine, chat) then reads the copy like any safetensors model. The
+    copy is keyed by the files' names, sizes and mtimes.
+    """
+    import hashlib
+    import shutil
+    from safetensors.torch import save_file
+    from . import CACHE_DIR
+    if not bins:
+        raise UserError(f"'{ref}' has pickled weights but no pytorch_model*.bin; convert them to safetensors first.")
+    h = hashlib.sha256(os.path.realpath(folder).encode())
+    for b in bins:
+        st = os.stat(os.path.join(folder, b))
+        h.update(f"{b}:{st.st_size}:{int(st.st_mtime)}".encode())
+    dst = os.path.join(CACHE_DIR, "from-pickle", h.hexdigest()[:16])
+    if os.path.isfile(os.path.join(dst, "model.safetensors")):
+        return dst
+    state: dict = {}
+    for b in bins:
+        try:
+            part = torch.load(os.path.join(folder, b), map_location="cpu", weights_only=True)
+        except Exception as exc:   # a pickle with code in it lands here too
+            raise UserError(f"'{ref}': {b} is not a plain tensor checkpoint ({type(exc).__name__}); it was not loaded.")
+        if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
+            raise UserError(f"'{ref}': {b} does not hold a state dict of tensors.")
+        state.update(part)
+    tmp = f"{dst}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    try:
+        for x in os.listdir(folder):   # config, tokenizer, generation config ...
+            if os.path.isfile(os.path.join(folder, x)) and not x.endswith((".bin", ".pt", ".pth", ".ckpt")):
+                shutil.copyfile(os.path.join(folder, x), os.path.join(tmp, x))
+        # tied weights share storage, which safetensors refuses: give each its own
+        save_file({k: v.contiguous().clone() for k, v in state.items()}, os.path.join(tmp, "model.safetensors"),
+                  metadata={"format": "pt"})
+        os.replace(tmp, dst)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"Could not write a safetensors copy of '{ref}' to {dst} ({exc.strerror or exc}).")
+    return dst
 
 
 @dataclass
@@ -458,10 +507,14 @@ def load_tokenizer(ref: str, trust_remote_code: bool = False):
 
 
 def load_model(ref: str, *, device: str = "auto", dtype: torch.dtype | None = None,
-               quantization: str | None = None, trust_remote_code: bool = False):
-    """Load a model for generation (eval mode), optionally 8/4-bit."""
+               quantization: str | None = None, trust_remote_code: bool = False, allow_pickle: bool = False):
+    """Load a model for generation (eval mode), optionally 8/4-bit.
+
+    ``allow_pickle`` loads a .bin-only model from its safetensors copy (see
+    _convert_pickled); it is off unless the user opts in.
+    """
     from transformers import AutoModelForCausalLM
-    info = inspect(ref, trust_remote_code=trust_remote_code)
+    info = inspect(ref, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     device = pick_device(device)
     kwargs: dict = {"dtype": dtype or default_dtype(device), "trust_remote_code": trust_remote_code}
     if quantization in ("8bit", "4bit"):

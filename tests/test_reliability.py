@@ -235,9 +235,37 @@ def test_only_pickled_weights_are_refused_unless_opted_in(fam, tmp_path, capsys)
     torch.save(load_file(os.path.join(e, ST)), os.path.join(e, "pytorch_model.bin"))
     os.remove(os.path.join(e, ST))
     merge_refused(fam, tmp_path, capsys, ta(fam, e), "only pickled weights", "pytorch_model.bin", "opt in")
-    # opting in does not make the engine unpickle: it says what to do instead
-    with pytest.raises(UserError, match="convert them to safetensors first"):
-        M.inspect(e, allow_pickle=True)
+
+
+def test_opting_in_to_pickles_reads_a_safetensors_copy_and_still_runs_no_code(fam, tmp_path, monkeypatch):
+    import core
+    monkeypatch.setattr(core, "CACHE_DIR", str(tmp_path / "cache"))
+    e = variant(fam, tmp_path, "pickled")
+    sd = load_file(os.path.join(e, ST))
+    torch.save(sd, os.path.join(e, "pytorch_model.bin"))
+    os.remove(os.path.join(e, ST))
+    info = M.inspect(e, allow_pickle=True)
+    assert info.path.startswith(str(tmp_path / "cache")) and info.tensors.keys() == sd.keys()
+    from core import service
+    out = str(tmp_path / "merged")
+    infos = {str(fam / "base"): M.inspect(str(fam / "base")), e: info}
+    service.merge(ta(fam, e), out_dir=out, infos=infos)
+    got = load_file(os.path.join(out, ST))
+    base = load_file(str(fam / "base" / ST))
+    assert not torch.equal(sd[UP], base[UP])
+    for k in sd:                                            # TA with λ=1 and one expert gives the expert
+        torch.testing.assert_close(got[k], sd[k], rtol=0, atol=1e-6)
+    # a pickle that would run code is refused even with the opt-in
+    evil = tmp_path / "evil"
+    shutil.copytree(e, evil, ignore=shutil.ignore_patterns("*.bin"))
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+    torch.save({"w": Boom()}, evil / "pytorch_model.bin")
+    with pytest.raises(UserError, match="is not a plain tensor checkpoint"):
+        M.inspect(str(evil), allow_pickle=True)
+    assert not (tmp_path / "pwned").exists()
 
 
 def test_trust_remote_code_model_is_refused_unless_opted_in(fam, tmp_path, capsys):
