@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--suites", default="harmful,benign,math,code")
     pr.add_argument("--limit", type=int, default=None, help="at most this many prompts per suite")
     pr.add_argument("--json", action="store_true")
+    pr.add_argument("--examples", action="store_true", help="include every prompt, answer and verdict in --json")
+    pr.add_argument("--device", default="auto", help="auto (cuda, mps, cpu in that order), cuda, mps or cpu")
+    pr.add_argument("--quantize", choices=["8bit", "4bit"], default=None, help="bitsandbytes loading (CUDA only)")
+    pr.add_argument("--refusal-phrases", default=None,
+                    help="JSON {start, anywhere, exceptions, window} replacing the refusal phrase lists")
 
     r = sub.add_parser("reproduce", help="the paper-style table on the built-in family")
     r.add_argument("--json", action="store_true")

@@ -39,6 +39,51 @@ def merge(recipe, out_dir: str | None = None, live_model=None, progress=None, **
     return engine.run_merge(recipe, out_dir=out_dir, live_model=live_model, progress=progress, **options)
 
 
+def probe(model_or_ref, suites="harmful,benign,math,code", limit: int | None = None, progress=None, **options) -> dict:
+    """Quick probes of one model: a reference (zoo:NAME, folder, Hub id) or a
+    loaded model (the UI's live merged model; pass tokenizer=... or it is
+    loaded from the model's name_or_path). A reference already loaded for
+    the chat is reused rather than loaded again.
+
+    Returns {"model", "suites": {key: {"n", metric, "examples": [{prompt,
+    answer, hit}]}}, "seconds"}; metric is refusal_rate (harmful),
+    over_refusal_rate (benign), accuracy (math) or pass_rate (code).
+    options: tokenizer, phrases (scorers.RefusalPhrases), device,
+    quantization ("8bit"/"4bit", CUDA only), max_new_tokens, batch_size.
+    """
+    from . import chat, probes
+    tok = options.pop("tokenizer", None)
+    if isinstance(model_or_ref, str):
+        hit = chat.CACHE.get(model_or_ref, options.get("device", "auto"), options.get("quantization"))
+        if hit is not None:
+            return probes.run_probes(hit[0], hit[1], suites, limit, progress, name=model_or_ref,
+                                     **{k: v for k, v in options.items() if k not in ("device", "quantization")})
+    return probes.run_probes(model_or_ref, tok, suites, limit, progress, **options)
+
+
+def chat_session(models: list, **options):
+    """A chat.ChatSession over references and/or loaded models; see core/chat.py.
+
+    ``session.stream(prompt, max_new_tokens=, do_sample=, temperature=,
+    top_p=, seed=)`` yields one string per model as tokens arrive;
+    ``session.stop()`` stops them; ``session.reset()`` clears the history.
+    options: names, cache, device, quantization, system_prompt, mode.
+    """
+    from . import chat
+    return chat.ChatSession(models, **options)
+
+
+def quantization_options() -> dict[str, str]:
+    """{"8bit": why-not or "", "4bit": why-not or ""} for the UI's choices."""
+    return models.quantization_status()
+
+
+def reproduce(quick: bool = False, progress=None, show_bar: bool = False) -> dict:
+    """The paper-style table on the built-in family (see core/reproduce.py)."""
+    from . import reproduce as rep
+    return rep.run(quick=quick, progress=progress, show_bar=show_bar)
+
+
 # ---------------------------------------------------------------- CLI glue
 def run_cli(args) -> int:
     handler = _CLI.get(args.cmd)
@@ -79,4 +124,42 @@ def _cli_merge(args) -> int:
     return 0
 
 
-_CLI = {"zoo": _cli_zoo, "compat": _cli_compat, "merge": _cli_merge}
+def _quiet_loading() -> None:
+    """transformers draws a 'Loading weights' bar per model; on the command
+    line it buries the result (and a reproduce run loads dozens)."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+
+
+def _cli_probe(args) -> int:
+    from . import probes, scorers
+    _quiet_loading()
+    phrases = scorers.load_phrases(args.refusal_phrases) if getattr(args, "refusal_phrases", None) else None
+    res = probe(args.model, args.suites, args.limit, phrases=phrases, device=getattr(args, "device", "auto"),
+                quantization=getattr(args, "quantize", None))
+    if args.json:
+        print(json.dumps(probes.summary(res, examples=getattr(args, "examples", False))))
+    else:
+        print(probes.format_table(res))
+    return 0
+
+
+def _cli_reproduce(args) -> int:
+    from . import reproduce as rep
+    _quiet_loading()
+    res = reproduce(quick=args.quick, show_bar=True)
+    cmd = "python -m core reproduce" + (" --quick" if args.quick else "") + (" --json" if args.json else "")
+    path = rep.write_markdown(rep.markdown(res, cmd), args.write or rep.DEFAULT_MD)
+    if args.json:
+        print(json.dumps({"rows": [{k: r[k] for k in ("method", "settings", "selection", "refusal_rate",
+                                                       "over_refusal_rate", "math_accuracy", "code_pass_rate")}
+                                   for r in res["rows"]]}))
+    else:
+        print(rep.format_table(res))
+        for n in res["notes"]:
+            print("note:", n)
+        print(f"({res['seconds']:.0f} s; written to {path})")
+    return 0
+
+
+_CLI = {"zoo": _cli_zoo, "compat": _cli_compat, "merge": _cli_merge, "probe": _cli_probe, "reproduce": _cli_reproduce}

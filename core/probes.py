@@ -1,0 +1,330 @@
+"""Quick probes: refusal of harmful requests, over-refusal, math, code.
+
+Built-in suites are JSONL files in assets/probes/ built from held-out parts
+of the tiny family's data (core/zoo/build.py). Users may add their own:
+
+* JSONL, one object per line with a string ``prompt`` (math rows also carry
+  ``answer``; code rows ``entry_point`` and ``tests`` [{args, expected}]);
+* AdvBench-style CSV with columns ``goal,target`` (the goal is the prompt);
+* HarmBench behaviours CSV with a ``Behavior`` column (a ``ContextString``,
+  when present, goes before the behaviour as HarmBench does).
+
+A suite is named on the command line as ``harmful`` (built-in), ``PATH``
+(kind guessed: CSV -> harmful; JSONL by its fields) or ``KIND=PATH``.
+
+Generation is batched, greedy and sorted by prompt length (less padding),
+with a token budget per suite, so the built-in family's whole run takes a
+few seconds on CPU.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from typing import Callable
+
+import torch
+
+from . import PROBES_DIR, scorers
+from .errors import UserError
+
+SUITES = ("harmful", "benign", "math", "code")
+METRIC = {"harmful": "refusal_rate", "benign": "over_refusal_rate", "math": "accuracy", "code": "pass_rate"}
+# tokens generated per answer: a refusal shows in its first words, a sum in
+# one line; code needs a whole function. Budgets only cap rambling answers:
+# generation ends earlier when every answer in the batch has finished.
+MAX_NEW_TOKENS = {"harmful": 64, "benign": 64, "math": 48, "code": 128}
+DEFAULT_BATCH = 64
+
+Progress = Callable[[float, str], None]
+
+
+# ---------------------------------------------------------------- loading
+def _read_text(path: str) -> str:
+    if not os.path.isfile(path):
+        raise UserError(f"The probe file '{path}' does not exist.")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise UserError(f"The probe file '{path}' is not UTF-8 text.")
+    except OSError as exc:
+        raise UserError(f"Cannot read the probe file '{path}' ({exc.strerror}).")
+
+
+def load_jsonl(path: str) -> list[dict]:
+    """Rows of a JSONL file; each needs a non-empty string ``prompt``."""
+    rows = []
+    for i, line in enumerate(_read_text(path).splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except (ValueError, RecursionError):   # RecursionError: a line of 1000+ '[' (fuzzing found it)
+            raise UserError(f"Line {i} of '{path}' is not valid JSON.")
+        if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+            raise UserError(f"Line {i} of '{path}' needs a non-empty string field 'prompt'.")
+        rows.append(row)
+    if not rows:
+        raise UserError(f"The probe file '{path}' has no prompts.")
+    return rows
+
+
+def load_csv(path: str) -> list[dict]:
+    """AdvBench (goal,target) or HarmBench (Behavior[,ContextString]) rows."""
+    text = _read_text(path)
+    try:
+        reader = csv.DictReader(text.splitlines())
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        if "goal" in header:
+            col, kind = "goal", "AdvBench"
+        elif "Behavior" in header:
+            col, kind = "Behavior", "HarmBench"
+        else:
+            raise UserError(f"'{path}' has neither a 'goal' column (AdvBench) nor a 'Behavior' column (HarmBench).")
+        rows = []
+        for i, rec in enumerate(reader, 2):
+            if None in rec or None in rec.values():
+                if not any((v or "").strip() for v in rec.values() if isinstance(v, str)) and None not in rec:
+                    continue   # blank line
+                raise UserError(f"Row {i} of '{path}' has a different number of fields than the header.")
+            rec = {k.strip(): v for k, v in rec.items()}
+            value = (rec.get(col) or "").strip()
+            if not value:
+                if not any((v or "").strip() for v in rec.values() if isinstance(v, str)):
+                    continue   # blank line
+                raise UserError(f"Row {i} of '{path}' has an empty '{col}' ({kind} format).")
+            prompt = value
+            ctx = (rec.get("ContextString") or "").strip() if kind == "HarmBench" else ""
+            if ctx:
+                prompt = f"{ctx}\n\n---\n\n{value}"
+            row = {"prompt": prompt}
+            if kind == "AdvBench" and rec.get("target"):
+                row["target"] = rec["target"]
+            if kind == "HarmBench" and rec.get("BehaviorID"):
+                row["id"] = rec["BehaviorID"]
+            rows.append(row)
+    except csv.Error as exc:
+        raise UserError(f"'{path}' is not a valid CSV file ({exc}).")
+    if not rows:
+        raise UserError(f"The probe file '{path}' has no prompts.")
+    return rows
+
+
+def load_file(path: str) -> list[dict]:
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".csv":
+        return load_csv(path)
+    if ext in (".jsonl", ".json", ".ndjson"):
+        return load_jsonl(path)
+    raise UserError(f"'{path}' is neither .jsonl nor .csv; probe files are JSONL {{prompt, ...}} or AdvBench/HarmBench CSV.")
+
+
+def guess_kind(rows: list[dict], path: str) -> str:
+    """Which scorer a user file gets when the user did not say (KIND=PATH)."""
+    if path.lower().endswith(".csv"):
+        return "harmful"
+    if all("entry_point" in r and "tests" in r for r in rows):
+        return "code"
+    if all("answer" in r for r in rows):
+        return "math"
+    return "harmful"
+
+
+def check_rows(kind: str, rows: list[dict], where: str) -> None:
+    """Fields the scorer of ``kind`` needs, checked before any generation."""
+    for i, r in enumerate(rows, 1):
+        if kind == "math":
+            a = r.get("answer")
+            if isinstance(a, bool) or not isinstance(a, (int, float)):
+                raise UserError(f"Row {i} of '{where}' needs a numeric 'answer' for the math suite.")
+        elif kind == "code":
+            tests = r.get("tests")
+            if not isinstance(r.get("entry_point"), str) or not r["entry_point"].isidentifier():
+                raise UserError(f"Row {i} of '{where}' needs an 'entry_point' naming a Python function.")
+            if not isinstance(tests, list) or not tests or not all(
+                    isinstance(t, dict) and isinstance(t.get("args"), list) and "expected" in t for t in tests):
+                raise UserError(f"Row {i} of '{where}' needs 'tests' as a list of {{\"args\": [...], \"expected\": ...}}.")
+
+
+def load_suite(name_or_path: str, kind: str | None = None) -> list[dict]:
+    """A built-in suite by name, or a user file (checked for ``kind``)."""
+    if name_or_path in SUITES and not os.path.isfile(name_or_path):
+        path = os.path.join(PROBES_DIR, f"{name_or_path}.jsonl")
+        if not os.path.isfile(path):
+            raise UserError(f"The built-in probe suite '{name_or_path}' is missing; rebuild it with `python -m core zoo build`.")
+        rows = load_jsonl(path)
+        check_rows(name_or_path, rows, path)
+        return rows
+    rows = load_file(name_or_path)
+    check_rows(kind or guess_kind(rows, name_or_path), rows, name_or_path)
+    return rows
+
+
+def parse_suites(spec) -> list[tuple[str, str, str]]:
+    """``"harmful,benign=my.jsonl,adv.csv"`` -> [(key, kind, source)].
+
+    The key is the name in the result: the kind itself unless two entries
+    share a kind, then ``kind:file``.
+    """
+    items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
+    if not items:
+        raise UserError("No probe suites given; use harmful, benign, math, code or a file.")
+    out: list[tuple[str, str, str]] = []
+    for it in items:
+        if it in SUITES:
+            kind, src = it, it
+        elif "=" in it and it.split("=", 1)[0].strip() in SUITES:
+            kind, src = (x.strip() for x in it.split("=", 1))
+        elif "=" in it:
+            raise UserError(f"Unknown probe kind '{it.split('=', 1)[0]}'; use one of {', '.join(SUITES)}.")
+        elif os.path.splitext(it)[1].lower() in (".csv", ".jsonl", ".json", ".ndjson") or os.path.exists(it):
+            kind, src = "", it
+        else:
+            raise UserError(f"Unknown probe suite '{it}'; use one of {', '.join(SUITES)}, a .jsonl/.csv file, or KIND=FILE.")
+        out.append((it, kind, src))
+    result, used = [], set()
+    for it, kind, src in out:
+        if not kind:
+            kind = guess_kind(load_file(src), src)
+        key = kind if kind not in used else f"{kind}:{os.path.basename(src)}"
+        used.add(kind)
+        result.append((key, kind, src))
+    return result
+
+
+# ------------------------------------------------------------- generation
+def chat_text(tok, messages: list[dict]) -> str:
+    """The model's prompt for a conversation; a tokenizer without a chat
+    template gets a plain 'User:/Assistant:' transcript."""
+    if getattr(tok, "chat_template", None):
+        return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    lines = [f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n".join(lines) + "\nAssistant:"
+
+
+def context_limit(model, tok) -> int | None:
+    n = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    m = getattr(tok, "model_max_length", None)
+    vals = [v for v in (n, m) if isinstance(v, int) and 0 < v < 10**7]
+    return min(vals) if vals else None
+
+
+@torch.no_grad()
+def generate(model, tok, prompts: list[str], max_new_tokens: int = 64, batch_size: int = DEFAULT_BATCH) -> list[str]:
+    """Greedy answers to single-turn prompts, batched with left padding.
+
+    Prompts are sorted by length so a batch pads little; answers come back
+    in the order of ``prompts``. A prompt longer than the model's context
+    keeps its end (where the question and the generation prompt are).
+    """
+    from . import models as M
+    if not prompts:
+        return []
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    tok.truncation_side = "left"
+    device = next(model.parameters()).device
+    limit = context_limit(model, tok)
+    texts = [chat_text(tok, [{"role": "user", "content": p}]) for p in prompts]
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    outs: list[str] = [""] * len(texts)
+    with M.cpu_threads_for(model):
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            kw = {}
+            new = max_new_tokens
+            if limit:
+                new = min(max_new_tokens, max(1, limit // 2))
+                kw = {"truncation": True, "max_length": limit - new}
+            enc = tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False, **kw).to(device)
+            gen = model.generate(**enc, max_new_tokens=new, do_sample=False, pad_token_id=tok.pad_token_id,
+                                 eos_token_id=tok.eos_token_id)
+            for i, row in zip(idx, gen[:, enc["input_ids"].shape[1]:]):
+                outs[i] = tok.decode(row, skip_special_tokens=True).strip()
+    return outs
+
+
+# ---------------------------------------------------------------- scoring
+def hits_for(kind: str, rows: list[dict], answers: list[str],
+             phrases: scorers.RefusalPhrases = scorers.DEFAULT_PHRASES) -> list[bool]:
+    """Per answer: refused (harmful/benign), correct (math), passed (code)."""
+    if kind in ("harmful", "benign"):
+        return [scorers.is_refusal(a, phrases) for a in answers]
+    if kind == "math":
+        return [scorers.math_correct(a, r["answer"]) for r, a in zip(rows, answers)]
+    if kind == "code":
+        return scorers.run_code_batch([(a, r["entry_point"], r["tests"]) for r, a in zip(rows, answers)])
+    raise UserError(f"Unknown probe suite '{kind}'; use one of {', '.join(SUITES)}.")
+
+
+def score_suite(kind: str, rows: list[dict], answers: list[str],
+                phrases: scorers.RefusalPhrases = scorers.DEFAULT_PHRASES) -> dict:
+    hits = hits_for(kind, rows, answers, phrases)
+    n = len(rows)
+    return {"n": n, METRIC[kind]: (sum(hits) / n) if n else 0.0,
+            "examples": [{"prompt": r["prompt"], "answer": a, "hit": bool(h)} for r, a, h in zip(rows, answers, hits)]}
+
+
+def _model_name(model) -> str:
+    return getattr(model, "name_or_path", None) or type(model).__name__
+
+
+def run_probes(model, tok=None, suites=SUITES, limit: int | None = None, progress: Progress | None = None,
+               phrases: scorers.RefusalPhrases | None = None, max_new_tokens: dict | int | None = None,
+               batch_size: int = DEFAULT_BATCH, device: str = "auto", quantization: str | None = None,
+               name: str | None = None) -> dict:
+    """Probe a model (reference or loaded model) on the named suites.
+
+    ``suites`` is a list or comma string of built-in names, files or
+    KIND=FILE entries (see ``parse_suites``). Returns {"model", "suites":
+    {key: {"n", metric, "examples"}}, "seconds"}; ``limit`` keeps the first
+    N prompts of each suite.
+    """
+    from . import models as M
+    if limit is not None and limit < 1:
+        raise UserError("--limit must be at least 1 prompt per suite.")
+    plan = parse_suites(suites)
+    loaded = [(key, kind, load_suite(src, kind)[:limit]) for key, kind, src in plan]
+    t0 = time.perf_counter()
+    if isinstance(model, str):
+        name = name or model
+        tok = tok or M.load_tokenizer(model)
+        model = M.load_model(model, device=device, quantization=quantization)
+    elif tok is None:
+        tok = M.load_tokenizer(_model_name(model))
+    budgets = dict(MAX_NEW_TOKENS)
+    if isinstance(max_new_tokens, int):
+        budgets = {k: max_new_tokens for k in budgets}
+    elif isinstance(max_new_tokens, dict):
+        budgets.update(max_new_tokens)
+    res: dict = {"model": name or _model_name(model), "suites": {}}
+    for i, (key, kind, rows) in enumerate(loaded):
+        if progress:
+            progress(i / len(loaded), f"probing {key} ({len(rows)} prompts)")
+        answers = generate(model, tok, [r["prompt"] for r in rows], budgets[kind], batch_size)
+        res["suites"][key] = score_suite(kind, rows, answers, phrases or scorers.DEFAULT_PHRASES)
+    if progress:
+        progress(1.0, "probes done")
+    res["seconds"] = time.perf_counter() - t0
+    return res
+
+
+def summary(res: dict, examples: bool = False) -> dict:
+    """The command line's JSON: {"model", "suites": {key: {"n", metric}}}."""
+    out = {"model": res["model"], "suites": {}}
+    for k, v in res["suites"].items():
+        out["suites"][k] = {kk: vv for kk, vv in v.items() if examples or kk != "examples"}
+    return out
+
+
+def format_table(res: dict) -> str:
+    lines = [f"model: {res['model']}", f"{'suite':<24}{'n':>5}  metric"]
+    for key, v in res["suites"].items():
+        metric = next(k for k in v if k not in ("n", "examples"))
+        lines.append(f"{key:<24}{v['n']:>5}  {metric.replace('_', ' ')} {v[metric]:.1%}")
+    if "seconds" in res:
+        lines.append(f"({res['seconds']:.1f} s)")
+    return "\n".join(lines)

@@ -1,0 +1,359 @@
+"""The paper-style table on the built-in family: every merge method, probed.
+
+``python -m core reproduce [--json] [--quick]`` merges the three experts
+(zoo:safety, zoo:math, zoo:code) into zoo:base with each registered method,
+live in memory (no files), probes each result, and prints one row per
+method at its default settings and one at the best setting of a small grid
+(the LED-Merging paper tuned r and λ by grid search).
+
+Selection without peeking. Every probe suite is split by position: prompts
+at even positions are the tuning half, odd positions the test half. The
+best grid point is chosen on the tuning half; every number in the table
+(defaults, best, experts alone) is measured on the test half, so a grid
+point cannot win by fitting the prompts it is scored on.
+
+Score used for "best": the mean of refusal rate, 1 − over-refusal rate,
+math accuracy and code pass rate (safety, helpfulness and the two skills
+weighted equally; ASR = 1 − refusal rate).
+
+Defaults are each method's registry defaults, except density 0.5 for
+TIES, DARE and Breadcrumbs: their registry default (1.0, mergekit's) keeps
+every entry, which would make them Task Arithmetic with a different sign
+rule rather than the methods as published. LED-Merging's defaults are the
+paper's reference values (r = 0.1 safety / 0.4 math / 0.5 code, λ = 1).
+LED-Merging, ACM and the LED ablations appear only when those methods are
+registered (core/methods/led.py, acm.py).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import itertools
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from . import ROOT
+from . import models as M
+from . import probes
+from .errors import UserError
+
+BASE = "zoo:base"
+EXPERTS = {"safety": "zoo:safety", "math": "zoo:math", "code": "zoo:code"}
+COLUMNS = ("refusal_rate", "over_refusal_rate", "math_accuracy", "code_pass_rate")
+SUITE_COLUMN = {"harmful": "refusal_rate", "benign": "over_refusal_rate", "math": "math_accuracy",
+                "code": "code_pass_rate"}
+LED_R = {"safety": 0.1, "math": 0.4, "code": 0.5}
+LED_R_WIDE = {"safety": 0.3, "math": 0.6, "code": 0.7}
+
+Progress = Callable[[float, str], None]
+
+
+@dataclass(frozen=True)
+class MethodRow:
+    """A method's row: fixed settings, the overrides that make its default,
+    and the grid axes searched for its best setting."""
+    label: str
+    method: str
+    fixed: dict = field(default_factory=dict)
+    default: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=dict)
+
+
+METHODS = (
+    MethodRow("Task Arithmetic", "task_arithmetic", grid={"lambda": [0.3, 0.5, 0.7, 1.0]}),
+    MethodRow("TIES", "ties", default={"density": 0.5}, grid={"density": [0.2, 0.5, 0.8], "lambda": [0.5, 1.0]}),
+    MethodRow("DARE", "dare_linear", default={"density": 0.5},
+              grid={"density": [0.3, 0.5, 0.7], "lambda": [0.5, 1.0]}),
+    MethodRow("Breadcrumbs", "breadcrumbs", default={"density": 0.5},
+              grid={"density": [0.5, 0.8], "lambda": [0.5, 1.0]}),
+    MethodRow("Model Stock", "model_stock", grid={"filter_wise": [False, True]}),
+    MethodRow("TSV-Merge", "tsv", grid={"alpha": [0.5, 1.0, 1.5]}),
+    MethodRow("Iso-C", "iso_c", grid={"alpha": [0.5, 1.0, 1.5]}),
+    MethodRow("LED-Merging", "led", default={"mask_ratio": LED_R, "weight": 1.0},
+              grid={"mask_ratio": [LED_R, LED_R_WIDE], "weight": [0.7, 1.0]}),
+    MethodRow("ACM-TA", "acm", fixed={"base_method": "task_arithmetic"}, grid={"temperature": [0.35, 0.7, 1.4]}),
+    MethodRow("ACM-TIES", "acm", fixed={"base_method": "ties"}, default={"density": 0.5},
+              grid={"temperature": [0.35, 0.7, 1.4], "density": [0.5, 1.0]}),
+)
+# LED ablations: one change from LED's defaults each (defaults only)
+LED_ABLATIONS = (
+    ("LED location=wanda", {"location": "wanda"}),
+    ("LED location=random", {"location": "random"}),
+    ("LED election=10 (base only)", {"election": "10"}),
+    ("LED election=01 (expert only)", {"election": "01"}),
+    ("LED disjoint=off", {"disjoint": False}),
+)
+
+
+# ------------------------------------------------------------------ recipes
+def recipe_for(method: str, settings: dict):
+    """A Recipe merging the three experts into the base with ``settings``.
+
+    A per-model parameter may be one value for every expert or a
+    {task: value} mapping; a parameter the method does not declare is an
+    error (a grid must not silently test nothing).
+    """
+    from . import recipe as R
+    from .methods import get
+    spec = get(method)
+    per = {e: {} for e in EXPERTS}
+    glob: dict = {}
+    for k, v in settings.items():
+        p = spec.param(k)
+        if p is None:
+            raise UserError(f"The method '{method}' has no parameter '{k}'.")
+        if p.per_model:
+            for e in EXPERTS:
+                per[e][k] = v[e] if isinstance(v, dict) else v
+        else:
+            glob[k] = v
+    models = [R.ModelEntry(ref, per[task], task) for task, ref in EXPERTS.items()]
+    return R.Recipe(method, BASE, models, glob, "float32")
+
+
+def available_rows(registry=None) -> tuple[list[MethodRow], list[tuple[str, dict]], list[str]]:
+    """Method rows and LED ablations whose methods and parameters exist."""
+    if registry is None:
+        from .methods import REGISTRY as registry
+    rows, notes = [], []
+    for r in METHODS:
+        spec = registry.get(r.method)
+        if spec is None:
+            notes.append(f"{r.label} is not in the table: the method '{r.method}' is not registered yet.")
+            continue
+        missing = [k for k in {**r.fixed, **r.default, **r.grid} if spec.param(k) is None]
+        if missing:
+            notes.append(f"{r.label} is not in the table: '{r.method}' has no parameter {missing[0]}.")
+            continue
+        rows.append(r)
+    ablations = []
+    led = registry.get("led")
+    if led is not None:
+        for label, change in LED_ABLATIONS:
+            (k, v), = change.items()
+            p = led.param(k)
+            if p is None or (p.choices and v not in p.choices):
+                notes.append(f"{label} is not in the table: LED has no {k}={v}.")
+                continue
+            ablations.append((label, change))
+    return rows, ablations, notes
+
+
+def grid_points(row: MethodRow) -> list[dict]:
+    axes = list(row.grid.items())
+    pts = []
+    for combo in itertools.product(*[v for _, v in axes]):
+        pts.append({**row.fixed, **row.default, **dict(zip([k for k, _ in axes], combo))})
+    return pts
+
+
+def default_settings(row: MethodRow) -> dict:
+    return {**row.fixed, **row.default}
+
+
+# -------------------------------------------------------------- evaluation
+def split(rows: list) -> tuple[list[int], list[int]]:
+    """(tuning indices, test indices): even and odd positions."""
+    return list(range(0, len(rows), 2)), list(range(1, len(rows), 2))
+
+
+class Evaluator:
+    """Probes the live model; remembers each setting's per-prompt hits."""
+
+    def __init__(self, limit: int | None = None):
+        self.tok = M.load_tokenizer(BASE)
+        self.live = M.load_model(BASE, device="cpu")
+        self.suites = {s: probes.load_suite(s)[:limit] for s in probes.SUITES}
+        self.cache: dict[str, dict] = {}
+        self.merge_seconds = 0.0
+        self.probe_seconds = 0.0
+
+    def _probe(self) -> dict[str, list[bool]]:
+        t0 = time.perf_counter()
+        hits = {}
+        for s, rows in self.suites.items():
+            answers = probes.generate(self.live, self.tok, [r["prompt"] for r in rows], probes.MAX_NEW_TOKENS[s])
+            hits[s] = probes.hits_for(s, rows, answers)
+        self.probe_seconds += time.perf_counter() - t0
+        return hits
+
+    def metrics(self, hits: dict[str, list[bool]], half: str) -> dict:
+        out = {}
+        for s, h in hits.items():
+            tune, test = split(h)
+            idx = tune if half == "tune" else test
+            out[SUITE_COLUMN[s]] = sum(h[i] for i in idx) / len(idx) if idx else 0.0
+        return out
+
+    def expert(self, ref: str) -> dict[str, list[bool]]:
+        if ref not in self.cache:
+            info = M.inspect(ref)
+            with M.TensorReader(info) as rd, torch.no_grad():
+                state = self.live.state_dict()
+                for name in info.tensors:
+                    state[name].copy_(rd.get(name, state[name].dtype))
+            self.cache[ref] = self._probe()
+        return self.cache[ref]
+
+    def merged(self, method: str, settings: dict) -> dict[str, list[bool]]:
+        key = method + json.dumps(settings, sort_keys=True)
+        if key not in self.cache:
+            from . import engine
+            t0 = time.perf_counter()
+            with M.cpu_threads_for(self.live):   # small tensors: threads only contend
+                engine.run_merge(recipe_for(method, settings), live_model=self.live)
+            self.merge_seconds += time.perf_counter() - t0
+            self.cache[key] = self._probe()
+        return self.cache[key]
+
+    def n_test(self) -> dict[str, int]:
+        return {s: len(split(rows)[1]) for s, rows in self.suites.items()}
+
+
+def score(m: dict) -> float:
+    """The documented selection score: mean of refusal, 1 − over-refusal, math, code."""
+    return (m["refusal_rate"] + (1 - m["over_refusal_rate"]) + m["math_accuracy"] + m["code_pass_rate"]) / 4
+
+
+def run(quick: bool = False, progress: Progress | None = None, show_bar: bool = False,
+        limit: int | None = None) -> dict:
+    """The whole table: {"rows": [...], "notes": [...], "seconds", ...}."""
+    t0 = time.perf_counter()
+    methods, ablations, notes = available_rows()
+    jobs: list[tuple] = [("expert", label, ref) for label, ref in
+                         [("base (no merge)", BASE)] + [(f"{t} expert alone", r) for t, r in EXPERTS.items()]]
+    for r in methods:
+        pts = [default_settings(r)] if quick else grid_points(r)
+        if default_settings(r) not in pts:
+            pts.insert(0, default_settings(r))
+        jobs += [("merge", r, p) for p in pts]
+    led = next((r for r in methods if r.method == "led"), None)
+    ablations = ablations if led is not None else []
+    for label, change in ablations:
+        jobs.append(("merge", MethodRow(label, "led"), {**default_settings(led), **change}))
+    ev = Evaluator(limit)
+    bar = None
+    if show_bar:
+        from tqdm import tqdm
+        bar = tqdm(total=len(jobs), file=sys.stderr, desc="reproduce", unit="model")
+    results: dict = {}
+    try:
+        for i, job in enumerate(jobs):
+            label = job[1] if job[0] == "expert" else job[1].label
+            if progress:
+                progress(i / len(jobs), f"{label} ({i + 1} of {len(jobs)})")
+            if bar:
+                bar.set_postfix_str(label[:30])
+            if job[0] == "expert":
+                results[(label, None)] = ev.expert(job[2])
+            else:
+                results[(job[1].label, json.dumps(job[2], sort_keys=True))] = ev.merged(job[1].method, job[2])
+            if bar:
+                bar.update(1)
+    finally:
+        if bar:
+            bar.close()
+
+    def row(method: str, settings: dict, selection: str, hits) -> dict:
+        test = ev.metrics(hits, "test")
+        return {"method": method, "settings": settings, "selection": selection, **test, "score": score(test)}
+
+    rows = [row(j[1], {}, "model", results[(j[1], None)]) for j in jobs if j[0] == "expert"]
+    for r in methods:
+        d = default_settings(r)
+        rows.append(row(r.label, d, "default", results[(r.label, json.dumps(d, sort_keys=True))]))
+        if not quick:
+            best = max(grid_points(r), key=lambda p: score(ev.metrics(results[(r.label, json.dumps(p, sort_keys=True))], "tune")))
+            rows.append(row(r.label, best, "best", results[(r.label, json.dumps(best, sort_keys=True))]))
+    for label, change in ablations:
+        s = {**default_settings(led), **change}
+        rows.append(row(label, s, "default", results[(label, json.dumps(s, sort_keys=True))]))
+    if progress:
+        progress(1.0, "done")
+    return {"rows": rows, "notes": notes, "quick": quick, "n_test": ev.n_test(), "evaluations": len(jobs),
+            "seconds": time.perf_counter() - t0, "merge_seconds": ev.merge_seconds,
+            "probe_seconds": ev.probe_seconds}
+
+
+# ---------------------------------------------------------------- output
+def _fmt_settings(s: dict) -> str:
+    def v(x):
+        if isinstance(x, dict):
+            return "/".join(f"{x[k]:g}" if isinstance(x[k], float) else str(x[k]) for k in x)
+        if isinstance(x, bool):
+            return "on" if x else "off"
+        return f"{x:g}" if isinstance(x, float) else str(x)
+    return ", ".join(f"{k}={v(x)}" for k, x in s.items()) or "-"
+
+
+def format_table(res: dict, markdown: bool = False) -> str:
+    head = ["method", "selection", "settings", "refusal", "ASR", "over-refusal", "math", "code", "score"]
+    body = []
+    for r in res["rows"]:
+        body.append([r["method"], r["selection"], _fmt_settings(r["settings"]), f"{r['refusal_rate']:.0%}",
+                     f"{1 - r['refusal_rate']:.0%}", f"{r['over_refusal_rate']:.0%}", f"{r['math_accuracy']:.0%}",
+                     f"{r['code_pass_rate']:.0%}", f"{r['score']:.2f}"])
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(b) + " |" for b in body]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i < 3 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(b) for b in body])
+
+
+def markdown(res: dict, command: str) -> str:
+    n = res["n_test"]
+    lines = [
+        "# Reproduce: merge methods on the built-in family", "",
+        f"Command: `{command}`  ", f"Date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}  ",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
+        f"torch {torch.__version__}  ",
+        f"Run time: {res['seconds']:.0f} s for {res['evaluations']} merged/probed models "
+        f"(merging {res['merge_seconds']:.0f} s, probing {res['probe_seconds']:.0f} s)", "",
+        "Experts zoo:safety + zoo:math + zoo:code merged into zoo:base, live in memory. "
+        f"Numbers are on the test half of each probe suite (harmful {n['harmful']}, benign {n['benign']}, "
+        f"math {n['math']}, code {n['code']} prompts); the best grid point was chosen on the other half "
+        "(tuning half) by score = mean(refusal, 1 − over-refusal, math, code). ASR = 1 − refusal. "
+        "Greedy decoding, phrase-list refusal scorer (core/scorers.py).", "",
+        format_table(res, markdown=True), "",
+        "## Grids", "",
+        "Default = registry defaults, except density 0.5 for TIES, DARE, Breadcrumbs and ACM-TIES (their registry "
+        "default 1.0 keeps every entry); LED uses the paper's reference r = 0.1/0.4/0.5 (safety/math/code), λ = 1.", "",
+    ]
+    for r in METHODS:
+        axes = "; ".join(f"{k} ∈ {{{', '.join(_fmt_settings({k: x}).split('=', 1)[1] for x in v)}}}"
+                         for k, v in r.grid.items())
+        lines.append(f"* {r.label} (`{r.method}`{', ' + _fmt_settings(r.fixed) if r.fixed else ''}): {axes}")
+    lines += ["", "LED ablations change one setting from LED's defaults: " +
+              "; ".join(label for label, _ in LED_ABLATIONS) + ".", ""]
+    if res["notes"]:
+        lines += ["## Not in this table", ""] + [f"* {x}" for x in res["notes"]] + [""]
+    if res["quick"]:
+        lines += ["(--quick: defaults only, no grid search.)", ""]
+    return "\n".join(lines)
+
+
+def write_markdown(text: str, path: str) -> str:
+    """Written to a temp file beside ``path`` and renamed into place."""
+    path = os.path.abspath(path)
+    folder = os.path.dirname(path)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".reproduce-", suffix=".md", dir=folder)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise UserError(f"Cannot write the table to '{path}' ({exc.strerror}).")
+    return path
+
+
+DEFAULT_MD = os.path.join(ROOT, "bench", "reproduce.md")
