@@ -1,0 +1,496 @@
+"""Activation capture and mutual information for ACM.
+
+ACM (Activation-Guided Consensus Merging, NeurIPS 2025) weighs each layer
+of each expert by how much the expert's activations there still share with
+the base's: the mutual information I_i^k between base and expert outputs
+of layer k on the same calibration prompts. This module does the model
+side of that -- choose calibration prompts, run the models, estimate MI --
+and caches the result, so moving ACM's temperature re-weighs the layers
+without another forward pass. The coefficients themselves are in
+core.methods.acm.
+
+Points. One MI value per "point" of the network, in forward order:
+``embed`` (embedding output), ``layer 0`` ... ``layer L-1`` (each decoder
+layer's output, i.e. the residual stream after it), ``norm`` (final norm
+output) and ``lm_head`` (the logits, over the base's vocabulary).
+
+The MI estimator (a documented choice, tested in tests/test_acm.py):
+
+* per calibration sample and point, the base's and the expert's outputs are
+  paired entry by entry over the sample's real tokens (token x channel,
+  padding excluded); at most ``MAX_PAIRS`` pairs, a seeded subset that is
+  the same for every model;
+* each side is replaced by its rank and cut into ``BINS`` equal-frequency
+  bins (an empirical copula), then the plug-in MI of the 2-D histogram is
+  taken in nats with the Miller-Madow bias correction, clamped at 0;
+* I_i^k is the mean over samples.
+
+Why ranks rather than a fixed-range histogram of standardised values: LLM
+residual streams carry a few "massive" outlier channels (Sun et al. 2024),
+so a fixed range puts nearly every entry into one or two bins and the MI
+then measures only the outliers. Ranks make the estimate invariant to any
+monotone transform (as true MI is), make the marginals uniform, and give
+identical signals exactly the maximum, log(BINS) + (BINS-1)/(2n) nats
+(~3.47 for 32 bins). Miller-Madow removes most of the (BINS-1)^2/(2n)
+upward bias of the plug-in estimate, which otherwise depends on how many
+pairs a point has (the logits are wider than the residual stream) and
+would tilt the coefficients between points. Nats are kept (not normalised
+to [0, 1]) so the temperature t has the scale it has in the paper: with
+t = 0.7 the coefficients span [0.5, ~0.92] instead of [0.5, 0.67].
+
+Calibration prompts: K-means (K clusters, seeded) on the base model's mean
+final hidden state of every pool prompt, then clusters are visited in turn
+taking one seeded-random member each, until n are chosen -- "evenly per
+cluster", with small clusters' share filled from the others.
+
+Memory: models are loaded one at a time (the base first, then each
+expert); for the base only the uint8 bin index of each kept pair is held,
+at most n x points x MAX_PAIRS bytes (about 0.2 GB for 100 samples on a
+32-layer model).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import threading
+import uuid
+from typing import Callable, Iterable
+
+import torch
+
+from . import models as M
+from .errors import UserError
+
+Progress = Callable[[float, str], None]
+
+BINS = 32               # equal-frequency bins per side: 32x32 joint cells
+MAX_PAIRS = 1 << 16     # per sample and point; bias of the plug-in estimate ~ BINS^2/(2n)
+BATCH_SIZE = 16
+MAX_LENGTH = 512
+ESTIMATOR = f"rank-histogram-mm/bins={BINS}/pairs={MAX_PAIRS}/v1"   # part of every cache key
+
+# forward passes run by this module, for tests and the UI's "was it cached?"
+STATS = {"forward_batches": 0}
+
+_MEMORY: dict[str, dict] = {}     # cache file name -> its contents
+_MEM_LOCK = threading.Lock()
+
+
+# ------------------------------------------------------------ estimator
+def rank_bins(x: torch.Tensor, bins: int = BINS) -> torch.Tensor:
+    """Equal-frequency bin index (0..bins-1) of every entry of ``x`` (int64).
+
+    Ties are ranked in index order (stable sort), so two signals with the
+    same ties in the same places get the same bins. numpy's sort, because
+    torch's threaded argsort of a few thousand entries is ~10x slower on a
+    busy CPU and this runs once per sample, point and model.
+    """
+    import numpy as np
+    v = x.detach().reshape(-1).float().cpu().numpy()
+    n = v.size
+    out = np.empty(n, dtype=np.int64)
+    out[np.argsort(v, kind="stable")] = np.arange(n, dtype=np.int64) * bins // max(n, 1)
+    return torch.from_numpy(out)
+
+
+def _entropy(counts: torch.Tensor, n: int) -> tuple[float, int]:
+    """(plug-in entropy in nats, number of occupied cells)."""
+    c = counts[counts > 0].to(torch.float64)
+    p = c / n
+    return float(-(p * p.log()).sum()), int(c.numel())
+
+
+def mi_from_bins(bx: torch.Tensor, by: torch.Tensor, bins: int = BINS) -> float:
+    """MI (nats) of two paired bin-index vectors; Miller-Madow corrected, >= 0."""
+    n = bx.numel()
+    if n == 0:
+        return 0.0
+    joint = torch.bincount(bx.long() * bins + by.long(), minlength=bins * bins).view(bins, bins)
+    hx, mx = _entropy(joint.sum(1), n)
+    hy, my = _entropy(joint.sum(0), n)
+    hxy, mxy = _entropy(joint.reshape(-1), n)
+    mi = hx + hy - hxy + ((mx - 1) + (my - 1) - (mxy - 1)) / (2 * n)
+    return max(0.0, mi)
+
+
+def mutual_information(x: torch.Tensor, y: torch.Tensor, bins: int = BINS) -> float:
+    """MI in nats between paired samples ``x`` and ``y`` (same number of entries).
+
+    The estimator of this module (see its docstring): ranks, equal-frequency
+    bins, 2-D histogram, Miller-Madow. Identical signals give the maximum,
+    log(bins) + (bins-1)/(2n); independent ones about 0.
+    """
+    if x.numel() != y.numel():
+        raise ValueError(f"paired signals differ in size: {x.numel()} vs {y.numel()}")
+    return mi_from_bins(rank_bins(x.float(), bins), rank_bins(y.float(), bins), bins)
+
+
+def max_mi(n: int, bins: int = BINS) -> float:
+    """What ``mutual_information`` gives for two identical signals of n entries."""
+    return math.log(bins) + (bins - 1) / (2 * n)
+
+
+# --------------------------------------------------------------- points
+def point_names(n_layers: int) -> list[str]:
+    return ["embed"] + [f"layer {k}" for k in range(n_layers)] + ["norm", "lm_head"]
+
+
+def point_of(tensor_name: str) -> str | None:
+    """The point whose coefficient a weight tensor takes (None: not tied to one)."""
+    layer = M.layer_of(tensor_name)
+    if layer is not None:
+        return f"layer {layer}"
+    return {"embed": "embed", "final_norm": "norm", "head": "lm_head"}.get(M.module_of(tensor_name))
+
+
+def _parts(model):
+    """(embedding module, decoder layers, final norm) of a causal LM."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    layers = getattr(decoder, "layers", None)
+    norm = getattr(decoder, "norm", None)
+    if decoder is None or layers is None or norm is None:
+        raise UserError(f"ACM needs a decoder with .layers and a final .norm (Llama-style); "
+                        f"{type(model).__name__} has none.")
+    return model.get_input_embeddings(), list(layers), norm
+
+
+class _Hooks:
+    """Forward hooks that keep the latest output of every point."""
+
+    def __init__(self, model):
+        embed, layers, norm = _parts(model)
+        self.names = point_names(len(layers))
+        self.out: dict[str, torch.Tensor] = {}
+        mods = [embed] + layers + [norm]
+        self._handles = [m.register_forward_hook(self._keep(n)) for n, m in zip(self.names, mods)]
+
+    def _keep(self, name: str):
+        def hook(_module, _inputs, output):
+            self.out[name] = (output[0] if isinstance(output, (tuple, list)) else output).detach()
+        return hook
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+# -------------------------------------------------------------- batching
+class Batches:
+    """The calibration texts tokenized once (with the base's tokenizer) and
+    grouped by length, so every model sees exactly the same token ids."""
+
+    def __init__(self, tokenizer, texts: list[str], batch_size: int = BATCH_SIZE, max_length: int = MAX_LENGTH):
+        enc = tokenizer(list(texts), add_special_tokens=False, truncation=True, max_length=max_length)
+        ids = [list(x) for x in enc["input_ids"]]
+        for i, x in enumerate(ids):
+            if not x:
+                raise UserError(f"Calibration sample {i + 1} is empty after tokenization.")
+        pad = tokenizer.pad_token_id
+        if pad is None:
+            pad = tokenizer.eos_token_id if tokenizer.eos_token_id is not None else 0
+        order = sorted(range(len(ids)), key=lambda i: (-len(ids[i]), i))
+        self.n = len(ids)
+        self.batches: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
+        for a in range(0, len(order), batch_size):
+            idx = order[a:a + batch_size]
+            width = len(ids[idx[0]])
+            x = torch.full((len(idx), width), int(pad), dtype=torch.long)
+            mask = torch.zeros((len(idx), width), dtype=torch.long)
+            for r, i in enumerate(idx):   # right padding: positions stay 0..len-1
+                x[r, :len(ids[i])] = torch.tensor(ids[i])
+                mask[r, :len(ids[i])] = 1
+            self.batches.append((idx, x, mask))
+
+    def __iter__(self):
+        return iter(self.batches)
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def _device_of(model) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def mean_states(model, batches: Batches, progress: Progress | None = None, span=(0.0, 1.0)) -> torch.Tensor:
+    """(n, hidden) mean over real tokens of the final hidden state (after the
+    final norm), the sample embedding ACM clusters. Skips the lm_head."""
+    dev = _device_of(model)
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
+    out = torch.zeros(batches.n, model.config.hidden_size, dtype=torch.float32)
+    for b, (idx, x, mask) in enumerate(batches):
+        STATS["forward_batches"] += 1
+        h = decoder(input_ids=x.to(dev), attention_mask=mask.to(dev), use_cache=False).last_hidden_state
+        h = h.float().cpu()
+        m = mask.unsqueeze(-1).float()
+        out[idx] = (h * m).sum(1) / m.sum(1)
+        _tick(progress, span, (b + 1) / len(batches), f"embedding calibration pool: batch {b + 1} of {len(batches)}")
+    return out
+
+
+def _tick(progress: Progress | None, span, frac: float, msg: str) -> None:
+    if progress is not None:
+        progress(span[0] + (span[1] - span[0]) * frac, msg)
+
+
+def _pairs(act: torch.Tensor, length: int, sample: int, point: int, seed: int) -> torch.Tensor:
+    """The sample's values at one point, flattened over real tokens, as a
+    seeded subset of at most MAX_PAIRS entries (same subset for every model:
+    it depends only on the shape and the seed)."""
+    v = act[:length].reshape(-1).float()
+    if v.numel() <= MAX_PAIRS:
+        return v
+    g = torch.Generator().manual_seed(hash((seed, sample, point, v.numel())) & 0x7FFFFFFF)
+    return v[torch.randperm(v.numel(), generator=g)[:MAX_PAIRS].to(v.device)]
+
+
+@torch.no_grad()
+def _forward_points(model, hooks: _Hooks, x: torch.Tensor, mask: torch.Tensor, vocab: int) -> list[torch.Tensor]:
+    """Outputs of every point for one batch, in ``hooks.names`` order."""
+    dev = _device_of(model)
+    STATS["forward_batches"] += 1
+    hooks.out.clear()
+    logits = model(input_ids=x.to(dev), attention_mask=mask.to(dev), use_cache=False).logits
+    # an expert with a grown vocabulary is compared on the base's tokens only
+    return [hooks.out[n] for n in hooks.names[:-1]] + [logits[..., :vocab]]
+
+
+def base_bins(model, batches: Batches, seed: int = 0, progress: Progress | None = None,
+              span=(0.0, 1.0)) -> tuple[list[str], dict[tuple[int, int], torch.Tensor]]:
+    """(point names, {(sample, point): uint8 bins of the base's values})."""
+    hooks = _Hooks(model)
+    vocab = int(model.config.vocab_size)
+    kept: dict[tuple[int, int], torch.Tensor] = {}
+    try:
+        for b, (idx, x, mask) in enumerate(batches):
+            outs = _forward_points(model, hooks, x, mask, vocab)
+            lengths = mask.sum(1).tolist()
+            for r, i in enumerate(idx):
+                for p, act in enumerate(outs):
+                    kept[(i, p)] = rank_bins(_pairs(act[r], lengths[r], i, p, seed).cpu()).to(torch.uint8)
+            _tick(progress, span, (b + 1) / len(batches), f"base activations: batch {b + 1} of {len(batches)}")
+    finally:
+        hooks.close()
+    return hooks.names, kept
+
+
+def expert_mi(model, batches: Batches, names: list[str], kept: dict, vocab: int, seed: int = 0,
+              progress: Progress | None = None, span=(0.0, 1.0), label: str = "expert") -> list[float]:
+    """I^k for one expert: per point, the mean over samples of MI(base, expert)."""
+    hooks = _Hooks(model)
+    if hooks.names != names:
+        hooks.close()
+        raise UserError(f"The {label} has {len(hooks.names) - 3} layers but the base has {len(names) - 3}; "
+                        "ACM compares them layer by layer.")
+    total = [0.0] * len(names)
+    try:
+        for b, (idx, x, mask) in enumerate(batches):
+            outs = _forward_points(model, hooks, x, mask, vocab)
+            lengths = mask.sum(1).tolist()
+            for r, i in enumerate(idx):
+                for p, act in enumerate(outs):
+                    bx = kept[(i, p)]
+                    by = rank_bins(_pairs(act[r], lengths[r], i, p, seed).cpu())
+                    total[p] += mi_from_bins(bx, by)
+            _tick(progress, span, (b + 1) / len(batches), f"{label} activations: batch {b + 1} of {len(batches)}")
+    finally:
+        hooks.close()
+    return [t / batches.n for t in total]
+
+
+# -------------------------------------------------------- calibration set
+def select_even(labels: Iterable[int], n: int, seed: int = 0) -> list[int]:
+    """n indices spread evenly over clusters: clusters in turn, one seeded-
+    random member each, until n are taken (sorted). Deterministic."""
+    import numpy as np
+    labels = np.asarray(list(labels))
+    rng = np.random.default_rng(seed)
+    members = [rng.permutation(np.flatnonzero(labels == k)) for k in np.unique(labels)]
+    chosen: list[int] = []
+    depth = 0
+    n = min(n, labels.size)
+    while len(chosen) < n:
+        for m in members:
+            if depth < m.size and len(chosen) < n:
+                chosen.append(int(m[depth]))
+        depth += 1
+    return sorted(chosen)
+
+
+def kmeans_labels(features: torch.Tensor, k: int, seed: int = 0) -> list[int]:
+    """K-means cluster of every row (scikit-learn, seeded, 10 restarts)."""
+    from sklearn.cluster import KMeans
+    x = features.double().numpy()
+    k = max(1, min(k, x.shape[0]))
+    return KMeans(n_clusters=k, n_init=10, random_state=seed).fit(x).labels_.tolist()
+
+
+def format_prompts(tokenizer, rows: list[dict]) -> list[str]:
+    """``{"prompt": p}`` through the chat template (when the tokenizer has
+    one), ``{"text": t}`` verbatim: a prompt is what a user would type, a text
+    is already a document."""
+    out = []
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    for r in rows:
+        if "prompt" in r and has_template:
+            out.append(tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}],
+                                                     tokenize=False, add_generation_prompt=True))
+        else:
+            out.append(r.get("text", r.get("prompt")))
+    return out
+
+
+def read_jsonl(path: str) -> list[dict]:
+    """Rows of a calibration JSONL: each line {"text": ...} or {"prompt": ...}."""
+    from . import limits
+    full = os.path.abspath(os.path.expanduser(path))
+    limits.check_local_path(full, path)
+    try:
+        with open(full, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"The calibration file '{path}' is not UTF-8 text.")
+    except OSError:
+        raise UserError(f"Cannot read the calibration file '{path}'.")
+    rows = []
+    for no, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        key = next((k for k in ("text", "prompt") if isinstance(obj, dict) and k in obj), None)
+        if key is None or not isinstance(obj[key], str) or not obj[key].strip():
+            raise UserError(f"Line {no} of the calibration file '{path}' is not a JSON object with a "
+                            "non-empty 'text' or 'prompt' string.")
+        rows.append({key: obj[key]})
+    if not rows:
+        raise UserError(f"The calibration file '{path}' holds no samples.")
+    return rows
+
+
+# ------------------------------------------------------------------ cache
+def _cache_dir() -> str:
+    import core
+    return os.path.join(core.CACHE_DIR, "acm")
+
+
+# the files that decide how a row becomes token ids (the chat template included)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
+                    "tokenizer.model", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
+
+
+def data_hash(rows: list[dict], tokenizer_dir: str | None = None, **knobs) -> str:
+    """Identity of the calibration data as the models see it: the rows, the
+    base's tokenizer files and the knobs. Hashed from files rather than from
+    tokenized text so a cache hit needs no tokenizer (no transformers import
+    on the command line)."""
+    h = hashlib.sha256(ESTIMATOR.encode())
+    h.update(json.dumps(knobs, sort_keys=True).encode())
+    for name in _TOKENIZER_FILES if tokenizer_dir else ():
+        path = os.path.join(tokenizer_dir, name)
+        if os.path.isfile(path):
+            with open(path, "rb") as f:
+                h.update(name.encode() + b"\x00" + hashlib.sha256(f.read()).digest())
+    for r in rows:
+        h.update(b"\x00" + json.dumps(r, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    return h.hexdigest()[:16]
+
+
+def _load_entry(key: str) -> dict:
+    with _MEM_LOCK:
+        hit = _MEMORY.get(key)
+    if hit is not None:
+        return hit
+    path = os.path.join(_cache_dir(), key + ".json")
+    entry: dict = {}
+    try:
+        with open(path, encoding="utf-8") as f:
+            entry = json.load(f)
+        if not isinstance(entry, dict) or entry.get("estimator") != ESTIMATOR:
+            entry = {}
+    except (OSError, ValueError):
+        entry = {}   # absent or corrupt: recomputed and rewritten
+    with _MEM_LOCK:
+        _MEMORY[key] = entry
+    return entry
+
+
+def _store_entry(key: str, entry: dict) -> None:
+    entry["estimator"] = ESTIMATOR
+    with _MEM_LOCK:
+        _MEMORY[key] = entry
+    folder = _cache_dir()
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{key}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(entry, f)
+        os.replace(tmp, os.path.join(folder, key + ".json"))
+    except OSError:
+        pass   # a read-only cache only costs a recomputation next time
+
+
+def clear_memory_cache() -> None:
+    with _MEM_LOCK:
+        _MEMORY.clear()
+
+
+def layer_mi(base: M.ModelInfo, experts: list[M.ModelInfo], rows: list[dict], *, n_calibration: int,
+             clusters: int, seed: int = 0, progress: Progress | None = None, device: str = "auto"
+             ) -> tuple[list[str], dict[str, list[float]], dict]:
+    """(points, {expert ref: I^k per point}, details) -- cached per
+    (base fingerprint, calibration data hash) and then per expert fingerprint.
+
+    Forward passes run only for what the cache lacks: nothing when only the
+    temperature changed; the experts not seen before when one is added.
+    ``details``: n_pool, n_calibration, clusters, selection (pool indices),
+    cached (True when no forward pass ran).
+    """
+    dev = M.pick_device(device)
+    max_len = min(MAX_LENGTH, int(base.config.get("max_position_embeddings") or MAX_LENGTH))
+    key = f"{base.fingerprint()}-" + data_hash(rows, base.path, n=n_calibration, k=clusters, seed=seed,
+                                                max_length=max_len)
+    entry = dict(_load_entry(key))
+    mi_by_fp: dict = dict(entry.get("experts") or {})
+    todo = [e for e in experts if e.fingerprint() not in mi_by_fp]
+    selection = entry.get("selection")
+    cached = not todo and selection is not None
+    if not cached:
+        tok = M.load_tokenizer(base.ref)
+        texts = format_prompts(tok, rows)
+        dtype = M.default_dtype(dev) if dev != "cpu" else torch.float32
+        model = M.load_model(base.ref, device=dev, dtype=dtype)
+        with M.cpu_threads_for(model):   # tiny models: one thread is 3-10x faster on a busy CPU
+            if selection is None:
+                if clusters > len(texts):
+                    raise UserError(f"ACM's clusters ({clusters}) exceed the {len(texts)} calibration samples; "
+                                    "lower clusters or give more samples.")
+                pool = Batches(tok, texts, max_length=max_len)
+                feats = mean_states(model, pool, progress, (0.0, 0.15))
+                selection = select_even(kmeans_labels(feats, clusters, seed), n_calibration, seed)
+            batches = Batches(tok, [texts[i] for i in selection], max_length=max_len)
+            names, kept = base_bins(model, batches, seed, progress, (0.15, 0.3))
+        del model   # one model in memory at a time
+        vocab = int(base.config.get("vocab_size") or 0)
+        share = 0.7 / max(1, len(todo))
+        for j, e in enumerate(todo):
+            em = M.load_model(e.ref, device=dev, dtype=dtype)
+            with M.cpu_threads_for(em):
+                span = (0.3 + j * share, 0.3 + (j + 1) * share)
+                mi_by_fp[e.fingerprint()] = expert_mi(em, batches, names, kept, vocab or int(em.config.vocab_size),
+                                                      seed, progress, span, label=f"'{e.ref}'")
+            del em
+        entry = {"points": names, "selection": list(selection), "experts": mi_by_fp, "n_pool": len(rows)}
+        _store_entry(key, entry)
+    names = list(entry["points"])
+    mi = {e.ref: list(mi_by_fp[e.fingerprint()]) for e in experts}
+    details = {"n_pool": len(rows), "n_calibration": len(selection), "clusters": clusters,
+               "selection": list(selection), "cached": cached, "estimator": ESTIMATOR}
+    if progress is not None:
+        progress(1.0, "mutual information ready" + (" (cached)" if cached else ""))
+    return names, mi, details
