@@ -39,6 +39,40 @@ def merge(recipe, out_dir: str | None = None, live_model=None, progress=None, **
     return engine.run_merge(recipe, out_dir=out_dir, live_model=live_model, progress=progress, **options)
 
 
+def acm_analysis(recipe, progress=None) -> dict:
+    """ACM's per-layer mutual information and coefficients, for the UI's plot.
+
+    ``recipe``: Recipe, mapping or YAML path with ``merge_method: acm``.
+    The first call runs the models on the calibration prompts (progress(frac,
+    message) is called); later calls with the same models and data, e.g. a
+    new temperature, read the cache and run no forward pass. Returns plain
+    JSON-able values:
+
+        {"layers": ["embed", "layer 0", ..., "layer L-1", "norm", "lm_head"],
+         "experts": [ref, ...],             # models that bring a task vector, recipe order
+         "mi":   {ref: [float per layer]},  # I_i^k in nats, >= 0, mean over samples
+         "coef": {ref: [float per layer]},  # λ_i^k in [0.5, 1); ACM-TA adds λ_i^k/N · τ_i
+         "temperature": t,                  # float, the recipe's
+         "base_method": "task_arithmetic" | "ties",
+         "mi_max": float,                   # MI of identical signals (≈ log 32 = 3.47 nats), a y-axis top
+         "units": "nats",
+         "n_pool": int, "n_calibration": int, "clusters": int,   # prompts in the pool / chosen / K
+         "cached": bool}                    # True when no forward pass ran
+
+    "layers" lists the points in forward order; each "mi"/"coef" list has
+    one value per entry of "layers", in the same order.
+    """
+    from . import recipe as recipes
+    from .methods import acm
+    if isinstance(recipe, str):
+        recipe = recipes.load(recipe)
+    elif isinstance(recipe, dict):
+        recipe = recipes.from_dict(recipe)
+    if recipe.merge_method != "acm":
+        raise UserError(f"ACM analysis needs merge_method: acm, not '{recipe.merge_method}'.")
+    return acm.analyse(recipe, progress=progress)
+
+
 def probe(model_or_ref, suites="harmful,benign,math,code", limit: int | None = None, progress=None, **options) -> dict:
     """Quick probes of one model: a reference (zoo:NAME, folder, Hub id) or a
     loaded model (the UI's live merged model; pass tokenizer=... or it is
