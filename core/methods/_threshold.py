@@ -23,6 +23,8 @@ int32 0.18 s (plus 0.17 s to copy). ``torch.quantile`` refuses tensors over
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -72,35 +74,70 @@ class TopK:
         abs_sum = float(bits.view(torch.float32).sum()) if l1 else None
         arr = bits.numpy()
         arr.partition(n - k)            # in place; [n-k:] now holds the top k
-        t_bits = int(arr[n - k])
-        top = bits[n - k:]
-        n_gt = int((top > t_bits).sum())
-        top_sum = float(top.view(torch.float32).sum()) if l1 else None
-        t = float(np.array(t_bits, dtype=np.int32).view(np.float32))
+        t_bits = arr[n - k]
+        # numpy, not torch: its comparison + count is ~10x faster than torch's bool kernels
+        n_gt = int(np.count_nonzero(arr[n - k:] > t_bits))
+        top_sum = float(bits[n - k:].view(torch.float32).sum()) if l1 else None
+        t = float(np.int32(t_bits).view(np.float32))
         return cls(n, k, t, k - n_gt, abs_sum, top_sum)
+
+    def _cut(self, x: torch.Tensor, offset: int) -> tuple[float, torch.Tensor | None]:
+        """How this block ``x`` (float32) is cut: entries with |x| > cut are
+        in the set, plus the listed flat indices (only in the one block where
+        the tied entries run out)."""
+        if offset != self._next:
+            raise RuntimeError(f"top-k blocks must come in flat order: expected offset {self._next}, got {offset}")
+        self._next = offset + x.numel()
+        if self.k >= self.n:
+            return -math.inf, None
+        if self.k == 0:
+            return math.inf, None
+        if self.ties_left == 0:
+            return self.t, None
+        if x.device.type == "cpu":
+            # numpy: its comparisons and counts are ~10x faster than torch's bool kernels
+            xn, t = x.to(torch.float32).numpy(), np.float32(self.t)
+            eq = np.equal(xn, t)
+            eq |= np.equal(xn, -t)
+            c = int(np.count_nonzero(eq))
+        else:
+            eq = x.abs() == self.t
+            c = int(eq.sum())
+        if c <= self.ties_left:
+            self.ties_left -= c
+            return _below(self.t), None                 # |x| > below(t)  <=>  |x| >= t
+        idx = (np.flatnonzero(eq)[:self.ties_left] if isinstance(eq, np.ndarray)
+               else torch.nonzero(eq.reshape(-1)).squeeze(1)[:self.ties_left].cpu().numpy())
+        self.ties_left = 0
+        return self.t, torch.from_numpy(idx).to(x.device)
 
     def mask(self, block: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """Boolean mask of ``block`` (the entries from flat index ``offset`` on)."""
-        if offset != self._next:
-            raise RuntimeError(f"top-k blocks must come in flat order: expected offset {self._next}, got {offset}")
-        self._next = offset + block.numel()
-        if self.k >= self.n:
-            return torch.ones(block.shape, dtype=torch.bool, device=block.device)
-        if self.k == 0:
-            return torch.zeros(block.shape, dtype=torch.bool, device=block.device)
-        a = block.abs() if block.dtype == torch.float32 else block.to(torch.float32).abs()
-        keep = a > self.t
-        if self.ties_left > 0:
-            eq = a == self.t
-            c = int(eq.sum())
-            if c <= self.ties_left:
-                keep |= eq
-                self.ties_left -= c
-            elif c:
-                idx = torch.nonzero(eq.reshape(-1)).squeeze(1)[:self.ties_left]
-                keep.view(-1)[idx] = True
-                self.ties_left = 0
+        x = block.to(torch.float32).contiguous()
+        cut, extra = self._cut(x, offset)
+        keep = x.abs() > cut
+        if extra is not None:
+            keep.view(-1)[extra] = True
         return keep
+
+    def keep(self, block: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """``block`` (float32) with the entries outside the set zeroed; a new tensor.
+
+        hardshrink is exactly "keep x where |x| > cut" in one float pass,
+        several times faster than a boolean mask and a select on CPU.
+        """
+        block = block.contiguous()
+        cut, extra = self._cut(block, offset)
+        kept = torch.nn.functional.hardshrink(block, cut)
+        if extra is not None:
+            flat = block.reshape(-1)
+            kept.view(-1)[extra] = flat[extra]
+        return kept
+
+
+def _below(t: float) -> float:
+    """The float32 just below t, so that ``a > _below(t)`` means ``a >= t``."""
+    return float(np.nextafter(np.float32(t), np.float32(-np.inf)))
 
 
 def top_k_mask(scores: torch.Tensor, k: int) -> torch.Tensor:
