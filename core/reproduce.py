@@ -147,15 +147,20 @@ def available_rows(registry=None) -> tuple[list[MethodRow], list[tuple[str, dict
 
 
 def grid_points(row: MethodRow) -> list[dict]:
+    """Every grid point, keys in the order of default_settings."""
     axes = list(row.grid.items())
-    pts = []
-    for combo in itertools.product(*[v for _, v in axes]):
-        pts.append({**row.fixed, **row.default, **dict(zip([k for k, _ in axes], combo))})
-    return pts
+    d = default_settings(row)
+    return [{**d, **dict(zip([k for k, _ in axes], combo))} for combo in itertools.product(*[v for _, v in axes])]
 
 
 def default_settings(row: MethodRow) -> dict:
-    return {**row.fixed, **row.default}
+    """Fixed settings, the registry default of every grid axis, then the
+    row's overrides: spelled like a grid point, so the default is found in
+    the grid (and evaluated once) when the grid contains it."""
+    from .methods import REGISTRY
+    spec = REGISTRY.get(row.method)
+    axes = {k: spec.param(k).default for k in row.grid if spec is not None and spec.param(k) is not None}
+    return {**row.fixed, **axes, **row.default}
 
 
 # -------------------------------------------------------------- evaluation

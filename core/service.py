@@ -167,8 +167,10 @@ def _quiet_loading() -> None:
 
 def _cli_probe(args) -> int:
     from . import probes, scorers
-    _quiet_loading()
     phrases = scorers.load_phrases(args.refusal_phrases) if getattr(args, "refusal_phrases", None) else None
+    models.resolve(args.model)          # a wrong name or file is reported before
+    probes.parse_suites(args.suites)    # transformers is even imported
+    _quiet_loading()
     res = probe(args.model, args.suites, args.limit, phrases=phrases, device=getattr(args, "device", "auto"),
                 quantization=getattr(args, "quantize", None))
     if args.json:
