@@ -36,7 +36,7 @@ import gc
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterator
 
 import torch
@@ -185,7 +185,7 @@ def _stop_criteria(event: threading.Event):
     return StoppingCriteriaList([_EventStop()])
 
 
-def _as_column(item, i: int, cache: ModelCache, device: str, quantization: str | None) -> ChatModel | str:
+def _as_column(item, i: int) -> ChatModel | str:
     if isinstance(item, ChatModel):
         return item
     if isinstance(item, str):
@@ -200,13 +200,12 @@ def _as_column(item, i: int, cache: ModelCache, device: str, quantization: str |
     raise UserError(f"Model {i + 1} is neither a reference nor a loaded model.")
 
 
-@dataclass
 class ChatSession:
-    """Several models answering the same prompts, each with its own history."""
-    columns: list[ChatModel]
-    histories: list[list[dict]] = field(default_factory=list)
-    system_prompt: str | None = None
-    mode: str = "parallel"
+    """Several models answering the same prompts, each with its own history.
+
+    Attributes: ``columns`` (ChatModel per model, in order), ``histories``
+    (one list of {"role", "content"} per model), ``system_prompt``, ``mode``.
+    """
 
     def __init__(self, models: list, *, names: list[str] | None = None, cache: ModelCache | None = None,
                  device: str = "auto", quantization: str | None = None, system_prompt: str | None = None,
@@ -219,7 +218,7 @@ class ChatSession:
         if mode not in ("parallel", "turns"):
             raise UserError(f"Chat mode '{mode}' is unknown; use parallel or turns.")
         cache = cache if cache is not None else CACHE
-        cols = [_as_column(m, i, cache, device, quantization) for i, m in enumerate(models)]
+        cols = [_as_column(m, i) for i, m in enumerate(models)]
         refs = [c for c in cols if isinstance(c, str)]
         loaded = dict(zip(refs, cache.load(refs, device, quantization))) if refs else {}
         self.columns = [ChatModel(c, *loaded[c], ref=c) if isinstance(c, str) else c for c in cols]

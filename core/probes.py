@@ -34,8 +34,13 @@ METRIC = {"harmful": "refusal_rate", "benign": "over_refusal_rate", "math": "acc
 # tokens generated per answer: a refusal shows in its first words, a sum in
 # one line; code needs a whole function. Budgets only cap rambling answers:
 # generation ends earlier when every answer in the batch has finished.
-MAX_NEW_TOKENS = {"harmful": 64, "benign": 64, "math": 48, "code": 128}
-DEFAULT_BATCH = 64
+# (48 tokens are 48 characters for the built-in family's per-character
+# tokenizer, about 200 for a BPE model: enough to see a refusal; a model that
+# reasons at length before its final number needs max_new_tokens raised.)
+MAX_NEW_TOKENS = {"harmful": 48, "benign": 48, "math": 48, "code": 96}
+# one batch per built-in suite: fewer decoding steps matter more than
+# padding for a small model (measured: 128 vs 64 saves ~15% CPU)
+DEFAULT_BATCH = 128
 
 Progress = Callable[[float, str], None]
 

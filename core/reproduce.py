@@ -275,7 +275,9 @@ def run(quick: bool = False, progress: Progress | None = None, show_bar: bool = 
         d = default_settings(r)
         rows.append(row(r.label, d, "default", results[(r.label, json.dumps(d, sort_keys=True))]))
         if not quick:
-            best = max(grid_points(r), key=lambda p: score(ev.metrics(results[(r.label, json.dumps(p, sort_keys=True))], "tune")))
+            # a tie keeps the default: a grid point must beat it to be "best"
+            best = max(grid_points(r), key=lambda p: (
+                score(ev.metrics(results[(r.label, json.dumps(p, sort_keys=True))], "tune")), p == d))
             rows.append(row(r.label, best, "best", results[(r.label, json.dumps(best, sort_keys=True))]))
     for label, change in ablations:
         s = {**default_settings(led), **change}
@@ -326,7 +328,8 @@ def markdown(res: dict, command: str) -> str:
         "Experts zoo:safety + zoo:math + zoo:code merged into zoo:base, live in memory. "
         f"Numbers are on the test half of each probe suite (harmful {n['harmful']}, benign {n['benign']}, "
         f"math {n['math']}, code {n['code']} prompts); the best grid point was chosen on the other half "
-        "(tuning half) by score = mean(refusal, 1 − over-refusal, math, code). ASR = 1 − refusal. "
+        "(tuning half) by score = mean(refusal, 1 − over-refusal, math, code); a tie keeps the default, so a "
+        "best row equal to its default row means no grid point beat the default. ASR = 1 − refusal. "
         "Greedy decoding, phrase-list refusal scorer (core/scorers.py).", "",
         format_table(res, markdown=True), "",
         "## Grids", "",
