@@ -235,6 +235,9 @@ def main() -> int:
             diff = compare(os.path.join(rdir, "out-ours"), os.path.join(rdir, "out-mergekit"))
             rows.append({"method": method, "tool": "ours vs mergekit", **diff})
             print(rows[-1], flush=True)
+    summary = summarize(rows)
+    for line in summary:
+        print(line)
     info = {"date": dt.datetime.now().isoformat(timespec="seconds"), "machine": platform.machine(),
             "cpu": _cpu(), "cores": os.cpu_count(), "python": platform.python_version(),
             "torch": torch.__version__, "size": args.size, "dtype": args.dtype,
@@ -242,9 +245,33 @@ def main() -> int:
             "generate_s": round(gen_s, 1), "mergekit": _mk_version(mk), "command": " ".join(sys.argv),
             "load_avg_at_end": os.getloadavg()}
     with open(os.path.join(WORK, f"results-{args.size}.json"), "w") as f:
-        json.dump({"info": info, "rows": rows}, f, indent=2)
+        json.dump({"info": info, "rows": rows, "summary": summary}, f, indent=2)
     print(json.dumps(info, indent=2))
     return 0
+
+
+def summarize(rows: list[dict]) -> list[str]:
+    """Median wall time, CPU time and peak RSS per method and tool, and the
+    mergekit / ours ratios. Medians, because on a shared machine one run in
+    three is often stretched by someone else's job."""
+    import statistics
+    out = []
+    by: dict = {}
+    for r in rows:
+        if r.get("run") is not None and r.get("rc") == 0:
+            by.setdefault((r["method"], r["tool"]), []).append(r)
+    for (method, tool), rs in by.items():
+        med = {k: statistics.median(x[k] for x in rs) for k in ("wall_s", "cpu_s", "peak_rss_mib")}
+        by[(method, tool)] = med
+        out.append(f"{method} {tool}: median of {len(rs)} runs: wall {med['wall_s']:.1f} s, "
+                   f"CPU {med['cpu_s']:.1f} s, peak RSS {med['peak_rss_mib']:.0f} MiB")
+    for method in dict.fromkeys(m for m, _ in by):
+        mk, ours = by.get((method, "mergekit")), by.get((method, "ours"))
+        if mk and ours:
+            out.append(f"{method}: ours is {mk['wall_s'] / ours['wall_s']:.1f}x faster (wall), "
+                       f"{mk['cpu_s'] / ours['cpu_s']:.1f}x less CPU, "
+                       f"{mk['peak_rss_mib'] / ours['peak_rss_mib']:.1f}x less peak RSS than mergekit")
+    return out
 
 
 def _cpu() -> str:

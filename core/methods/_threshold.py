@@ -34,8 +34,9 @@ _ABS_BITS = 0x7FFFFFFF
 class TopK:
     """The k largest |x| of one tensor of n entries, as a threshold.
 
-    ``mask(block, offset)`` must see the tensor's blocks in flat order,
-    each once (one whole-tensor call is one block at offset 0): the tied
+    ``mask(block, offset)`` and ``keep(block, offset)`` must see the
+    tensor's blocks in flat order, each once (one whole-tensor call is one
+    block at offset 0), one TopK per pass over the tensor: the tied
     entries at the threshold are handed out, earliest first, as the blocks
     go by. A block out of order raises rather than giving a wrong mask.
     """
