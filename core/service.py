@@ -107,6 +107,18 @@ def chat_session(models: list, **options):
     return chat.ChatSession(models, **options)
 
 
+def task_vector_analysis(base: str, experts: list[str], progress=None) -> dict:
+    """Task-vector norms and cosines per layer × module and per layer (see core/analysis.py)."""
+    from . import analysis
+    return analysis.task_vectors(base, experts, progress)
+
+
+def provenance(base: str, experts: list[str], merged, progress=None) -> dict:
+    """Per layer, how much of each expert's task vector the merged model holds (see core/analysis.py)."""
+    from . import analysis
+    return analysis.provenance(base, experts, merged, progress)
+
+
 def quantization_options() -> dict[str, str]:
     """{"8bit": why-not or "", "4bit": why-not or ""} for the UI's choices."""
     return models.quantization_status()
