@@ -1,0 +1,605 @@
+"""LED-Merging's Location step: per-weight importance scores, cached.
+
+For every weight tensor of a model (Linear weights, norms, embeddings,
+lm_head) one non-negative score per entry, measured on a task's location
+data -- prompts with reference answers, the loss on the answer tokens only:
+
+* ``snip`` (the method): I(θ) = |θ| ⊙ Σₖ |∂Lₖ/∂θ|, one backward pass per
+  sample k, Lₖ the mean cross-entropy over sample k's answer tokens (the
+  answer and the end-of-turn token). This is what the reference code
+  (MqLeet/LED-Merging, locate/lib/model_wrapper.py, ``prune_wandg``) does:
+  batches of one sample, ``labels`` = -100 on the prompt, |grad| summed over
+  batches, times |W|. The absolute value is taken per sample, so samples
+  that pull a weight in opposite directions do not cancel.
+* ``wanda`` (ablation): |W| ⊙ ‖X‖₂ with X the module's input over the
+  answer positions (no backward pass). For a Linear W (out × in) the norm
+  is per input channel; for a norm layer its input's per-channel norm (the
+  reference wraps norm modules the same way); for the embedding, a linear
+  map from one-hot tokens, ‖X_t‖₂ = √(count of token t).
+* ``magnitude`` (ablation): |θ|, no data.
+* ``random`` (ablation): uniform [0, 1), seeded per (seed, model, tensor).
+
+Scores are computed on the base model AND on each expert, each time with
+that expert's task data (core.methods.led). Location data: the built-in
+family's training generators (core.zoo.data.location_samples, train split)
+or a user file: JSONL of {"prompt", "response"} or an AdvBench-style CSV
+(goal,target). Format: the model's chat template with the prompt as a user
+turn and generation prompt on, then the response tokens and the end-of-turn
+(eos) token; prompt and response are tokenized separately so a BPE merge
+cannot blur where the answer starts.
+
+Cache. SNIP and Wanda scores are written under ``core.CACHE_DIR/led`` as
+safetensors named by (model fingerprint, method, data hash, n): the first
+run costs the backward passes, every later run reads the file, and a
+module-level memory cache makes a re-merge after a slider move read
+nothing at all. Magnitude and random scores are cheap and computed per
+tensor on demand (never whole-model in memory). ``STATS`` counts backward
+passes so tests can prove a cache hit runs none.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import os
+import threading
+import uuid
+from typing import Callable
+
+import torch
+
+from . import models as M
+from .errors import UserError
+
+Progress = Callable[[float, str], None]
+
+METHODS = ("snip", "wanda", "magnitude", "random")
+DEFAULT_N = 128
+MAX_LENGTH = 512
+VERSION = "led-scores/v1"   # part of every cache key: bump when a score's definition changes
+
+# backward (SNIP) and forward (Wanda) passes run here; tests and the UI's
+# "was it cached?" read them
+STATS = {"backward": 0, "forward": 0}
+
+# scores held in memory up to this many bytes in all; larger sets are read
+# per tensor from their cache file instead
+MEMORY_BYTES = int(os.environ.get("MERGE_EXPLORER_SCORE_CACHE_MB", "1024")) * 2**20
+
+_MEMORY: dict[str, "Scores"] = {}
+_LOCK = threading.RLock()
+
+
+# ------------------------------------------------------------------ data
+def _read_text(path: str) -> str:
+    from . import limits
+    full = os.path.abspath(os.path.expanduser(path))
+    limits.check_local_path(full, path)
+    if not os.path.isfile(full):
+        raise UserError(f"The location data file '{path}' does not exist.")
+    try:
+        with open(full, encoding="utf-8-sig") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise UserError(f"The location data file '{path}' is not UTF-8 text.")
+    except OSError as exc:
+        raise UserError(f"Cannot read the location data file '{path}' ({exc.strerror}).")
+
+
+def _jsonl_rows(text: str, path: str) -> list[dict]:
+    rows = []
+    for no, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except (ValueError, RecursionError):
+            raise UserError(f"Line {no} of the location data file '{path}' is not valid JSON.")
+        if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) and obj[k].strip()
+                                                for k in ("prompt", "response")):
+            raise UserError(f"Line {no} of the location data file '{path}' needs non-empty string fields "
+                            "'prompt' and 'response'.")
+        rows.append({"prompt": obj["prompt"], "response": obj["response"]})
+    return rows
+
+
+def _csv_rows(text: str, path: str) -> list[dict]:
+    try:
+        reader = csv.DictReader(io.StringIO(text))
+        header = [(h or "").strip() for h in (reader.fieldnames or [])]
+        if "goal" not in header or "target" not in header:
+            raise UserError(f"The location data file '{path}' needs the AdvBench columns 'goal' and 'target'.")
+        rows = []
+        for no, rec in enumerate(reader, 2):
+            if None in rec or None in rec.values():
+                raise UserError(f"Row {no} of the location data file '{path}' has a different number of fields "
+                                "than the header.")
+            rec = {(k or "").strip(): (v or "").strip() for k, v in rec.items()}
+            if not any(rec.values()):
+                continue   # a blank line
+            if not rec["goal"] or not rec["target"]:
+                raise UserError(f"Row {no} of the location data file '{path}' has an empty 'goal' or 'target'.")
+            rows.append({"prompt": rec["goal"], "response": rec["target"]})
+    except csv.Error as exc:
+        raise UserError(f"The location data file '{path}' is not a valid CSV file ({exc}).")
+    return rows
+
+
+def read_location_data(path: str) -> list[dict]:
+    """[{prompt, response}] from a JSONL file or an AdvBench-style CSV (goal,target).
+
+    The format follows the extension (.csv; .jsonl/.json/.ndjson); any other
+    file is read as JSONL when its first non-blank character is '{'.
+    """
+    text = _read_text(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext == ".csv" or (ext not in (".jsonl", ".json", ".ndjson") and not text.lstrip().startswith("{")):
+        rows = _csv_rows(text, path)
+    else:
+        rows = _jsonl_rows(text, path)
+    if not rows:
+        raise UserError(f"The location data file '{path}' holds no samples.")
+    return rows
+
+
+def builtin_rows(task: str, n: int, seed: int = 0) -> list[dict]:
+    """The built-in family's location data for ``task`` (safety | math | code)."""
+    from .zoo.data import location_samples
+    return [{"prompt": r["prompt"], "response": r["response"]} for r in location_samples(task, n, seed)]
+
+
+class Sample:
+    """One encoded location sample: token ids and which of them are answer tokens."""
+
+    __slots__ = ("ids", "answer")
+
+    def __init__(self, ids: torch.Tensor, answer: torch.Tensor):
+        self.ids = ids          # (T,) int64
+        self.answer = answer    # (T,) bool: True on answer tokens (the loss targets)
+
+
+def encode(tokenizer, rows: list[dict], max_length: int = MAX_LENGTH) -> list[Sample]:
+    """Chat-template prompt + response + eos, tokenized; longer ones are cut
+    at ``max_length`` and a sample left with no answer token is dropped."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    eos = tokenizer.eos_token_id
+    out = []
+    for r in rows:
+        if has_template:
+            prompt = tokenizer.apply_chat_template([{"role": "user", "content": r["prompt"]}], tokenize=False,
+                                                   add_generation_prompt=True)
+        else:
+            prompt = r["prompt"] + "\n"
+        p = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        a = list(tokenizer(r["response"], add_special_tokens=False)["input_ids"])
+        if eos is not None:
+            a.append(int(eos))
+        ids = (p + a)[:max_length]
+        answer = ([False] * len(p) + [True] * len(a))[:max_length]
+        # the first token cannot be a target (nothing predicts it)
+        if len(ids) < 2 or not any(answer[1:]):
+            continue
+        out.append(Sample(torch.tensor(ids, dtype=torch.long), torch.tensor(answer, dtype=torch.bool)))
+    return out
+
+
+# --------------------------------------------------------------- scoring
+def _tick(progress: Progress | None, span, frac: float, msg: str) -> None:
+    if progress is not None:
+        progress(span[0] + (span[1] - span[0]) * frac, msg)
+
+
+def _named_weights(model) -> list[tuple[str, torch.nn.Parameter]]:
+    """Every floating-point parameter under its checkpoint name; tied
+    weights appear under each of their names (same tensor)."""
+    return [(n, p) for n, p in model.named_parameters(remove_duplicate=False) if p.is_floating_point()]
+
+
+def answer_loss(model, sample: Sample) -> torch.Tensor:
+    """Mean cross-entropy over the sample's answer tokens (prompt tokens are
+    context only), as the reference's labels=-100 on the prompt gives."""
+    dev = next(model.parameters()).device
+    ids = sample.ids.to(dev).unsqueeze(0)
+    logits = model(input_ids=ids, use_cache=False).logits[0, :-1].float()
+    target = sample.ids[1:].to(dev)
+    keep = sample.answer[1:].to(dev)
+    return torch.nn.functional.cross_entropy(logits[keep], target[keep])
+
+
+def snip(model, samples: list[Sample], progress: Progress | None = None, span=(0.0, 1.0),
+         label: str = "model") -> dict[str, torch.Tensor]:
+    """{name: |θ| ⊙ Σₖ |∂Lₖ/∂θ|} (float32, CPU) with one backward pass per sample."""
+    named = _named_weights(model)
+    uniq: dict[int, torch.nn.Parameter] = {}
+    for _, p in named:
+        uniq.setdefault(id(p), p)
+    params = list(uniq.values())
+    acc = {id(p): torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params}
+    was = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    try:
+        for i, s in enumerate(samples):
+            loss = answer_loss(model, s)
+            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            STATS["backward"] += 1
+            for p, g in zip(params, grads):
+                if g is not None:
+                    acc[id(p)].add_(g.detach().abs().float())
+            _tick(progress, span, (i + 1) / len(samples), f"SNIP scores of {label}: sample {i + 1} of {len(samples)}")
+    finally:
+        for p, w in zip(params, was):
+            p.requires_grad_(w)
+    out = {}
+    with torch.no_grad():
+        for name, p in named:
+            out[name] = (acc[id(p)] * p.detach().abs().float()).cpu()
+    return out
+
+
+def wanda(model, samples: list[Sample], progress: Progress | None = None, span=(0.0, 1.0),
+          label: str = "model") -> dict[str, torch.Tensor]:
+    """{name: |W| ⊙ ‖X‖₂} over the answer positions (see the module doc)."""
+    named = dict(_named_weights(model))
+    sq: dict[str, torch.Tensor] = {}
+    current: dict = {}
+    handles = []
+
+    def hook(prefix):
+        def fn(_module, inputs, _output):
+            x = inputs[0].detach().float()
+            x = x[0][current["answer"]] if x.dim() == 3 else x
+            s = (x * x).sum(0)
+            sq[prefix] = sq[prefix] + s if prefix in sq else s
+        return fn
+
+    embed = model.get_input_embeddings()
+    embed_name = next((n[:-len(".weight")] for n, p in named.items()
+                       if embed is not None and p is embed.weight and n.endswith(".weight")), None)
+    for mname, module in model.named_modules():
+        w = getattr(module, "weight", None)
+        if not isinstance(w, torch.nn.Parameter) or module is embed or f"{mname}.weight" not in named:
+            continue
+        if isinstance(module, torch.nn.Linear) or (w.dim() == 1 and "norm" in type(module).__name__.lower()):
+            handles.append(module.register_forward_hook(hook(mname)))
+    counts = None
+    if embed is not None:
+        counts = torch.zeros(embed.weight.shape[0], dtype=torch.float32)
+    dev = next(model.parameters()).device
+    try:
+        with torch.no_grad():
+            for i, s in enumerate(samples):
+                current["answer"] = s.answer.to(dev)
+                model(input_ids=s.ids.to(dev).unsqueeze(0), use_cache=False)
+                STATS["forward"] += 1
+                if counts is not None:
+                    counts += torch.bincount(s.ids[s.answer], minlength=counts.numel()).float()[:counts.numel()]
+                _tick(progress, span, (i + 1) / len(samples),
+                      f"Wanda scores of {label}: sample {i + 1} of {len(samples)}")
+    finally:
+        for h in handles:
+            h.remove()
+    out = {}
+    with torch.no_grad():
+        for name, p in named.items():
+            w = p.detach().abs().float().cpu()
+            prefix = name[:-len(".weight")] if name.endswith(".weight") else None
+            if prefix is not None and prefix == embed_name and counts is not None:
+                out[name] = w * counts.sqrt().unsqueeze(1)
+            elif prefix is not None and prefix in sq:
+                norm = sq[prefix].sqrt().cpu()
+                out[name] = w * (norm.unsqueeze(0) if w.dim() == 2 else norm)
+            else:
+                out[name] = torch.zeros_like(w)   # biases etc.: no activation evidence, never elected
+    return out
+
+
+# ---------------------------------------------------------------- scores
+class Scores:
+    """Per-tensor scores of one model on one data set; ``get(name)`` gives a
+    float32 CPU tensor shaped like the model's tensor (do not modify it)."""
+
+    key: str = ""
+
+    def get(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def nbytes(self) -> int:
+        return 0
+
+
+class DictScores(Scores):
+    def __init__(self, key: str, tensors: dict[str, torch.Tensor]):
+        self.key, self.tensors = key, tensors
+
+    def get(self, name: str) -> torch.Tensor:
+        t = self.tensors.get(name)
+        if t is None:
+            raise UserError(f"No importance score for tensor '{name}'; the checkpoint's tensor names differ from "
+                            "the loaded model's, so LED cannot locate its weights.")
+        return t
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * 4 for t in self.tensors.values())
+
+
+class FileScores(Scores):
+    """Scores read per tensor from their cache file (sets too big to hold)."""
+
+    def __init__(self, key: str, path: str):
+        from safetensors import safe_open
+        self.key, self.path = key, path
+        self._h = safe_open(path, framework="pt", device="cpu")
+
+    def get(self, name: str) -> torch.Tensor:
+        try:
+            return self._h.get_tensor(name).float()
+        except Exception:
+            raise UserError(f"No importance score for tensor '{name}' in '{self.path}'; delete the file to recompute.")
+
+
+class _LazyScores(Scores):
+    """Computed per tensor from the checkpoint (magnitude, random); memoised
+    when the model is small enough to keep them."""
+
+    def __init__(self, key: str, info: M.ModelInfo, keep: bool):
+        self.key, self.info, self.keep = key, info, keep
+        self._reader = M.TensorReader(info)
+        self._memo: dict[str, torch.Tensor] = {}
+
+    def _compute(self, name: str) -> torch.Tensor:
+        raise NotImplementedError
+
+    def get(self, name: str) -> torch.Tensor:
+        t = self._memo.get(name)
+        if t is None:
+            if name not in self.info.tensors:
+                raise UserError(f"'{self.info.ref}' has no tensor '{name}'.")
+            t = self._compute(name)
+            if self.keep:
+                self._memo[name] = t
+        return t
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * 4 for t in self._memo.values())
+
+
+class MagnitudeScores(_LazyScores):
+    def _compute(self, name: str) -> torch.Tensor:
+        return self._reader.get(name, torch.float32).abs()
+
+
+class RandomScores(_LazyScores):
+    def __init__(self, key: str, info: M.ModelInfo, keep: bool, seed: int):
+        super().__init__(key, info, keep)
+        self.seed = seed
+
+    def _compute(self, name: str) -> torch.Tensor:
+        # a stable per-(seed, model, tensor) stream: the same tensor gets the
+        # same scores whatever order tensors are visited in, and base and
+        # expert draw independent sets
+        h = hashlib.sha256(f"{self.seed}:{self.info.fingerprint()}:{name}".encode()).digest()
+        g = torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & 0x7FFFFFFFFFFFFFFF)
+        return torch.rand(self.info.tensors[name].shape, generator=g, dtype=torch.float32)
+
+
+# ------------------------------------------------------------------ cache
+def _cache_dir() -> str:
+    import core
+    return os.path.join(core.CACHE_DIR, "led")
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
+                    "tokenizer.model", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
+_FILE_DIGESTS: dict[tuple, bytes] = {}
+
+
+def _file_digest(path: str) -> bytes:
+    st = os.stat(path)
+    k = (path, st.st_size, st.st_mtime_ns)
+    d = _FILE_DIGESTS.get(k)
+    if d is None:
+        with open(path, "rb") as f:
+            d = hashlib.sha256(f.read()).digest()
+        _FILE_DIGESTS[k] = d
+    return d
+
+
+def data_hash(rows: list[dict], tokenizer_dir: str | None, **knobs) -> str:
+    """Identity of the location data as a model sees it: the rows, the
+    tokenizer files (chat template included) and the knobs. Hashed from
+    files so a cache hit needs no tokenizer and no transformers import."""
+    h = hashlib.sha256(VERSION.encode())
+    h.update(json.dumps(knobs, sort_keys=True).encode())
+    for name in _TOKENIZER_FILES if tokenizer_dir else ():
+        path = os.path.join(tokenizer_dir, name)
+        if os.path.isfile(path):
+            h.update(name.encode() + b"\x00" + _file_digest(path))
+    for r in rows:
+        h.update(b"\x00" + json.dumps([r["prompt"], r["response"]], ensure_ascii=False).encode("utf-8"))
+    return h.hexdigest()[:16]
+
+
+def cache_key(info: M.ModelInfo, method: str, rows: list[dict] | None, *, tokenizer_dir: str | None = None,
+              seed: int = 0, dtype: str = "float32", max_length: int = MAX_LENGTH) -> str:
+    """(model fingerprint, method, data hash, n) as a file name stem."""
+    if method in ("magnitude", "random"):
+        return f"{info.fingerprint()}-{method}" + (f"-s{seed}" if method == "random" else "")
+    dh = data_hash(rows or [], tokenizer_dir, dtype=dtype, max_length=max_length)
+    return f"{info.fingerprint()}-{method}-{dh}-n{len(rows or [])}"
+
+
+def cached(key: str) -> Scores | None:
+    """The scores under ``key`` from memory, else from disk (then kept in memory); None if absent."""
+    with _LOCK:
+        hit = _MEMORY.get(key)
+    if hit is not None:
+        return hit
+    path = os.path.join(_cache_dir(), key + ".safetensors")
+    if not os.path.isfile(path):
+        return None
+    try:
+        from safetensors import safe_open
+        with safe_open(path, framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            if meta.get("version") != VERSION:
+                return None
+            names = list(f.keys())
+            size = sum(_numel(f.get_slice(n).get_shape()) * 4 for n in names)
+            if size <= _room():
+                scores: Scores = DictScores(key, {n: f.get_tensor(n).float() for n in names})
+            else:
+                scores = None
+        if scores is None:
+            scores = FileScores(key, path)
+    except Exception:
+        return None   # corrupt or unreadable: recomputed and rewritten
+    _remember(scores)
+    return scores
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+def _room() -> int:
+    with _LOCK:
+        used = sum(s.nbytes() for s in _MEMORY.values())
+    return MEMORY_BYTES - used
+
+
+def _remember(scores: Scores) -> None:
+    with _LOCK:
+        _MEMORY[scores.key] = scores
+
+
+def store(key: str, tensors: dict[str, torch.Tensor], meta: dict) -> Scores:
+    """Write scores to the disk cache (temp file, then rename) and remember them.
+
+    A read-only cache folder only costs a recomputation next time.
+    """
+    from safetensors.torch import save_file
+    folder = _cache_dir()
+    path = os.path.join(folder, key + ".safetensors")
+    written = False
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tmp = os.path.join(folder, f".{key}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+        try:
+            # tied weights are one tensor under two names; safetensors wants distinct storage
+            save_file({k: v.contiguous().clone() if _shared(v, tensors, k) else v.contiguous()
+                       for k, v in tensors.items()}, tmp,
+                      metadata={"version": VERSION, **{k: str(v) for k, v in meta.items()}})
+            os.replace(tmp, path)
+            written = True
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    except OSError:
+        pass
+    total = sum(t.numel() * 4 for t in tensors.values())
+    if total <= _room() or not written:
+        scores: Scores = DictScores(key, tensors)
+    else:
+        scores = FileScores(key, path)
+    _remember(scores)
+    return scores
+
+
+def _shared(v: torch.Tensor, tensors: dict, k: str) -> bool:
+    ptr = v.untyped_storage().data_ptr()
+    return any(o is not v and o.untyped_storage().data_ptr() == ptr for n, o in tensors.items() if n != k)
+
+
+def clear_memory_cache() -> None:
+    with _LOCK:
+        _MEMORY.clear()
+
+
+# ------------------------------------------------------------- front door
+class Job:
+    """One score set to provide: a model on one data set (rows None for the
+    data-free methods)."""
+
+    def __init__(self, info: M.ModelInfo, rows: list[dict] | None, label: str, tokenizer_info: M.ModelInfo | None = None):
+        self.info, self.rows, self.label = info, rows, label
+        self.tok_info = tokenizer_info or info   # whose tokenizer encodes the rows
+
+
+def _tokenizer_dir(job: Job) -> str:
+    own = job.info.path
+    if os.path.isfile(os.path.join(own, "tokenizer.json")) or os.path.isfile(os.path.join(own, "tokenizer_config.json")):
+        return own
+    return job.tok_info.path
+
+
+def compute(jobs: list[Job], method: str = "snip", *, seed: int = 0, device: str = "auto",
+            progress: Progress | None = None) -> tuple[list[Scores], bool]:
+    """Scores for every job (same order) and whether all came from the cache.
+
+    Models are loaded one at a time, each once for all of its jobs (the
+    base is scored on every expert's data), and only for jobs the cache
+    lacks: a cache hit runs no forward or backward pass.
+    """
+    if method not in METHODS:
+        raise UserError(f"Unknown location method '{method}'; use one of {', '.join(METHODS)}.")
+    dev = M.pick_device(device)
+    dtype = M.default_dtype(dev) if dev != "cpu" else torch.float32
+    dtype_name = str(dtype).replace("torch.", "")
+    out: list[Scores | None] = [None] * len(jobs)
+    if method in ("magnitude", "random"):
+        for i, j in enumerate(jobs):
+            key = cache_key(j.info, method, None, seed=seed)
+            with _LOCK:
+                hit = _MEMORY.get(key)
+                if hit is None:
+                    keep = j.info.n_params * 4 <= _room()
+                    hit = (MagnitudeScores(key, j.info, keep) if method == "magnitude"
+                           else RandomScores(key, j.info, keep, seed))
+                    _MEMORY[key] = hit
+            out[i] = hit
+        return out, True
+    keys = []
+    for j in jobs:
+        max_len = min(MAX_LENGTH, int(j.info.config.get("max_position_embeddings") or MAX_LENGTH))
+        keys.append((cache_key(j.info, method, j.rows, tokenizer_dir=_tokenizer_dir(j), dtype=dtype_name,
+                               max_length=max_len), max_len))
+    todo: dict[str, list[int]] = {}
+    for i, (key, _) in enumerate(keys):
+        hit = cached(key)
+        if hit is not None:
+            out[i] = hit
+        else:
+            todo.setdefault(jobs[i].info.path, []).append(i)
+    all_cached = not todo
+    n_todo = sum(len(v) for v in todo.values())
+    done = 0
+    for path, idx in todo.items():
+        info = jobs[idx[0]].info
+        model = M.load_model(info.ref, device=dev, dtype=dtype)
+        try:
+            with M.cpu_threads_for(model):
+                for i in idx:
+                    j = jobs[i]
+                    key, max_len = keys[i]
+                    tok = M.load_tokenizer(_tokenizer_dir(j))
+                    samples = encode(tok, j.rows or [], max_len)
+                    if not samples:
+                        raise UserError(f"None of the location samples for {j.label} has an answer token left "
+                                        f"within {max_len} tokens; give shorter prompts.")
+                    span = (done / n_todo, (done + 1) / n_todo)
+                    fn = snip if method == "snip" else wanda
+                    tensors = fn(model, samples, progress, span, label=j.label)
+                    tensors = {k: v for k, v in tensors.items() if k in info.tensors}
+                    out[i] = store(key, tensors, {"method": method, "model": info.ref, "n": len(samples),
+                                                  "data": j.label})
+                    done += 1
+        finally:
+            del model
+    if progress is not None:
+        progress(1.0, "importance scores ready" + (" (cached)" if all_cached else ""))
+    return out, all_cached

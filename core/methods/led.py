@@ -1,0 +1,297 @@
+"""LED-Merging (ACL 2025): Location, Election, Disjoint.
+
+    θ = θ₀ + Σᵢ λᵢ (mᵢ ⊙ τᵢ)
+
+1. Location -- importance scores per weight (core.importance), on the base
+   AND on each expert, both with that expert's task data: I(θ₀; Dᵢ), I(θᵢ; Dᵢ).
+2. Election -- Eᵢ = top_r(I(θ₀; Dᵢ), rᵢ) ∩ top_r(I(θᵢ; Dᵢ), rᵢ) per tensor
+   (``election: "11"``; "10" base only and "01" expert only for the ablation).
+3. Disjoint -- mᵢ = Eᵢ \\ ∪_{j≠i} Eⱼ (``disjoint: false`` skips it).
+4. Merge -- the masked task vectors, each scaled by its λᵢ (``weight``).
+
+Recipe (per model): ``task`` (entry key, or ``parameters.task``), ``mask_ratio``
+rᵢ, ``weight`` λᵢ, ``location_data`` (a JSONL of {prompt, response} or an
+AdvBench CSV; empty: the built-in data of the task). Global: ``election``,
+``disjoint``, ``location`` (snip | wanda | magnitude | random),
+``n_samples``, ``seed``. A model's task is, in order: ``parameters.task``
+unless "auto", the entry's ``task`` unless "custom", the name of a built-in
+model (zoo:safety is a safety expert), else custom -- which needs
+``location_data``. When ``mask_ratio`` is not written anywhere in the
+recipe, rᵢ is the paper's reference for the task (DEFAULT_RATIO: 0.1
+safety, 0.4 math, 0.5 code; 0.4 for custom), not the Param's default.
+
+Scores are cached (memory and disk), so moving r, λ, the election code or
+the disjoint switch re-elects and re-merges with no backward pass; only a
+new location method, sample count, seed or data set scores again.
+
+Vocabulary growth: an expert with extra token rows is elected on the rows
+it shares with the base (its scores are cut to them, the engine cuts its
+task vector the same way); its extra rows are copied unchanged by the
+engine, whose notes say so.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+
+from . import register
+from .base import MethodSpec, Param, TensorContext
+
+DEFAULT_RATIO = {"safety": 0.1, "math": 0.4, "code": 0.5, "custom": 0.4}
+TASK_CHOICES = ("auto", "safety", "math", "code", "custom")
+BUILTIN_TASKS = ("safety", "math", "code")
+
+
+def default_ratio(task: str) -> float:
+    """The paper's reference r for a task (the UI's slider start)."""
+    return DEFAULT_RATIO.get(task, DEFAULT_RATIO["custom"])
+
+
+def _zoo_task(info) -> str | None:
+    """The task of a built-in expert, from where its folder is."""
+    from .. import ZOO_DIR
+    real = os.path.realpath(info.path)
+    if os.path.dirname(real) == os.path.realpath(ZOO_DIR) and os.path.basename(real) in BUILTIN_TASKS:
+        return os.path.basename(real)
+    return None
+
+
+class Expert:
+    """One expert as LED sees it: reference, task, r, λ, location data."""
+
+    def __init__(self, info, task: str, ratio: float, weight: float, rows: list[dict], data_label: str):
+        self.info, self.task, self.ratio, self.weight = info, task, ratio, weight
+        self.rows, self.data_label = rows, data_label
+
+    @property
+    def ref(self) -> str:
+        return self.info.ref
+
+
+class Plan:
+    """Everything LED decides from the recipe before any score is computed."""
+
+    def __init__(self, recipe, infos=None):
+        from .. import engine
+        from .. import importance
+        from .. import recipe as R
+        from ..errors import UserError
+        p = engine.plan(recipe, infos)
+        self.engine_plan = p
+        glob = p.global_params
+        self.election = str(glob["election"])
+        self.disjoint = bool(glob["disjoint"])
+        self.location = str(glob["location"])
+        self.n = int(glob["n_samples"])
+        self.seed = int(glob.get("seed", 0) or 0)
+        self.base = p.base
+        self.notes = list(p.notes)
+        idx = R.contributors(recipe, p.spec)
+        shared_ratio = "mask_ratio" in {str(k) for k in recipe.parameters}
+        self.experts: list[Expert] = []
+        for i, info, mp in zip(idx, p.sources, p.model_params):
+            entry = recipe.models[i]
+            task = str(mp.get("task", "auto"))
+            if task == "auto":
+                task = entry.task if entry.task != "custom" else (_zoo_task(info) or "custom")
+            given = shared_ratio or "mask_ratio" in {str(k) for k in entry.parameters}
+            ratio = float(mp["mask_ratio"]) if given else default_ratio(task)
+            path = str(mp.get("location_data") or "")
+            rows: list[dict] = []
+            if self.location in ("snip", "wanda"):
+                if path:
+                    rows = importance.read_location_data(path)[:self.n]
+                    label = f"'{info.ref}' on {os.path.basename(path)}"
+                elif task in BUILTIN_TASKS:
+                    rows = importance.builtin_rows(task, self.n, self.seed)
+                    label = f"'{info.ref}' on built-in {task} data"
+                else:
+                    raise UserError(f"'{info.ref}' has task {task}, so LED needs its location data: set its "
+                                    "location_data to a JSONL of prompt/response or an AdvBench CSV "
+                                    "(or give it task safety, math or code).")
+                if len(rows) < self.n and path:
+                    self.notes.append(f"'{path}' holds {len(rows)} samples, fewer than n_samples={self.n}; "
+                                      "all of them are used.")
+            else:
+                label = f"'{info.ref}'"
+            self.experts.append(Expert(info, task, ratio, float(mp.get("weight", 1.0)), rows, label))
+
+    def scores(self, progress=None):
+        """(base scores per expert, expert scores per expert, all cached?)."""
+        from .. import importance as I
+        jobs = []
+        for e in self.experts:
+            jobs.append(I.Job(self.base, e.rows, f"the base on {e.task} data", self.base))
+            jobs.append(I.Job(e.info, e.rows, e.data_label, self.base))
+        got, all_cached = I.compute(jobs, self.location, seed=self.seed, progress=progress)
+        return got[0::2], got[1::2], all_cached
+
+
+class Prepared:
+    """Per-tensor ``aux`` for the engine: {"masks": [mᵢ], "elected": [Eᵢ]}."""
+
+    def __init__(self, plan: Plan, base_scores: list, expert_scores: list, cached: bool):
+        self.plan = plan
+        self.base_scores, self.expert_scores = base_scores, expert_scores
+        self.cached = cached
+        self.notes = plan.notes
+
+    def _scores(self, sets: list, name: str) -> list[torch.Tensor]:
+        rows = self.plan.base.tensors[name].shape[0] if self.plan.base.tensors[name].shape else None
+        out = []
+        for s in sets:
+            t = s.get(name)
+            if rows is not None and t.dim() >= 1 and t.shape[0] > rows:
+                t = t[:rows]   # a grown vocabulary: elect on the shared rows only
+            out.append(t)
+        return out
+
+    def aux(self, name: str) -> dict:
+        from .. import masks
+        code = self.plan.election
+        n = len(self.plan.experts)
+        bs = self._scores(self.base_scores, name) if code in ("11", "10") else [None] * n
+        es = self._scores(self.expert_scores, name) if code in ("11", "01") else [None] * n
+        elected, final = masks.masks_for(bs, es, [e.ratio for e in self.plan.experts], code, self.plan.disjoint)
+        return {"masks": final, "elected": elected}
+
+
+def prepare(recipe, infos=None, progress=None) -> Prepared:
+    plan = Plan(recipe, infos)
+    b, e, cached = plan.scores(progress)
+    return Prepared(plan, b, e, cached)
+
+
+def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
+          ctx: TensorContext) -> torch.Tensor:
+    masks = ctx.aux.get("masks")
+    if masks is None or len(masks) != len(deltas):
+        raise RuntimeError(f"LED needs one mask per expert for {ctx.name} from its prepare step")
+    cpu = base.device.type == "cpu" and base.dtype == torch.float32
+    out = torch.from_numpy(np.zeros(tuple(base.shape), dtype=np.float32)) if cpu else torch.zeros_like(base)
+    for d, m, p in zip(deltas, masks, model_params):
+        lam = float(p.get("weight", 1.0))
+        if lam == 0:
+            continue
+        if cpu:
+            # numpy's masked add runs on one thread; torch's pool spins on a
+            # busy CPU, and this runs for every tensor of every re-merge
+            o = out.numpy()
+            np.add(o, d.contiguous().numpy() * np.float32(lam), out=o, where=m.cpu().numpy())
+        else:
+            out.add_(torch.where(m.to(d.device), d, 0.0), alpha=lam)
+    return out
+
+
+# ------------------------------------------------------------------ analysis
+_OUTSIDE = {"embed": "embed", "final_norm": "norm", "head": "lm_head"}
+
+
+def analyse(recipe, infos=None, progress=None) -> dict:
+    """What the UI plots; the schema is documented in core.service.led_analysis."""
+    from .. import masks
+    from .. import models as M
+    prep = prepare(recipe, infos, progress)
+    plan = prep.plan
+    experts = [e.ref for e in plan.experts]
+    n_layers = max(0, plan.base.n_layers)
+    names = [n for n in sorted(plan.base.tensors)
+             if plan.base.tensors[n].dtype in ("F64", "F32", "F16", "BF16")]
+    modules = [m for m in M.MODULE_KINDS if any(M.layer_of(n) is not None and M.module_of(n) == m for n in names)]
+    if any(M.layer_of(n) is not None and M.module_of(n) not in M.MODULE_KINDS for n in names):
+        modules.append("other")
+    outside = []
+    for n in names:
+        if M.layer_of(n) is None:
+            lab = _OUTSIDE.get(M.module_of(n), M.module_of(n))
+            if lab not in outside:
+                outside.append(lab)
+    safety = next((e for e in plan.experts if e.task == "safety"), None)
+    utility = [e for e in plan.experts if e is not safety]
+
+    def cell(n: str) -> tuple[str, int | None, int | None]:
+        """(which block, row, column) of a tensor."""
+        layer, mod = M.layer_of(n), M.module_of(n)
+        if layer is None:
+            return "outside", None, outside.index(_OUTSIDE.get(mod, mod))
+        return "grid", layer, modules.index(mod if mod in modules else "other")
+
+    # accumulators: [kind][expert] -> {(block,row,col): [sum, count]}
+    acc: dict = {k: {e: {} for e in experts} for k in ("importance", "importance_base", "elected", "taken")}
+    ov: dict = {e.ref: {} for e in utility}
+    for t, n in enumerate(names):
+        where = cell(n)
+        numel = plan.base.tensors[n].numel
+        a = prep.aux(n)
+        bs = prep._scores(prep.base_scores, n)
+        es = prep._scores(prep.expert_scores, n)
+        for i, e in enumerate(experts):
+            for kind, total in (("importance", float(es[i].sum())), ("importance_base", float(bs[i].sum())),
+                                ("elected", int(a["elected"][i].sum())), ("taken", int(a["masks"][i].sum()))):
+                s = acc[kind][e].setdefault(where, [0.0, 0])
+                s[0] += total
+                s[1] += numel
+        if safety is not None:
+            si = plan.experts.index(safety)
+            for u in utility:
+                inter, union = masks.jaccard_counts(a["elected"][si], a["elected"][plan.experts.index(u)])
+                s = ov[u.ref].setdefault(where, [0, 0])
+                s[0] += inter
+                s[1] += union
+        if progress is not None and (t % 8 == 0 or t == len(names) - 1):
+            progress(1.0, f"masks of tensor {t + 1} of {len(names)}")
+
+    def grid(d: dict) -> list[list]:
+        return [[_ratio(d.get(("grid", k, j))) for j in range(len(modules))] for k in range(n_layers)]
+
+    def flat(d: dict) -> list:
+        return [_ratio(d.get(("outside", None, j))) for j in range(len(outside))]
+
+    out = {"layers": [f"layer {k}" for k in range(n_layers)], "modules": modules, "outside": outside,
+           "experts": experts, "tasks": {e.ref: e.task for e in plan.experts},
+           "mask_ratio": {e.ref: e.ratio for e in plan.experts}, "weight": {e.ref: e.weight for e in plan.experts},
+           "election": plan.election, "disjoint": plan.disjoint, "location": plan.location,
+           "n_samples": {e.ref: len(e.rows) for e in plan.experts}, "safety_expert": safety.ref if safety else None,
+           "cached": prep.cached, "notes": list(plan.notes)}
+    for kind in acc:
+        out[kind] = {e: grid(acc[kind][e]) for e in experts}
+        out[kind + "_outside"] = {e: flat(acc[kind][e]) for e in experts}
+    out["overlap"] = {u: grid(ov[u]) for u in ov}
+    out["overlap_outside"] = {u: flat(ov[u]) for u in ov}
+    if safety is None:
+        out["notes"].append("No expert has task safety, so there is no safety/utility overlap to show.")
+    return out
+
+
+def _ratio(s) -> float | None:
+    if s is None or not s[1]:
+        return None
+    return float(s[0]) / float(s[1])
+
+
+SPEC = register(MethodSpec(
+    name="led", label="LED-Merging", fn=merge, prepare=prepare,
+    summary="Locate each expert's important weights (scores on its task data, in the base and the expert), "
+            "elect those important in both, keep only weights no other expert elected, add those task-vector entries.",
+    params=[
+        Param("weight", 1.0, 0.0, 2.0, per_model=True, help="λᵢ: scale of this expert's masked task vector"),
+        Param("mask_ratio", DEFAULT_RATIO["custom"], 0.0, 1.0, per_model=True,
+              help="rᵢ: fraction of each tensor's weights located as important (kept); when not written, by task: "
+                   "0.1 safety, 0.4 math, 0.5 code, 0.4 custom"),
+        Param("task", "auto", kind="choice", choices=TASK_CHOICES, per_model=True,
+              help="which task data locates this expert's weights; auto: the model entry's task, or the "
+                   "built-in model's name"),
+        Param("location_data", "", kind="str", per_model=True,
+              help="JSONL of {prompt, response} or AdvBench CSV (goal,target); empty: the built-in data of the task"),
+        Param("election", "11", kind="choice", choices=("11", "10", "01"),
+              help="11: important in base AND expert (LED); 10: base scores only; 01: expert scores only"),
+        Param("disjoint", True, kind="bool",
+              help="drop weights elected by more than one expert, so no expert's update overwrites another's"),
+        Param("location", "snip", kind="choice", choices=("snip", "wanda", "magnitude", "random"),
+              help="importance score: SNIP |θ|·Σ|∂L/∂θ| (LED), Wanda |W|·‖X‖, magnitude |θ|, or random"),
+        Param("n_samples", 128, 1, 4096, kind="int", help="location samples per expert (first n of a user file)"),
+        Param("seed", 0, 0, 2**63 - 1, kind="int", help="seed of the built-in location data and of random scores"),
+    ],
+))
