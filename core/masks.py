@@ -116,7 +116,8 @@ def masks_for(base_scores: list, expert_scores: list, ratios: list[float], code:
 def jaccard_counts(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
     """(|a ∩ b|, |a ∪ b|) of two boolean masks, so tensors can be pooled
     before dividing (a layer's Jaccard is Σ∩ / Σ∪ over its tensors)."""
-    return int(torch.count_nonzero(a & b)), int(torch.count_nonzero(a | b))
+    x, y = a.cpu().numpy(), b.cpu().numpy()
+    return int(np.count_nonzero(x & y)), int(np.count_nonzero(x | y))
 
 
 def jaccard(a: torch.Tensor, b: torch.Tensor) -> float | None:

@@ -73,6 +73,52 @@ def acm_analysis(recipe, progress=None) -> dict:
     return acm.analyse(recipe, progress=progress)
 
 
+def led_analysis(recipe, progress=None) -> dict:
+    """LED-Merging's located, elected and taken weights, for the UI's heatmaps.
+
+    ``recipe``: Recipe, mapping or YAML path with ``merge_method: led``. The
+    first call scores the models (backward passes; progress(frac, message)
+    is called); later calls with the same models, data and location method
+    read the score cache (memory, then disk) and run none, so moving r, λ,
+    the election code or disjoint re-computes only the masks. Returns plain
+    JSON-able values (None where a cell has no tensor or no entries):
+
+        {"layers": ["layer 0", ..., "layer L-1"],          # grid rows
+         "modules": ["q", "k", "v", "o", "gate", "up", "down", "attn_norm", "mlp_norm"],  # grid columns present
+         "outside": ["embed", "norm", "lm_head"],          # tensors outside the decoder layers, present ones
+         "experts": [ref, ...],                            # models with a task vector, recipe order
+         "tasks": {ref: "safety" | "math" | "code" | "custom"},
+         "mask_ratio": {ref: r}, "weight": {ref: λ},       # as used (r by task when the recipe gives none)
+         "election": "11" | "10" | "01", "disjoint": bool,
+         "location": "snip" | "wanda" | "magnitude" | "random",
+         "n_samples": {ref: int},                          # location samples used (0 for magnitude/random)
+         "safety_expert": ref or None,                     # first expert with task safety
+         "importance":      {ref: [[mean score of the expert on its data]]},    # layers x modules
+         "importance_base": {ref: [[mean score of the base on that expert's data]]},
+         "elected":  {ref: [[fraction of entries in E_i]]},          # after election, before disjoint
+         "taken":    {ref: [[fraction of entries in m_i]]},          # the merged change comes from this expert
+         "overlap":  {utility ref: [[|E_s ∩ E_u| / |E_s ∪ E_u|]]},   # Jaccard with the safety expert's E_s
+         "<key>_outside": {ref: [value per "outside" entry]},        # the same five for "outside" tensors
+         "cached": bool,                                   # True when no forward/backward pass ran
+         "notes": [sentence, ...]}
+
+    Every grid is ``grid[layer_index][module_index]``. A cell pools all of
+    that layer's tensors of that module kind (weights and biases): means are
+    Σ/Σnumel, Jaccard is Σ|∩|/Σ|∪|. Scores are raw (SNIP is |θ|·Σ|grad|
+    over the samples; not comparable across location methods). With
+    ``disjoint`` on, the "taken" fractions of one cell sum to at most 1.
+    """
+    from . import recipe as recipes
+    from .methods import led
+    if isinstance(recipe, str):
+        recipe = recipes.load(recipe)
+    elif isinstance(recipe, dict):
+        recipe = recipes.from_dict(recipe)
+    if recipe.merge_method != "led":
+        raise UserError(f"LED analysis needs merge_method: led, not '{recipe.merge_method}'.")
+    return led.analyse(recipe, progress=progress)
+
+
 def probe(model_or_ref, suites="harmful,benign,math,code", limit: int | None = None, progress=None, **options) -> dict:
     """Quick probes of one model: a reference (zoo:NAME, folder, Hub id) or a
     loaded model (the UI's live merged model; pass tokenizer=... or it is

@@ -208,6 +208,8 @@ def analyse(recipe, infos=None, progress=None) -> dict:
             lab = _OUTSIDE.get(M.module_of(n), M.module_of(n))
             if lab not in outside:
                 outside.append(lab)
+    order = list(_OUTSIDE.values())   # forward order: embed, norm, lm_head, then anything else
+    outside.sort(key=lambda x: (order.index(x) if x in order else len(order), x))
     safety = next((e for e in plan.experts if e.task == "safety"), None)
     utility = [e for e in plan.experts if e is not safety]
 
@@ -224,12 +226,18 @@ def analyse(recipe, infos=None, progress=None) -> dict:
     for t, n in enumerate(names):
         where = cell(n)
         numel = plan.base.tensors[n].numel
-        a = prep.aux(n)
         bs = prep._scores(prep.base_scores, n)
         es = prep._scores(prep.expert_scores, n)
+        code = plan.election
+        elected, final = masks.masks_for(bs if code != "01" else [None] * len(bs), es if code != "10" else
+                                         [None] * len(es), [e.ratio for e in plan.experts], code, plan.disjoint)
+        a = {"elected": elected, "masks": final}
         for i, e in enumerate(experts):
-            for kind, total in (("importance", float(es[i].sum())), ("importance_base", float(bs[i].sum())),
-                                ("elected", int(a["elected"][i].sum())), ("taken", int(a["masks"][i].sum()))):
+            # numpy sums and counts: one thread, no pool spinning on a busy CPU
+            for kind, total in (("importance", float(es[i].numpy().sum(dtype=np.float64))),
+                                ("importance_base", float(bs[i].numpy().sum(dtype=np.float64))),
+                                ("elected", int(np.count_nonzero(elected[i].numpy()))),
+                                ("taken", int(np.count_nonzero(final[i].numpy())))):
                 s = acc[kind][e].setdefault(where, [0.0, 0])
                 s[0] += total
                 s[1] += numel
