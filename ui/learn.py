@@ -1,0 +1,54 @@
+"""The classroom walkthrough: each step is one click and two sentences.
+
+The steps only name what to do; ui/app.py wires each to the handlers the
+other tabs use, so the walkthrough always shows the real thing.
+"""
+from __future__ import annotations
+
+INTRO = (
+    "A five-minute tour for a classroom. Each button does one step on the built-in tiny family "
+    "(a base model and three experts fine-tuned from it) and opens the tab where it happens; "
+    "come back here for the next step."
+)
+
+# (key, button label, two sentences)
+STEPS = [
+    ("ta", "1 · Merge safety + math with Task Arithmetic",
+     "Task Arithmetic adds each expert's change to the base: θ = θ₀ + λ·Σ τᵢ. "
+     "It is the simplest merge and it often works, so it is the baseline to beat."),
+    ("ask_harmful", "2 · Ask a harmful question side by side",
+     "The safety expert refuses, the math expert complies, and the merge sits in between. "
+     "Watch how much of the refusal survives the merge: the math expert's changes overwrite the safety expert's."),
+    ("overlap", "3 · Open the overlap heatmap",
+     "Each cell shows how many of the weights that matter most for safety also matter most for math (Jaccard index). "
+     "Where the sets overlap, adding both task vectors makes them fight over the same weights."),
+    ("led", "4 · Merge with LED-Merging",
+     "LED-Merging keeps, for each expert, only the weights important in both the base and the expert, "
+     "and drops weights two experts both claim. The safety expert's few critical weights are no longer overwritten."),
+    ("compare", "5 · Compare with quick probes",
+     "Probes put numbers on what the chat showed: how often each model refuses held-out harmful requests and "
+     "how often it solves math. The merge you want sits high (safe) and to the right (useful)."),
+]
+
+# the recipes the steps merge; the LED one follows the paper's defaults
+# (small r for safety, larger for the utility expert, λ = 1)
+TA_RECIPE = {
+    "merge_method": "task_arithmetic", "base_model": "zoo:base",
+    "models": [{"model": "zoo:safety", "task": "safety", "parameters": {"weight": 1.0}},
+               {"model": "zoo:math", "task": "math", "parameters": {"weight": 1.0}}],
+    "parameters": {"lambda": 1.0}, "dtype": "float32",
+}
+
+
+def led_recipe(spec) -> dict:
+    """LED on safety + math with the method's own defaults, except the paper's
+    per-task mask ratios when the method has a mask_ratio parameter."""
+    models = [{"model": "zoo:safety", "task": "safety", "parameters": {}},
+              {"model": "zoo:math", "task": "math", "parameters": {}}]
+    pm = {p.name for p in spec.params if p.per_model}
+    ratio = next((n for n in ("mask_ratio", "r", "ratio") if n in pm), None)
+    if ratio:
+        models[0]["parameters"][ratio] = 0.1
+        models[1]["parameters"][ratio] = 0.4
+    return {"merge_method": spec.name, "base_model": "zoo:base", "models": models, "parameters": {},
+            "dtype": "float32"}
