@@ -43,6 +43,7 @@ import hashlib
 import io
 import json
 import os
+import sys
 import threading
 import uuid
 from typing import Callable
@@ -578,6 +579,16 @@ def compute(jobs: list[Job], method: str = "snip", *, seed: int = 0, device: str
     all_cached = not todo
     n_todo = sum(len(v) for v in todo.values())
     done = 0
+    bar = None
+    if progress is None and todo and sys.stderr.isatty():
+        # the command line passes no callback; scoring takes long enough to deserve a bar
+        from tqdm import tqdm
+        bar = tqdm(total=1000, desc=f"locating ({method})", file=sys.stderr,
+                   bar_format="{percentage:3.0f}%|{bar:24}| {elapsed} {desc}")
+
+        def progress(frac: float, msg: str) -> None:
+            bar.n = int(frac * 1000)
+            bar.set_description_str(msg[:70], refresh=True)
     for path, idx in todo.items():
         info = jobs[idx[0]].info
         model = M.load_model(info.ref, device=dev, dtype=dtype)
@@ -600,6 +611,9 @@ def compute(jobs: list[Job], method: str = "snip", *, seed: int = 0, device: str
                     done += 1
         finally:
             del model
+    if bar is not None:
+        bar.close()
+        progress = None
     if progress is not None:
         progress(1.0, "importance scores ready" + (" (cached)" if all_cached else ""))
     return out, all_cached

@@ -420,8 +420,12 @@ def test_custom_expert_scored_on_a_user_file(cache, tmp_path):
     before = I.STATS["backward"]
     plan = led.Plan(R.from_dict(d))
     assert plan.experts[0].task == "custom" and plan.experts[0].rows == rows
-    prep = led.prepare(R.from_dict(d))
+    seen = []
+    prep = led.prepare(R.from_dict(d), None, lambda f, msg: seen.append((f, msg)))
     assert I.STATS["backward"] == before + 6   # base and expert, 3 samples each
+    fracs = [f for f, _ in seen]
+    assert fracs == sorted(fracs) and fracs[-1] == 1.0 and len(seen) >= 6
+    assert any("SNIP scores of the base on custom data: sample 3 of 3" in m for _, m in seen)
     m = prep.aux("model.layers.0.mlp.up_proj.weight")["masks"][0]
     assert 0 < int(m.sum()) <= K.k_of(0.2, m.numel())
 

@@ -223,7 +223,7 @@ def analyse(recipe, infos=None, progress=None) -> dict:
     # accumulators: [kind][expert] -> {(block,row,col): [sum, count]}
     acc: dict = {k: {e: {} for e in experts} for k in ("importance", "importance_base", "elected", "taken")}
     ov: dict = {e.ref: {} for e in utility}
-    for t, n in enumerate(names):
+    for n in names:
         where = cell(n)
         numel = plan.base.tensors[n].numel
         bs = prep._scores(prep.base_scores, n)
@@ -248,8 +248,6 @@ def analyse(recipe, infos=None, progress=None) -> dict:
                 s = ov[u.ref].setdefault(where, [0, 0])
                 s[0] += inter
                 s[1] += union
-        if progress is not None and (t % 8 == 0 or t == len(names) - 1):
-            progress(1.0, f"masks of tensor {t + 1} of {len(names)}")
 
     def grid(d: dict) -> list[list]:
         return [[_ratio(d.get(("grid", k, j))) for j in range(len(modules))] for k in range(n_layers)]
