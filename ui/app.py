@@ -110,21 +110,21 @@ def check_models(base, *experts_tasks):
     experts = [(experts_tasks[2 * i], experts_tasks[2 * i + 1]) for i in range(C.N_EXPERTS)]
     used = C.used_experts(experts)
     if not (base or "").strip():
-        return "⚠️ Pick a base model.", []
+        return "⚠ Pick a base model.", []
     if not used:
-        return "⚠️ Pick at least one expert.", []
+        return "⚠ Pick at least one expert.", []
     try:
         rep = service.compatibility(base.strip(), [ref for _, ref, _ in used])
     except UserError as exc:
-        return f"❌ {exc}", []
+        return f"✗ {exc}", []
     rows = [[r.get("role"), r.get("model"), r.get("architecture"), r.get("layers"), r.get("vocab"),
              r.get("params (M)"), r.get("size (MB)")] for r in rep.rows]
     if rep.ok:
-        text = "✅ **Compatible**: same architecture, tensor names and shapes. Nothing has been loaded yet."
+        text = "✓ **Compatible**: same architecture, tensor names and shapes. Nothing has been loaded yet."
     else:
-        text = "❌ " + " ".join(rep.problems)
+        text = "✗ " + " ".join(rep.problems)
     if rep.notes:
-        text += "\n\n" + "\n".join(f"ℹ️ {n}" for n in rep.notes)
+        text += "\n\n" + "\n".join(f"Note: {n}" for n in rep.notes)
     return text, rows
 
 
@@ -211,9 +211,9 @@ def do_merge(*args, progress=gr.Progress(), request: gr.Request = None):
         rows, choice = _history_table(sess)
     spec = C.spec_of(recipe["merge_method"])
     names = " + ".join(_short(m["model"]) for m in recipe["models"])
-    status = f"✅ Merged **{names}** with **{spec.label}** in {res.seconds:.2f} s ({res.n_tensors} tensors)."
+    status = f"✓ Merged **{names}** with **{spec.label}** in {res.seconds:.2f} s ({res.n_tensors} tensors)."
     if res.notes:
-        status += "\n\n" + "\n".join(f"ℹ️ {n}" for n in res.notes)
+        status += "\n\n" + "\n".join(f"Note: {n}" for n in res.notes)
     merged_label = gr.update(label=f"Merged ({spec.label})")
     return status, rows, choice, merged_label
 
@@ -260,22 +260,30 @@ def _acm_recipe(values: list) -> dict:
             "parameters": {}, "dtype": "float32"}
 
 
+def _top(grids, floor: float = 0.1) -> float:
+    """Colour-scale top for fractions: the largest value rounded up to a tenth,
+    so small overlaps are still visible (the colour bar shows the numbers)."""
+    import math
+    vals = [v for z in grids for row in z for v in row if v is not None]
+    return max(floor, min(1.0, math.ceil(max(vals, default=0.0) * 10) / 10))
+
+
 def led_figures(a: dict) -> tuple:
     rows, cols = a["layers"], a["modules"]
     experts = a["experts"]
     label = {e: f"{_short(e)} (r={a['mask_ratio'].get(e, 0):g})" for e in experts}
     imp = F.heatmaps({label[e]: a["importance"][e] for e in experts}, rows, cols,
-                     "Where each skill lives: importance of the weights (expert, on its own task data)",
-                     "mean score", colorscale="Viridis", zmin=0.0, fmt=".3g")
+                     "Where each skill lives: weight importance",
+                     "mean score", colorscale="Viridis", fmt=".3g", log=True)
     el = F.heatmaps({label[e]: a["elected"][e] for e in experts}, rows, cols,
-                    f"Elected weights: fraction important in {'base AND expert' if a['election'] == '11' else 'the ' + ('base' if a['election'] == '10' else 'expert')}",
+                    f"Elected: important in {'base AND expert' if a['election'] == '11' else ('the base' if a['election'] == '10' else 'the expert')}",
                     "elected fraction", colorscale="Blues", zmin=0.0, zmax=max(0.05, max(a["mask_ratio"].values() or [0.05])),
                     fmt=".1%")
     if a.get("overlap"):
         s = _short(a.get("safety_expert") or "safety")
         ov = F.heatmaps({f"{s} ∩ {_short(u)}": z for u, z in a["overlap"].items()}, rows, cols,
                         "Where safety and utility collide: overlap of their important weights (Jaccard)",
-                        "Jaccard", colorscale="OrRd", zmin=0.0, zmax=1.0, fmt=".2f")
+                        "Jaccard", colorscale="OrRd", zmin=0.0, zmax=_top(a["overlap"].values()), fmt=".2f")
     else:
         ov = F.empty("Overlap needs one expert with task 'safety' and one other expert.")
     return imp, el, ov
@@ -308,10 +316,10 @@ def prov_figures(pv: dict, tasks: dict) -> tuple:
     experts = pv["experts"]
     colours = {_short(e): c for e, c in _colours(experts, tasks).items()}
     share = F.stacked_shares(pv["points"], {_short(e): pv["share"][e] for e in experts}, pv["other"],
-                             "Where the merged weights came from: each expert's share of the change per layer",
+                             "Where the merged change came from, per layer",
                              colours=colours)
     coef = F.lines(pv["points"], {_short(e): pv["coef"][e] for e in experts},
-                   "How much of each expert's task vector the merge carries (1 = all of it)",
+                   "How much of each expert's change the merge keeps",
                    "fraction of τᵢ", colours=colours, hline=1.0)
     return share, coef
 
@@ -601,7 +609,7 @@ def export_model(*args, progress=gr.Progress(), request: gr.Request = None):
     with open(ypath, "w", encoding="utf-8") as f:
         f.write(yaml_text)
     mb = os.path.getsize(archive) / 2**20
-    return archive, ypath, yaml_text, f"✅ Wrote {res.n_tensors} tensors in {res.seconds:.2f} s; the zip is {mb:.1f} MB."
+    return archive, ypath, yaml_text, f"✓ Wrote {res.n_tensors} tensors in {res.seconds:.2f} s; the zip is {mb:.1f} MB."
 
 
 @guard
@@ -617,7 +625,7 @@ def load_recipe_text(text):
         raise UserError("Paste or upload a recipe YAML first.")
     rec = R.loads(text)
     ups = C.values_from_recipe(rec.to_dict())
-    return ups + [f"✅ Loaded a {rec.merge_method} recipe with {len(rec.models)} models; press Merge to build it."]
+    return ups + [f"✓ Loaded a {rec.merge_method} recipe with {len(rec.models)} models; press Merge to build it."]
 
 
 @guard
@@ -654,10 +662,37 @@ def _go(tab: str):
 
 
 # ------------------------------------------------------------------ layout
+class Knob(gr.Slider):
+    """A slider that clamps instead of raising.
+
+    A slot's range changes with the method, and an event fired in the same
+    instant (a .change next to the .input that re-ranges the slots) may
+    still carry the old value; gr.Slider would answer with an error toast.
+    Rendered by the ordinary slider front end (is_template).
+    """
+    is_template = True
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        lo = self.minimum if self.minimum is not None else float("-inf")
+        hi = self.maximum if self.maximum is not None else float("inf")
+        return gr.Number.round_to_precision(min(max(float(payload), lo), hi), self.precision)
+
+
+def _kw(update: dict) -> dict:
+    """Constructor keywords from a gr.update dict."""
+    return {k: v for k, v in update.items() if k != "__type__"}
+
+
+DEFAULT_EXPERTS = [("zoo:safety", "safety"), ("zoo:math", "math"), (C.NONE, "code")]
+
+
 def build_demo() -> gr.Blocks:
     """The whole app; only app.py launches it, so tests can build it freely."""
+    defaults = DEFAULT_EXPERTS
     with gr.Blocks(title="Merge Explorer") as demo:
-        gr.Markdown("# 🧬 Merge Explorer\nPick a base model and experts, tune a merge, look inside, then chat with "
+        gr.Markdown("# Merge Explorer\nPick a base model and experts, tune a merge, look inside, then chat with "
                     "the result next to its parents. New here? The **Learn** tab is a five-minute tour.",
                     elem_id="title")
         with gr.Tabs(elem_id="tabs") as tabs:
@@ -668,7 +703,6 @@ def build_demo() -> gr.Blocks:
                 base = gr.Dropdown(C.ZOO, value="zoo:base", allow_custom_value=True, label="Base model",
                                    elem_id="base")
                 expert_dd, task_dd = [], []
-                defaults = [("zoo:safety", "safety"), ("zoo:math", "math"), (C.NONE, "code")]
                 for i in range(C.N_EXPERTS):
                     with gr.Row():
                         expert_dd.append(gr.Dropdown([("— none —", C.NONE)] + [(z, z) for z in C.ZOO[1:]],
@@ -688,24 +722,29 @@ def build_demo() -> gr.Blocks:
             with gr.Tab("Merge", id="merge"):
                 method = gr.Dropdown(C.method_choices(), value=C.default_method(), label="Merge method",
                                      elem_id="method")
-                summary = gr.Markdown()
+                summary = gr.Markdown(method_summary(C.default_method()))
+                # slots start configured for the default method, so the first
+                # events after page load already see the right ranges
+                m0 = C.default_method()
+                init = iter(_kw(u) for u in C.param_updates(
+                    m0, [C.task_defaults(C.spec_of(m0), t) for _, t in defaults]))
                 pm_sliders: list[list] = []
                 boxes, heads = [], []
                 with gr.Row():
                     for i in range(C.N_EXPERTS):
-                        with gr.Column(visible=i < 2, elem_classes="expert-box") as box:
+                        with gr.Column(visible=bool(defaults[i][0]), elem_classes="expert-box") as box:
                             heads.append(gr.Markdown())
-                            pm_sliders.append([gr.Slider(0, 1, value=0, label=f"p{k}", visible=False,
-                                                         elem_id=f"pm{i + 1}-{k + 1}") for k in range(C.PM_SLOTS)])
+                            pm_sliders.append([Knob(**{"minimum": 0, "maximum": 1, "value": 0, **next(init)},
+                                                    elem_id=f"pm{i + 1}-{k + 1}") for k in range(C.PM_SLOTS)])
                         boxes.append(box)
                 with gr.Row():
-                    g_num = [gr.Slider(0, 1, value=0, label=f"g{k}", visible=False, elem_id=f"g{k + 1}")
+                    g_num = [Knob(**{"minimum": 0, "maximum": 1, "value": 0, **next(init)}, elem_id=f"g{k + 1}")
                              for k in range(C.G_NUM)]
                 with gr.Row():
-                    g_bool = [gr.Checkbox(label=f"b{k}", visible=False, elem_id=f"b{k + 1}") for k in range(C.G_BOOL)]
-                    g_choice = [gr.Dropdown(["-"], value="-", label=f"c{k}", visible=False, elem_id=f"c{k + 1}")
+                    g_bool = [gr.Checkbox(**next(init), elem_id=f"b{k + 1}") for k in range(C.G_BOOL)]
+                    g_choice = [gr.Dropdown(**{"choices": ["-"], "value": "-", **next(init)}, elem_id=f"c{k + 1}")
                                 for k in range(C.G_CHOICE)]
-                    g_str = [gr.Textbox(label=f"s{k}", visible=False, elem_id=f"s{k + 1}") for k in range(C.G_STR)]
+                    g_str = [gr.Textbox(**next(init), elem_id=f"s{k + 1}") for k in range(C.G_STR)]
                 merge_btn = gr.Button("Merge", variant="primary", elem_id="merge-btn")
                 merge_status = gr.Markdown(elem_id="merge-status")
                 with gr.Accordion("Merge history (this session)", open=False):
@@ -844,8 +883,6 @@ def build_demo() -> gr.Blocks:
 
         header_outs = boxes + heads + bots[1:]
         demo.load(check_models, models_in, [report, report_table], api_visibility="private")
-        demo.load(method_changed, [method] + [x for pair in zip(expert_dd, task_dd) for x in pair],
-                  [summary] + param_slots, api_visibility="private")
         demo.load(expert_headers, models_in, header_outs, api_visibility="private")
         for comp in models_in:
             comp.change(expert_headers, models_in, header_outs, api_visibility="private")

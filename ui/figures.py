@@ -32,7 +32,7 @@ def _layout(fig: go.Figure, title: str, height: int = 340) -> go.Figure:
     return fig
 
 
-def empty(message: str, height: int = 260) -> go.Figure:
+def empty(message: str, height: int = 200) -> go.Figure:
     """A placeholder that says why there is no picture yet."""
     fig = go.Figure()
     fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper",
@@ -44,14 +44,20 @@ def empty(message: str, height: int = 260) -> go.Figure:
 
 def heatmaps(panels: dict[str, list[list]], rows: list[str], cols: list[str], title: str, value_name: str,
              colorscale: str = "Blues", zmin: float | None = None, zmax: float | None = None,
-             zmid: float | None = None, fmt: str = ".3f") -> go.Figure:
+             zmid: float | None = None, fmt: str = ".3f", log: bool = False) -> go.Figure:
     """One layers × module heatmap per panel (expert or pair), one shared colour bar.
 
     ``panels`` maps a panel title to a matrix (rows × cols, None = no value).
+    ``log``: colour by log10 of the value (scores spanning orders of
+    magnitude, where a linear scale shows one bright cell and the rest
+    black); the hover still shows the value itself.
     """
     names = list(panels)
     if not names:
         return empty("Nothing to show.")
+    raw = {k: _grid(z) for k, z in panels.items()}
+    if log:
+        panels = {k: [[math.log10(v) if v == v and v > 0 else None for v in row] for row in z] for k, z in raw.items()}
     vals = [v for z in panels.values() for row in z for v in row if v is not None and not math.isnan(v)]
     if zmin is None:
         zmin = min(vals) if vals else 0.0
@@ -62,10 +68,14 @@ def heatmaps(panels: dict[str, list[list]], rows: list[str], cols: list[str], ti
     fig = make_subplots(rows=1, cols=len(names), subplot_titles=names, shared_yaxes=True,
                         horizontal_spacing=0.04 if len(names) > 1 else 0.0)
     for j, name in enumerate(names):
+        bar = dict(title=dict(text=value_name + (" (log scale)" if log else ""), side="right"), thickness=12)
+        if log:
+            ticks = list(range(math.floor(zmin), math.ceil(zmax) + 1))
+            bar.update(tickvals=ticks, ticktext=[f"1e{t}" for t in ticks])
         fig.add_trace(go.Heatmap(
             z=_grid(panels[name]), x=cols, y=rows, colorscale=colorscale, zmin=zmin, zmax=zmax, zmid=zmid,
-            showscale=(j == len(names) - 1), colorbar=dict(title=dict(text=value_name, side="right"), thickness=12),
-            hovertemplate=f"<b>{name}</b><br>%{{y}} · %{{x}}<br>{value_name}: %{{z:{fmt}}}<extra></extra>",
+            customdata=raw[name], showscale=(j == len(names) - 1), colorbar=bar,
+            hovertemplate=f"<b>{name}</b><br>%{{y}} · %{{x}}<br>{value_name}: %{{customdata:{fmt}}}<extra></extra>",
             xgap=1, ygap=1), row=1, col=j + 1)
     fig.update_yaxes(autorange="reversed")
     fig.update_xaxes(tickangle=-45)
