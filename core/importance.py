@@ -58,7 +58,7 @@ Progress = Callable[[float, str], None]
 METHODS = ("snip", "wanda", "magnitude", "random")
 DEFAULT_N = 128
 MAX_LENGTH = 512
-VERSION = "led-scores/v1"   # part of every cache key: bump when a score's definition changes
+VERSION = "led-scores/v2"   # part of every cache key: bump when a score's definition changes
 
 # backward (SNIP) and forward (Wanda) passes run here; tests and the UI's
 # "was it cached?" read them
@@ -268,12 +268,14 @@ def wanda(model, samples: list[Sample], progress: Progress | None = None, span=(
     if embed is not None:
         counts = torch.zeros(embed.weight.shape[0], dtype=torch.float32)
     dev = next(model.parameters()).device
+    n_tokens = 0
     try:
         with torch.no_grad():
             for i, s in enumerate(samples):
                 current["answer"] = s.answer.to(dev)
                 model(input_ids=s.ids.to(dev).unsqueeze(0), use_cache=False)
                 STATS["forward"] += 1
+                n_tokens += int(s.answer.sum())
                 if counts is not None:
                     counts += torch.bincount(s.ids[s.answer], minlength=counts.numel()).float()[:counts.numel()]
                 _tick(progress, span, (i + 1) / len(samples),
@@ -291,8 +293,11 @@ def wanda(model, samples: list[Sample], progress: Progress | None = None, span=(
             elif prefix is not None and prefix in sq:
                 norm = sq[prefix].sqrt().cpu()
                 out[name] = w * (norm.unsqueeze(0) if w.dim() == 2 else norm)
+            elif name.endswith(".bias") and name[:-len(".bias")] in sq:
+                # a bias is a weight on a constant input 1: ‖X‖₂ = √(answer tokens)
+                out[name] = w * float(n_tokens) ** 0.5
             else:
-                out[name] = torch.zeros_like(w)   # biases etc.: no activation evidence, never elected
+                out[name] = torch.zeros_like(w)   # no activation evidence: never elected
     return out
 
 
@@ -375,12 +380,13 @@ class RandomScores(_LazyScores):
     def __init__(self, key: str, info: M.ModelInfo, keep: bool, seed: int):
         super().__init__(key, info, keep)
         self.seed = seed
+        self.fingerprint = info.fingerprint()   # stats every shard: once, not per tensor
 
     def _compute(self, name: str) -> torch.Tensor:
         # a stable per-(seed, model, tensor) stream: the same tensor gets the
         # same scores whatever order tensors are visited in, and base and
         # expert draw independent sets
-        h = hashlib.sha256(f"{self.seed}:{self.info.fingerprint()}:{name}".encode()).digest()
+        h = hashlib.sha256(f"{self.seed}:{self.fingerprint}:{name}".encode()).digest()
         g = torch.Generator().manual_seed(int.from_bytes(h[:8], "little") & 0x7FFFFFFFFFFFFFFF)
         return torch.rand(self.info.tensors[name].shape, generator=g, dtype=torch.float32)
 

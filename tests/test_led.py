@@ -136,11 +136,11 @@ def test_merge_fn_adds_lambda_times_masked_task_vectors():
 
 
 # ------------------------------------------------------------------ SNIP
-def tiny_model(seed: int = 0):
+def tiny_model(seed: int = 0, bias: bool = False):
     from transformers import LlamaConfig, LlamaForCausalLM
     cfg = LlamaConfig(vocab_size=23, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
                       num_attention_heads=2, num_key_value_heads=1, head_dim=8, max_position_embeddings=32,
-                      tie_word_embeddings=False)
+                      tie_word_embeddings=False, attention_bias=bias)
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg).eval()
 
@@ -195,6 +195,17 @@ def test_wanda_embedding_rows_follow_answer_token_counts():
     q = got["model.layers.0.self_attn.q_proj.weight"]
     ratio = q / model.model.layers[0].self_attn.q_proj.weight.detach().abs()
     torch.testing.assert_close(ratio, ratio[:1].expand_as(ratio))
+
+
+def test_wanda_bias_is_a_weight_on_a_constant_input():
+    model = tiny_model(2, bias=True)
+    samples = tiny_samples()
+    with torch.no_grad():
+        model.model.layers[1].self_attn.k_proj.bias.normal_()
+    got = I.wanda(model, samples)
+    n_answer = sum(int(s.answer.sum()) for s in samples)
+    b = model.model.layers[1].self_attn.k_proj.bias.detach().abs()
+    torch.testing.assert_close(got["model.layers.1.self_attn.k_proj.bias"], b * n_answer ** 0.5)
 
 
 def test_encode_marks_the_answer_and_eos_as_targets():
