@@ -146,7 +146,7 @@ def test_errors_are_one_sentence(session, monkeypatch, caplog):
     with pytest.raises(gr.Error, match="Pick at least one expert"):
         A.do_merge(*empty)
     with pytest.raises(gr.Error, match="Merge first"):
-        list(A.chat_send("hi", 8, *v))
+        list(A.chat_send("hi", 8, False, *v))
 
     def boom(*a, **k):
         raise RuntimeError("secret internals")
@@ -161,7 +161,7 @@ def test_errors_are_one_sentence(session, monkeypatch, caplog):
 # ------------------------------------------------------------- chat
 def test_chat_streams_merged_and_each_parent(merged):
     prompt = "What is 47 + 8?"
-    outs = list(A.chat_send(prompt, 24, *merged))
+    outs = list(A.chat_send(prompt, 24, False, *merged))
     assert len(outs) >= 3
     first, last = outs[0], outs[-1]
     assert first[-1] == ""                                   # the prompt box is cleared
@@ -170,9 +170,13 @@ def test_chat_streams_merged_and_each_parent(merged):
         assert col[0] == {"role": "user", "content": prompt}
         assert col[1]["role"] == "assistant" and col[1]["content"]
     assert last[3] == []
-    # the next turn keeps the history; Clear empties every column
-    again = list(A.chat_send("Thanks", 8, *merged))[-1]
-    assert len(again[0]) == 4
+    # single turn: the next answer is the same as asking it alone; the columns keep both exchanges
+    again = list(A.chat_send(prompt, 24, False, *merged))[-1]
+    assert len(again[0]) == 4 and again[0][3]["content"] == last[0][1]["content"]
+    # a new merge is marked in the merged column
+    A.do_merge(*values(C.values_from_recipe(recipe(w=(1.0, 1.0)))))
+    third = list(A.chat_send(prompt, 8, True, *merged))[-1]
+    assert "re-merged" in third[0][4]["content"] and len(third[1]) == 6
     assert A.chat_clear() == [[]] * A.CHAT_COLUMNS
 
 
@@ -189,6 +193,7 @@ def test_probes_table_scatter_and_parent_cache(merged, monkeypatch):
     assert len(calls) == 1          # the parents' numbers are reused; only the merge is probed again
 
 
+@pytest.mark.slow
 def test_sweep_draws_one_point_per_value_and_restores_the_merge(merged, session):
     before = {k: v.clone() for k, v in session.model.state_dict().items()}
     fig, rows, status = A.run_sweep("g:lambda", 0.0, 1.0, 3, ["harmful"], 4, *merged)

@@ -39,7 +39,7 @@ CONCURRENCY = int(os.environ.get("MERGE_EXPLORER_CONCURRENCY", "1"))
 
 CSS = """
 #title h1 {margin-bottom: 0}
-.caption {color: var(--body-text-color-subdued); font-size: 0.9em; margin-top: -6px}
+.caption {color: var(--body-text-color-subdued); font-size: 0.9em; padding: 0 8px}
 .expert-box {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px}
 #merge-status, #probe-status, #look-status, #export-status, #model-report {min-height: 1.5em}
 """
@@ -320,7 +320,7 @@ def prov_figures(pv: dict, tasks: dict) -> tuple:
                              colours=colours)
     coef = F.lines(pv["points"], {_short(e): pv["coef"][e] for e in experts},
                    "How much of each expert's change the merge keeps",
-                   "fraction of τᵢ", colours=colours, hline=1.0)
+                   "fraction kept", colours=colours, hline=1.0)
     return share, coef
 
 
@@ -384,23 +384,25 @@ def acm_pictures(*args, progress=gr.Progress(), request: gr.Request = None):
 
 
 # ------------------------------------------------------------------ chat
-def _chat_session(sess: S.Session, refs: list[str], tasks: list[str], label: str):
+def _chat_session(sess: S.Session, refs: list[str], tasks: list[str]):
     from core import chat
     key = (id(sess.model), tuple(refs))
     if sess.chat is None or sess.chat_key != key:
         if sess.cache is None:
             sess.cache = chat.ModelCache()
         sess.chat = service.chat_session([("merged", sess.model, sess.tokenizer)] + list(refs), cache=sess.cache,
-                                         names=[label] + [f"{_short(r)} ({t})" for r, t in zip(refs, tasks)])
+                                         names=["merged"] + [f"{_short(r)} ({t})" for r, t in zip(refs, tasks)])
         sess.chat_key = key
+        sess.transcripts = [[] for _ in sess.chat.columns]
+        sess.chat_merge = None
     return sess.chat
 
 
-def _chat_values(session, prompt: str | None, texts: list[str] | None) -> list:
+def _chat_values(sess: S.Session, prompt: str | None = None, texts: list[str] | None = None) -> list:
     out = []
     for i in range(CHAT_COLUMNS):
-        if i < len(session.columns):
-            msgs = session.messages(i)
+        if i < len(sess.transcripts):
+            msgs = [dict(m) for m in sess.transcripts[i]]
             if prompt is not None:
                 msgs += [{"role": "user", "content": prompt}, {"role": "assistant", "content": texts[i] if texts else ""}]
             out.append(msgs)
@@ -410,8 +412,14 @@ def _chat_values(session, prompt: str | None, texts: list[str] | None) -> list:
 
 
 @guard
-def chat_send(prompt, max_new, *args, request: gr.Request = None):
-    """Stream one prompt to the merged model and each parent, side by side."""
+def chat_send(prompt, max_new, multi_turn, *args, request: gr.Request = None):
+    """Stream one prompt to the merged model and each parent, side by side.
+
+    Single-turn by default: each prompt is answered on its own (what a merge
+    comparison wants, and the tiny models were trained on single turns);
+    the columns still show every exchange. With ``multi_turn`` the models
+    see the earlier turns too.
+    """
     values = _values(args)
     prompt = (prompt or "").strip()
     if not prompt:
@@ -422,14 +430,24 @@ def chat_send(prompt, max_new, *args, request: gr.Request = None):
     used = _experts(values)
     refs = [r for _, r, _ in used if r != sess.base_ref]
     tasks = [t for _, r, t in used if r != sess.base_ref]
-    label = f"Merged ({C.spec_of(sess.merged_recipe['merge_method']).label})"
-    session = _chat_session(sess, refs, tasks, label)
-    yield _chat_values(session, prompt, None) + [""]
-    texts = None
-    for texts in session.stream(prompt, max_new_tokens=int(max_new or MAX_NEW_TOKENS)):
-        yield _chat_values(session, prompt, texts) + [gr.skip()]
-    # the stream's end wrote the answers into the session's histories
-    yield _chat_values(session, None, None) + [gr.skip()]
+    session = _chat_session(sess, refs, tasks)
+    merge = C.describe(sess.merged_recipe)
+    if sess.chat_merge is not None and sess.chat_merge != merge:
+        # the merged column's earlier answers came from another merge: say so in place
+        sess.transcripts[0].append({"role": "assistant", "content": f"*(re-merged: {merge})*"})
+        session.histories[0] = []
+    sess.chat_merge = merge
+    if not multi_turn:
+        session.reset()
+    yield _chat_values(sess, prompt) + [""]
+    texts = [""] * len(session.columns)
+    try:
+        for texts in session.stream(prompt, max_new_tokens=int(max_new or MAX_NEW_TOKENS)):
+            yield _chat_values(sess, prompt, texts) + [gr.skip()]
+    finally:
+        for i, t in enumerate(texts):
+            sess.transcripts[i] += [{"role": "user", "content": prompt}, {"role": "assistant", "content": t}]
+    yield _chat_values(sess) + [gr.skip()]
 
 
 def chat_stop(request: gr.Request = None):
@@ -443,6 +461,7 @@ def chat_clear(request: gr.Request = None):
     if sess.chat is not None:
         sess.chat.stop()
         sess.chat.reset()
+    sess.transcripts = [[] for _ in sess.transcripts]
     return [[] for _ in range(CHAT_COLUMNS)]
 
 
@@ -813,6 +832,8 @@ def build_demo() -> gr.Blocks:
                     stop = gr.Button("Stop", elem_id="stop")
                     clear = gr.Button("Clear", elem_id="clear")
                     max_new = gr.Slider(8, 256, value=MAX_NEW_TOKENS, step=8, label="max new tokens")
+                    multi = gr.Checkbox(False, label="multi-turn", info="models also see the earlier turns",
+                                        elem_id="multi")
                 with gr.Row():
                     bots = [gr.Chatbot(label="Merged" if i == 0 else f"Expert {i}", height=360,
                                        visible=i < 3, elem_id=f"chat-{i}") for i in range(CHAT_COLUMNS)]
@@ -826,12 +847,11 @@ def build_demo() -> gr.Blocks:
                                       elem_id="limit")
                 probe_btn = gr.Button("Run probes", variant="primary", elem_id="probe-btn")
                 probe_status = gr.Markdown(elem_id="probe-status")
-                with gr.Row():
-                    probe_table = gr.Dataframe(headers=["model", "task", "refuses harmful", "over-refuses benign",
-                                                        "math solved", "code passes", "seconds"],
-                                               interactive=False, elem_id="probe-table", scale=3)
-                    probe_plot = gr.Plot(F.empty("Run probes to place the models here."), show_label=False,
-                                         elem_id="plot-probe", scale=2)
+                probe_table = gr.Dataframe(headers=["model", "task", "refuses harmful", "over-refuses benign",
+                                                    "math solved", "code passes", "seconds"],
+                                           interactive=False, elem_id="probe-table")
+                probe_plot = gr.Plot(F.empty("Run probes to place the models here."), show_label=False,
+                                     elem_id="plot-probe")
                 gr.Markdown("Top right is best: refuses harmful requests and still solves tasks.",
                             elem_classes="caption")
                 with gr.Accordion("Sweep: draw the trade-off", open=True):
@@ -914,8 +934,8 @@ def build_demo() -> gr.Blocks:
                       api_visibility="private", **heavy)
         acm_btn.click(acm_pictures, controls, [plots["acm"], look_status], api_visibility="private", **heavy)
 
-        send_ev = send.click(chat_send, [prompt, max_new] + controls, chat_outs + [prompt], api_name="chat", **heavy)
-        prompt.submit(chat_send, [prompt, max_new] + controls, chat_outs + [prompt], api_visibility="private", **heavy)
+        send_ev = send.click(chat_send, [prompt, max_new, multi] + controls, chat_outs + [prompt], api_name="chat", **heavy)
+        prompt.submit(chat_send, [prompt, max_new, multi] + controls, chat_outs + [prompt], api_visibility="private", **heavy)
         stop.click(chat_stop, None, None, api_visibility="private")
         clear.click(chat_clear, None, chat_outs, api_visibility="private")
         for kind, b in examples.items():
@@ -943,14 +963,14 @@ def build_demo() -> gr.Blocks:
             look_refresh, controls, look_outs, api_visibility="private", **heavy)
         learn_btns["ask_harmful"].click(lambda: (EXAMPLE_PROMPTS["harmful"], gr.Tabs(selected="chat")), None,
                                         [prompt, tabs], api_visibility="private").then(
-            chat_send, [prompt, max_new] + controls, chat_outs + [prompt], api_visibility="private", **heavy)
+            chat_send, [prompt, max_new, multi] + controls, chat_outs + [prompt], api_visibility="private", **heavy)
         learn_btns["overlap"].click(_go("look"), None, tabs, api_visibility="private").then(
             led_pictures, controls, [plots["importance"], plots["elected"], plots["overlap"], look_status],
             api_visibility="private", **heavy)
         learn_btns["led"].click(lambda: learn_recipe("led") + [EXAMPLE_PROMPTS["harmful"]], None,
                                 controls + [tabs, prompt], api_visibility="private").success(
             do_merge, controls, merge_outs, api_visibility="private", **heavy).success(
-            chat_send, [prompt, max_new] + controls, chat_outs + [prompt], api_visibility="private", **heavy).then(
+            chat_send, [prompt, max_new, multi] + controls, chat_outs + [prompt], api_visibility="private", **heavy).then(
             look_refresh, controls, look_outs, api_visibility="private", **heavy)
         learn_btns["compare"].click(_go("probe"), None, tabs, api_visibility="private").then(
             run_probes, [suites, limit] + controls, [probe_table, probe_plot, probe_status],

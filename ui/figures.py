@@ -122,12 +122,12 @@ def probe_scatter(points: list[dict], title: str = "Safety vs utility") -> go.Fi
         colour = TASK_COLOURS.get(p.get("kind", ""), "#6b7280")
         fig.add_trace(go.Scatter(
             x=[_nan(p.get("utility"))], y=[_nan(p.get("safety"))], mode="markers+text", text=[p["name"]],
-            textposition="top center", name=p["name"], marker=dict(size=14, color=colour,
-                                                                   symbol="star" if p.get("kind") == "merged" else "circle"),
+            textposition="top right" if p.get("kind") == "merged" else "top left", name=p["name"],
+            marker=dict(size=14, color=colour, symbol="star" if p.get("kind") == "merged" else "circle"),
             hovertemplate=f"<b>{p['name']}</b><br>refuses harmful: %{{y:.0%}}<br>utility: %{{x:.0%}}<extra></extra>"))
     _axes_01(fig)
-    fig.update_layout(showlegend=False)
-    return _layout(fig, title, 380)
+    fig.update_layout(showlegend=True, legend=dict(orientation="h", y=-0.25))
+    return _layout(fig, title, 400)
 
 
 def sweep(points: list[dict], parents: list[dict], param: str, title: str) -> go.Figure:

@@ -32,6 +32,8 @@ class Session:
     cache: Any = None                  # core.chat.ModelCache for the parents
     chat: Any = None                   # core.chat.ChatSession
     chat_key: tuple | None = None
+    transcripts: list = field(default_factory=list)      # what each chat column shows (all exchanges)
+    chat_merge: str | None = None                        # the merge the merged column last answered with
     history: list[dict] = field(default_factory=list)    # {"n", "time", "recipe", "label", "seconds"}
     probes: dict = field(default_factory=dict)           # (ref, suites, limit) -> result, parents only
     figures: dict = field(default_factory=dict)          # last analysis dicts (led, acm, tv, prov)

@@ -1,0 +1,159 @@
+"""The real page in headless chromium: pick, tune, merge, look, chat, probe.
+
+Debian's chromium driven by Playwright through ``executable_path`` (no
+browser download). Skipped when chromium or Playwright is missing, unless
+MERGE_EXPLORER_REQUIRE_BROWSER=1 (CI), where that is a failure. Full-page
+screenshots go to tests/_artifacts/ for a person to look at.
+"""
+import os
+import shutil
+import socket
+import time
+import urllib.request
+
+import pytest
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+ART = os.path.join(os.path.dirname(__file__), "_artifacts")
+REQUIRED = os.environ.get("MERGE_EXPLORER_REQUIRE_BROWSER", "") not in ("", "0")
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _need(ok: bool, why: str) -> None:
+    if not ok:
+        if REQUIRED:
+            pytest.fail(why)
+        pytest.skip(why)
+
+
+def _free_port() -> int:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+@pytest.fixture(scope="module")
+def url():
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ["NO_PROXY"] = "127.0.0.1,localhost"
+    from ui.app import build_demo, launch_options
+    demo = build_demo()
+    port = _free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
+    base = f"http://127.0.0.1:{port}/"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(base + "gradio_api/info", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield base
+    demo.close()
+
+
+@pytest.fixture(scope="module")
+def page(url):
+    _need(_chromium() is not None, "chromium is not installed (apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        _need(False, "playwright is not installed (pip install playwright)")
+    os.makedirs(ART, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1360, "height": 900})
+        pg.set_default_timeout(60_000)
+        pg.goto(url)
+        yield pg
+        browser.close()
+
+
+def shot(page, name: str) -> None:
+    page.screenshot(path=os.path.join(ART, f"{name}.png"), full_page=True)
+
+
+def tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name, exact=True).click()
+
+
+def test_pick_tune_merge_look_chat_probe(page):
+    from playwright.sync_api import expect
+    expect.set_options(timeout=60_000)    # a shared 2-core machine: loading can take seconds
+    # Models: the compatibility report is there before anything is loaded
+    expect(page.locator("#model-report")).to_contain_text("Compatible", timeout=30_000)
+    shot(page, "1-models")
+
+    # Merge: pick Task Arithmetic, move a slider, merge
+    tab(page, "Merge")
+    page.locator("#method input").click()
+    page.get_by_role("option", name="Task Arithmetic", exact=True).click()
+    expect(page.locator("#pm1-1")).to_contain_text("weight")
+    page.locator("#pm1-1 input[type=range]").fill("0.5")
+    page.locator("#g1 input[type=range]").fill("0.8")
+    tab(page, "Export")      # the live YAML proves the slider moves reached the server
+    expect(page.locator("#yaml")).to_contain_text("weight: 0.5")
+    expect(page.locator("#yaml")).to_contain_text("lambda: 0.8")
+    tab(page, "Merge")
+    page.locator("#merge-btn").click()
+    expect(page.locator("#merge-status")).to_contain_text("Merged safety + math with Task Arithmetic")
+    shot(page, "2-merge")
+
+    # Look: the task-vector heatmaps and the provenance chart render after the merge
+    tab(page, "Look")
+    expect(page.locator("#plot-tv_norms")).to_contain_text("How much fine-tuning changed each part")
+    expect(page.locator("#plot-tv_norms .hm").first).to_be_attached()
+    expect(page.locator("#plot-prov_share")).to_contain_text("Where the merged change came from")
+    page.locator("#led-btn").click()
+    expect(page.locator("#plot-overlap")).to_contain_text("Where safety and utility collide", timeout=120_000)
+    expect(page.locator("#plot-overlap .hm").first).to_be_attached()
+    shot(page, "3-look")
+
+    # Chat: one example prompt, three streamed answers side by side
+    tab(page, "Chat")
+    page.locator("#ex-math").click()
+    expect(page.locator("#prompt textarea")).to_have_value("What is 47 + 8?")
+    page.locator("#send").click()
+    for i in range(3):
+        expect(page.locator(f"#chat-{i} .message.bot").first).not_to_be_empty(timeout=60_000)
+    expect(page.locator("#chat-3")).to_be_hidden()
+    shot(page, "4-chat")
+
+    # Probe: a few prompts per suite, a table row per model and the scatter
+    tab(page, "Probe")
+    page.locator("#limit input[type=range]").fill("4")
+    page.locator("#probe-btn").click()
+    expect(page.locator("#probe-status")).to_contain_text("Probed 4 prompts per suite", timeout=120_000)
+    expect(page.locator("#probe-table")).to_contain_text("merged (Task Arithmetic)")
+    expect(page.locator("#plot-probe")).to_contain_text("Safety vs utility")
+    shot(page, "5-probe")
+
+
+def test_learn_walkthrough_steps(page):
+    """Each step is one click on the Learn tab and lands where it happens."""
+    from playwright.sync_api import expect
+    expect.set_options(timeout=60_000)
+    tab(page, "Learn")
+    shot(page, "6-learn")
+    page.locator("#learn-ta").click()
+    expect(page.get_by_role("tab", name="Merge", exact=True)).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#merge-status")).to_contain_text("with Task Arithmetic")
+    tab(page, "Learn")
+    page.locator("#learn-ask_harmful").click()
+    expect(page.get_by_role("tab", name="Chat", exact=True)).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#prompt textarea")).to_have_value("")   # sent, so the box is cleared again
+    for i in range(3):
+        expect(page.locator(f"#chat-{i} .message.bot").last).not_to_be_empty()
+    before = [page.locator(f"#chat-{i} .message.bot").count() for i in range(3)]
+    tab(page, "Learn")
+    page.locator("#learn-led").click()
+    expect(page.locator("#chat-0")).to_contain_text("Merged (LED-Merging)")
+    for i in range(3):   # merged with LED, then the same harmful prompt asked again
+        expect(page.locator(f"#chat-{i} .message.bot")).to_have_count(before[i] + 1)
+    shot(page, "7-learn-led-chat")
