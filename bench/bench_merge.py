@@ -174,7 +174,25 @@ def compare(a: str, b: str) -> dict:
     return {"max_abs_diff": worst, "n_differing": differ, "n_total": total}
 
 
+def compare_in_child(a: str, b: str) -> dict:
+    """compare() in its own process, so this one stays small.
+
+    Why: Linux carries a process's peak RSS from before exec into the
+    child's ru_maxrss (the child starts as a copy of this process), so once
+    this process had mapped a 1 GB output, every later run "peaked" at
+    least that high -- it made our TIES merge read 2.4 GB instead of 1.0 GB.
+    """
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--compare", a, b],
+                         capture_output=True, text=True, cwd=ROOT)
+    if out.returncode:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "compare failed"}
+    return json.loads(out.stdout)
+
+
 def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--compare":
+        print(json.dumps(compare(sys.argv[2], sys.argv[3])))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=sorted(SIZES), default="qwen05")
     ap.add_argument("--dtype", choices=["bfloat16", "float32"], default="bfloat16")
@@ -232,7 +250,7 @@ def main() -> int:
                 rows.append({"method": method, "tool": "ours", "run": r, **res})
                 print(rows[-1], flush=True)
         if mk and have_ours and all(x["rc"] == 0 for x in rows if x["method"] == method):
-            diff = compare(os.path.join(rdir, "out-ours"), os.path.join(rdir, "out-mergekit"))
+            diff = compare_in_child(os.path.join(rdir, "out-ours"), os.path.join(rdir, "out-mergekit"))
             rows.append({"method": method, "tool": "ours vs mergekit", **diff})
             print(rows[-1], flush=True)
     summary = summarize(rows)
