@@ -12,7 +12,8 @@ Shards are written as they are computed: every output shape and dtype is
 known from the headers, so each shard's header is planned up front and its
 tensors are appended to the file one by one. Peak memory is one tensor per
 input plus one output tensor (one row block per input for elementwise
-methods), never a whole shard.
+methods, plus one float32 task vector for a ``delta_stats`` pre-pass such
+as TIES's thresholds), never a whole shard.
 
 Outputs go to a temp folder next to the target and are renamed into place
 only when everything succeeded; a failure or Ctrl-C leaves nothing behind.
