@@ -158,3 +158,23 @@ def test_streamed_ties_matches_hand_trim_on_one_tensor(bf16_family, tmp_path, mo
     tau = a[name].float() - base[name].float()
     keep = _reference_top_k(tau, 400)
     assert torch.equal(got[name], base[name].float() + torch.where(keep, tau, 0.0))
+
+
+def test_float_vote_equals_the_boolean_vote_exactly():
+    from core.methods.ties import _elect_masks, elect
+    g = torch.Generator().manual_seed(9)
+    xs = [torch.randn(3000, generator=g) * (torch.rand(3000, generator=g) > 0.4) for _ in range(3)]
+    xs[1][:50] = -xs[0][:50]                      # sums that cancel to +0 elect +
+    w = [0.7, 0.3, 1.2]
+    for normalize in (True, False):
+        got = elect([x.clone() for x in xs], w, consensus=True, normalize=normalize, lam=0.8)
+        ref = _elect_masks([x.clone() for x in xs], w, normalize=normalize, lam=0.8)
+        assert torch.equal(got, ref)
+
+
+def test_vote_with_zero_weights_divides_by_one_like_mergekit():
+    from core.methods.ties import elect
+    # Σ = [3, -1] elects [+, -]; agreeing: 1 and 2, then -2; divisor 0 -> 1
+    got = elect([torch.tensor([1.0, -2.0]), torch.tensor([2.0, 1.0])], [0.0, 0.0], consensus=True,
+                normalize=True, lam=1.0)
+    assert got.tolist() == [3.0, -2.0]

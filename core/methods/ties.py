@@ -118,7 +118,9 @@ def elect(weighted: list, weights: list[float], *, consensus: bool, normalize: b
     elected sign, the entries of xᵢ that agree are exactly relu(e·xᵢ)·e,
     and sign(relu(e·xᵢ)) is 1 where they agree and 0 elsewhere.
     """
-    if consensus and any(w < 0 for w in weights):
+    if consensus and any(w <= 0 for w in weights):
+        # a zero weight with a nonzero xᵢ (callers that weight xᵢ themselves,
+        # like ACM) would leave a zero divisor under a nonzero sum
         return _elect_masks(weighted, weights, normalize=normalize, lam=lam)
     mixed = torch.add(weighted[0], weighted[1]) if len(weighted) > 1 else weighted[0].clone()
     for x in weighted[2:]:
@@ -139,7 +141,7 @@ def elect(weighted: list, weights: list[float], *, consensus: bool, normalize: b
             for r, w in zip(agreeing[1:], weights[1:]):
                 divisor.add_(r.sign_(), alpha=w)
             # no agreeing expert: the sum is 0 too, and 0 / tiny stays 0
-            # (mergekit divides by 1 there); weights are ≥ 0 on this path
+            # (mergekit divides by 1 there); weights are > 0 on this path
             mixed.div_(divisor.clamp_min_(torch.finfo(divisor.dtype).tiny))
         mixed.mul_(e)
     elif normalize:
@@ -151,8 +153,8 @@ def elect(weighted: list, weights: list[float], *, consensus: bool, normalize: b
 
 
 def _elect_masks(weighted: list, weights: list[float], *, normalize: bool, lam: float) -> torch.Tensor:
-    """The vote with boolean masks, for negative weights (which the float
-    form's relu cannot handle); slower, same result as mergekit."""
+    """The vote with boolean masks, for weights ≤ 0 (the float form assumes
+    every agreeing expert adds to the divisor); slower, same result as mergekit."""
     total = weighted[0].clone()
     for x in weighted[1:]:
         total.add_(x)
