@@ -6,6 +6,7 @@ MERGE_EXPLORER_REQUIRE_BROWSER=1 (CI), where that is a failure. Full-page
 screenshots go to tests/_artifacts/ for a person to look at.
 """
 import os
+import re
 import shutil
 import socket
 import time
@@ -103,6 +104,13 @@ def test_pick_tune_merge_look_chat_probe(page):
     tab(page, "Merge")
     page.locator("#merge-btn").click()
     expect(page.locator("#merge-status")).to_contain_text("Merged safety + math with Task Arithmetic")
+    page.get_by_role("button", name=re.compile("Merge history")).click()
+    expect(page.locator("#history-pick input")).to_have_value(re.compile(r"^#1 "))
+    # after the first merge, releasing a knob merges again (a second history entry)
+    knob = page.locator("#pm2-1 input[type=number]")
+    knob.fill("0.75")
+    knob.press("Tab")
+    expect(page.locator("#history-pick input")).to_have_value(re.compile(r"^#2 .*math\(weight=0.75\)"))
     shot(page, "2-merge")
 
     # Look: the task-vector heatmaps and the provenance chart render after the merge

@@ -116,6 +116,17 @@ def test_merge_writes_the_task_arithmetic_weights_into_the_live_model(session):
         torch.testing.assert_close(live[name], want, rtol=1e-5, atol=1e-6)
 
 
+def test_knob_release_re_merges_only_after_a_first_merge(session):
+    v = values(C.values_from_recipe(recipe()))
+    assert A.auto_merge(True, *v) == [gr.skip()] * 4 and session.model is None
+    A.do_merge(*v)
+    v2 = values(C.values_from_recipe(recipe(w=(0.1, 0.9))))
+    assert A.auto_merge(False, *v2) == [gr.skip()] * 4 and len(session.history) == 1
+    status, rows, _, _ = A.auto_merge(True, *v2)
+    assert len(rows) == 2 and "weight=0.1" in rows[0][2]
+    assert session.merged_recipe == C.recipe_from_values(v2)
+
+
 def test_history_restores_an_earlier_merge(session):
     first = recipe(w=(1.0, 0.5))
     A.do_merge(*values(C.values_from_recipe(first)))

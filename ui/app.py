@@ -218,6 +218,15 @@ def do_merge(*args, progress=gr.Progress(), request: gr.Request = None):
     return status, rows, choice, merged_label
 
 
+def auto_merge(auto, *args, progress=gr.Progress(), request: gr.Request = None):
+    """Re-merge when a knob is released, once something has been merged:
+    cached scores make it near-instant on small models."""
+    sess = S.get(request)
+    if not auto or sess.model is None or sess.merged_recipe is None:
+        return [gr.skip()] * 4
+    return do_merge(*args, progress=progress, request=request)
+
+
 @guard
 def restore_history(choice, request: gr.Request = None):
     """Put a history entry's recipe back into every control."""
@@ -411,6 +420,7 @@ def _chat_values(sess: S.Session, prompt: str | None = None, texts: list[str] | 
     return out
 
 
+@S.gpu(duration=120)
 @guard
 def chat_send(prompt, max_new, multi_turn, *args, request: gr.Request = None):
     """Stream one prompt to the merged model and each parent, side by side.
@@ -517,6 +527,7 @@ def _check_suites(suites) -> list[str]:
     return suites
 
 
+@S.gpu(duration=120)
 @guard
 def run_probes(suites, limit, *args, progress=gr.Progress(), request: gr.Request = None):
     """Quick probes of the merged model and each parent: table + scatter."""
@@ -764,7 +775,10 @@ def build_demo() -> gr.Blocks:
                     g_choice = [gr.Dropdown(**{"choices": ["-"], "value": "-", **next(init)}, elem_id=f"c{k + 1}")
                                 for k in range(C.G_CHOICE)]
                     g_str = [gr.Textbox(**next(init), elem_id=f"s{k + 1}") for k in range(C.G_STR)]
-                merge_btn = gr.Button("Merge", variant="primary", elem_id="merge-btn")
+                with gr.Row():
+                    merge_btn = gr.Button("Merge", variant="primary", elem_id="merge-btn", scale=4)
+                    auto = gr.Checkbox(True, label="re-merge on release", scale=1, elem_id="auto",
+                                       info="after the first merge, every knob change merges again")
                 merge_status = gr.Markdown(elem_id="merge-status")
                 with gr.Accordion("Merge history (this session)", open=False):
                     history = gr.Dataframe(headers=["#", "time", "merge", "seconds"], interactive=False,
@@ -925,6 +939,12 @@ def build_demo() -> gr.Blocks:
         merge_outs = [merge_status, history, history_pick, bots[0]]
         merge_btn.click(do_merge, controls, merge_outs, api_name="merge", **heavy).success(
             look_refresh, controls, look_outs, api_visibility="private", **heavy)
+        for comp in param_slots:
+            trig = comp.release if isinstance(comp, gr.Slider) else (comp.blur if isinstance(comp, gr.Textbox)
+                                                                    else comp.input)
+            trig(auto_merge, [auto] + controls, merge_outs, api_visibility="private", trigger_mode="always_last",
+                 show_progress="minimal", **heavy).success(
+                look_refresh, controls, look_outs, api_visibility="private", trigger_mode="always_last", **heavy)
         restore_btn.click(restore_history, history_pick, controls, api_visibility="private").success(
             do_merge, controls, merge_outs, api_visibility="private", **heavy).success(
             look_refresh, controls, look_outs, api_visibility="private", **heavy)

@@ -90,8 +90,14 @@ def gpu(duration: int = 60):
     """``spaces.GPU`` on a ZeroGPU Space, a no-op decorator elsewhere.
 
     The spaces package is imported only if installed; off a Space its
-    decorator already returns the function unchanged.
+    decorator already returns the function unchanged. Only generation is
+    decorated (chat, probes): merging stays on the CPU in the main process,
+    since the decorated call runs in a worker whose changes to the session
+    would be lost.
     """
+    import os
+    if not os.environ.get("SPACES_ZERO_GPU"):
+        return lambda fn: fn
     try:
         import spaces  # type: ignore
         return spaces.GPU(duration=duration)
