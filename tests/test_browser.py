@@ -142,6 +142,13 @@ def test_pick_tune_merge_look_chat_probe(page):
     expect(page.locator("#plot-probe")).to_contain_text("Safety vs utility")
     shot(page, "5-probe")
 
+    # Export: the merged folder as a zip, and the recipe
+    tab(page, "Export")
+    page.locator("#export-btn").click()
+    expect(page.locator("#export-status")).to_contain_text("Wrote 39 tensors")
+    expect(page.get_by_text(re.compile(r"merged-task_arithmetic-.*\.zip"))).to_be_visible()
+    shot(page, "5b-export")
+
 
 def test_learn_walkthrough_steps(page):
     """Each step is one click on the Learn tab and lands where it happens."""

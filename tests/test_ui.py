@@ -156,6 +156,7 @@ def test_errors_are_one_sentence(session, monkeypatch, caplog):
         empty[2 + 2 * i] = ""
     with pytest.raises(gr.Error, match="Pick at least one expert"):
         A.do_merge(*empty)
+    assert A.recipe_yaml(*empty) == "# Pick at least one expert on the Models tab.\n"   # live box: no toast
     with pytest.raises(gr.Error, match="Merge first"):
         list(A.chat_send("hi", 8, False, *v))
 

@@ -554,11 +554,15 @@ def run_probes(suites, limit, *args, progress=gr.Progress(), request: gr.Request
     return rows, fig, f"Probed {limit} prompts per suite ({', '.join(suites)})."
 
 
-@guard
 def sweep_options(*args):
+    """The knobs a sweep can turn, for the current method and experts (never a toast)."""
     values = _values(args)
     method, _, experts = C.split(values)[:3]
-    choices = C.sweep_choices(method, experts)
+    try:
+        choices = C.sweep_choices(method, experts)
+    except Exception as exc:
+        _sentence(exc)
+        return gr.skip()
     return gr.update(choices=choices, value=choices[0][1] if choices else None)
 
 
@@ -642,10 +646,16 @@ def export_model(*args, progress=gr.Progress(), request: gr.Request = None):
     return archive, ypath, yaml_text, f"✓ Wrote {res.n_tensors} tensors in {res.seconds:.2f} s; the zip is {mb:.1f} MB."
 
 
-@guard
 def recipe_yaml(*args):
-    """The recipe the controls describe, as YAML (shown live on the Export tab)."""
-    return R.from_dict(C.recipe_from_values(_values(args))).to_yaml()
+    """The recipe the controls describe, as YAML (shown live on the Export tab).
+
+    Runs on every control change, so a half-filled form (no expert yet) is
+    a comment in the box, not an error toast.
+    """
+    try:
+        return R.from_dict(C.recipe_from_values(_values(args))).to_yaml()
+    except Exception as exc:
+        return f"# {_sentence(exc)}\n"
 
 
 @guard
@@ -895,7 +905,7 @@ def build_demo() -> gr.Blocks:
                                     interactive=True, elem_id="yaml")
                 with gr.Row():
                     yaml_btn = gr.Button("Load this YAML into the controls", elem_id="yaml-btn")
-                    upload = gr.File(label="…or upload a recipe YAML", file_types=[".yaml", ".yml"],
+                    upload = gr.File(label="…or upload a recipe YAML", file_types=[".yaml", ".yml"], height=120,
                                      type="filepath", elem_id="upload")
                 load_status = gr.Markdown()
             # ---------------------------------------------------- Learn
@@ -918,8 +928,8 @@ def build_demo() -> gr.Blocks:
         header_outs = boxes + heads + bots[1:]
         demo.load(check_models, models_in, [report, report_table], api_visibility="private")
         demo.load(expert_headers, models_in, header_outs, api_visibility="private")
-        for comp in models_in:
-            comp.change(expert_headers, models_in, header_outs, api_visibility="private")
+        gr.on([c.change for c in models_in], expert_headers, models_in, header_outs, api_visibility="private",
+              trigger_mode="always_last", show_progress="hidden")
         check_btn.click(check_models, models_in, [report, report_table], api_visibility="private")
 
         def family(n):
@@ -963,8 +973,8 @@ def build_demo() -> gr.Blocks:
 
         probe_btn.click(run_probes, [suites, limit] + controls, [probe_table, probe_plot, probe_status],
                         api_name="probe", **heavy)
-        for comp in [method] + models_in:
-            comp.change(sweep_options, controls, sweep_key, api_visibility="private")
+        gr.on([c.change for c in [method] + models_in], sweep_options, controls, sweep_key,
+              api_visibility="private", trigger_mode="always_last", show_progress="hidden")
         demo.load(sweep_options, controls, sweep_key, api_visibility="private")
         sweep_key.change(sweep_bounds, [sweep_key] + controls, [sweep_lo, sweep_hi], api_visibility="private")
         sweep_btn.click(run_sweep, [sweep_key, sweep_lo, sweep_hi, sweep_steps, suites, limit] + controls,
@@ -972,8 +982,8 @@ def build_demo() -> gr.Blocks:
 
         export_btn.click(export_model, controls, [zip_file, yaml_file, yaml_code, export_status],
                          api_visibility="private", **heavy)
-        for comp in controls:
-            comp.change(recipe_yaml, controls, yaml_code, api_visibility="private", show_progress="hidden")
+        gr.on([c.change for c in controls], recipe_yaml, controls, yaml_code, api_visibility="private",
+              trigger_mode="always_last", show_progress="hidden")
         yaml_btn.click(load_recipe_text, yaml_code, controls + [load_status], api_visibility="private")
         upload.upload(load_recipe_file, upload, controls + [load_status], api_visibility="private")
 
