@@ -289,3 +289,15 @@ def test_led_importance_and_overlap_pictures(session):
     assert len(imp.data) == 2 and len(el.data) == 2 and status.startswith("Importance and overlap")
     z = [x for row in ov.data[0].customdata for x in row if x == x]
     assert z and all(0.0 <= x <= 1.0 for x in z)
+
+
+@pytest.mark.slow
+def test_acm_coefficients_picture(session):
+    if "acm" not in C.methods():
+        pytest.skip("ACM not in this build")
+    v = values(C.values_from_recipe(recipe()))        # not ACM: the picture uses ACM's defaults
+    fig, status = A.acm_pictures(*v)
+    assert [t.name for t in fig.data] == ["safety", "math"] and status.startswith("ACM coefficients")
+    for t in fig.data:
+        assert list(t.x)[0] == "embed" and list(t.x)[-1] == "lm_head"
+        assert all(0.5 <= y < 1.0 for y in t.y)          # λ = 1 − 1/(1 + e^(−t·(I − max I))) ∈ [0.5, 1)
