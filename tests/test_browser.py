@@ -126,7 +126,8 @@ def test_pick_tune_merge_look_chat_probe(page):
     # Chat: one example prompt, three streamed answers side by side
     tab(page, "Chat")
     page.locator("#ex-math").click()
-    expect(page.locator("#prompt textarea")).to_have_value("What is 47 + 8?")
+    from core.zoo.data import EXAMPLE_PROMPTS
+    expect(page.locator("#prompt textarea")).to_have_value(EXAMPLE_PROMPTS["math"])
     page.locator("#send").click()
     for i in range(3):
         expect(page.locator(f"#chat-{i} .message.bot").first).not_to_be_empty(timeout=60_000)
