@@ -198,6 +198,10 @@ def test_probes_table_scatter_and_parent_cache(merged, monkeypatch):
     assert [r[0] for r in rows] == ["merged (Task Arithmetic)", "safety", "math"]
     assert all(r[2].endswith("%") and r[4].endswith("%") and r[3] == "—" for r in rows)
     assert len(fig.data) == 3 and "4 prompts" in status
+    # utility is judged on the experts' own tasks: math here, not code
+    assert fig.layout.xaxis.title.text == "utility: math solved"
+    math_acc = {r[0]: r[4] for r in rows}
+    assert [f"{t.x[0]:.0%}" for t in fig.data] == [math_acc[n] for n in math_acc]
     calls = []
     real = service.probe
     monkeypatch.setattr(service, "probe", lambda *a, **k: calls.append(a) or real(*a, **k))

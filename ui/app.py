@@ -485,10 +485,24 @@ def _metric(res: dict, suite: str, key: str):
     return None if s is None else s.get(key)
 
 
-def _utility(res: dict) -> float | None:
-    vals = [_metric(res, s, k) for s, k in UTILITY_METRICS.items()]
+def _utility_suites(tasks, suites) -> list[str]:
+    """The utility suites that count: those of the experts' tasks (a safety +
+    math merge is judged on math, not on code nobody taught it), or every
+    utility suite run when no expert has a math or code task."""
+    run = [s for s in UTILITY_METRICS if s in suites]
+    mine = [s for s in run if s in set(tasks)]
+    return mine or run
+
+
+def _utility(res: dict, which: list[str]) -> float | None:
+    vals = [_metric(res, s, UTILITY_METRICS[s]) for s in which]
     vals = [v for v in vals if v is not None]
     return sum(vals) / len(vals) if vals else None
+
+
+def _utility_label(which: list[str]) -> str:
+    names = {"math": "math solved", "code": "code tests passed"}
+    return "utility: " + (" / ".join(names[s] for s in which) if which else "none probed")
 
 
 def _pct(v) -> str:
@@ -543,13 +557,14 @@ def run_probes(suites, limit, *args, progress=gr.Progress(), request: gr.Request
         cb(0.0, "probing the merged model")
         merged = service.probe(sess.model, ",".join(suites), limit, tokenizer=sess.tokenizer)
         parents = _probe_parents(sess, [r for r, _ in used], suites, limit, cb)
+    which = _utility_suites([t for _, t in used], suites)
     label = f"merged ({C.spec_of(sess.merged_recipe['merge_method']).label})"
     rows = [_probe_row(label, "merged", merged)] + [_probe_row(_short(r), t, res) for (r, t), res in zip(used, parents)]
     pts = [{"name": "merged", "kind": "merged", "safety": _metric(merged, "harmful", "refusal_rate"),
-            "utility": _utility(merged)}]
-    pts += [{"name": _short(r), "kind": t, "safety": _metric(res, "harmful", "refusal_rate"), "utility": _utility(res)}
-            for (r, t), res in zip(used, parents)]
-    fig = F.probe_scatter(pts, "Safety vs utility: merged model (★) and its parents")
+            "utility": _utility(merged, which)}]
+    pts += [{"name": _short(r), "kind": t, "safety": _metric(res, "harmful", "refusal_rate"),
+             "utility": _utility(res, which)} for (r, t), res in zip(used, parents)]
+    fig = F.probe_scatter(pts, "Safety vs utility: merged model (★) and its parents", _utility_label(which))
     cb(1.0, "done")
     return rows, fig, f"Probed {limit} prompts per suite ({', '.join(suites)})."
 
@@ -591,6 +606,7 @@ def run_sweep(key, lo, hi, steps, suites, limit, *args, progress=gr.Progress(), 
     if p is not None and ((p.lo is not None and min(lo, hi) < p.lo) or (p.hi is not None and max(lo, hi) > p.hi)):
         raise UserError(f"The sweep of {p.name} must stay between {p.lo:g} and {p.hi:g}.")
     recipe = C.recipe_from_values(values)
+    which = _utility_suites([t for _, _, t in C.used_experts(experts)], suites)
     grid = [lo + (hi - lo) * k / (steps - 1) for k in range(steps)]
     if p is not None and p.kind == "int":
         grid = sorted({int(round(v)) for v in grid})
@@ -607,17 +623,19 @@ def run_sweep(key, lo, hi, steps, suites, limit, *args, progress=gr.Progress(), 
                 merge_into_session(sess, r, lambda f, m, s=span: cb(s[0] + 0.5 * f * (s[1] - s[0]), f"{p.name if p else key}={v:g}: {m}"))
                 cb(span[0] + 0.5 * (span[1] - span[0]), f"{p.name if p else key}={v:g}: probing")
                 res = service.probe(sess.model, ",".join(suites), limit, tokenizer=sess.tokenizer)
-                points.append({"value": v, "safety": _metric(res, "harmful", "refusal_rate"), "utility": _utility(res),
+                points.append({"value": v, "safety": _metric(res, "harmful", "refusal_rate"),
+                               "utility": _utility(res, which),
                                "res": res})
         finally:
             if restore is not None:   # the live model goes back to what the Merge tab shows
                 merge_into_session(sess, restore, lambda f, m: None)
         used = [(r, t) for _, r, t in C.used_experts(experts) if r != sess.base_ref]
         parents = _probe_parents(sess, [r for r, _ in used], suites, limit, cb)
-    pars = [{"name": _short(r), "kind": t, "safety": _metric(res, "harmful", "refusal_rate"), "utility": _utility(res)}
-            for (r, t), res in zip(used, parents)]
+    pars = [{"name": _short(r), "kind": t, "safety": _metric(res, "harmful", "refusal_rate"),
+             "utility": _utility(res, which)} for (r, t), res in zip(used, parents)]
     label = next((lab for lab, k in C.sweep_choices(method, experts) if k == key), C.pretty(p) if p else key)
-    fig = F.sweep(points, pars, p.name if p else key, f"Trade-off as {label} goes from {lo:g} to {hi:g}")
+    fig = F.sweep(points, pars, p.name if p else key, f"Trade-off as {label} goes from {lo:g} to {hi:g}",
+                  _utility_label(which))
     rows = [[f"{pt['value']:g}", _pct(pt["safety"]), _pct(_metric(pt["res"], "benign", "over_refusal_rate")),
              _pct(_metric(pt["res"], "math", "accuracy")), _pct(_metric(pt["res"], "code", "pass_rate"))]
             for pt in points]

@@ -115,7 +115,7 @@ def stacked_shares(x: list[str], shares: dict[str, list], other: list, title: st
     return _layout(fig, title, 340)
 
 
-def probe_scatter(points: list[dict], title: str = "Safety vs utility") -> go.Figure:
+def probe_scatter(points: list[dict], title: str = "Safety vs utility", xtitle: str = "utility") -> go.Figure:
     """points: {"name", "safety" (refusal of harmful, 0..1), "utility" (0..1), "kind"}."""
     fig = go.Figure()
     for p in points:
@@ -125,12 +125,12 @@ def probe_scatter(points: list[dict], title: str = "Safety vs utility") -> go.Fi
             textposition="top right" if p.get("kind") == "merged" else "top left", name=p["name"],
             marker=dict(size=14, color=colour, symbol="star" if p.get("kind") == "merged" else "circle"),
             hovertemplate=f"<b>{p['name']}</b><br>refuses harmful: %{{y:.0%}}<br>utility: %{{x:.0%}}<extra></extra>"))
-    _axes_01(fig)
+    _axes_01(fig, xtitle)
     fig.update_layout(showlegend=True, legend=dict(orientation="h", y=-0.25))
     return _layout(fig, title, 400)
 
 
-def sweep(points: list[dict], parents: list[dict], param: str, title: str) -> go.Figure:
+def sweep(points: list[dict], parents: list[dict], param: str, title: str, xtitle: str = "utility") -> go.Figure:
     """The trade-off a sweep draws: one marker per value of ``param``, joined in order."""
     fig = go.Figure()
     fig.add_trace(go.Scatter(
@@ -146,11 +146,11 @@ def sweep(points: list[dict], parents: list[dict], param: str, title: str) -> go
                                  marker=dict(size=12, color=TASK_COLOURS.get(p.get("kind", ""), "#6b7280")),
                                  hovertemplate=f"<b>{p['name']}</b><br>refuses harmful: %{{y:.0%}}<br>"
                                                f"utility: %{{x:.0%}}<extra></extra>"))
-    _axes_01(fig)
+    _axes_01(fig, xtitle)
     fig.update_layout(showlegend=False)
     return _layout(fig, title, 400)
 
 
-def _axes_01(fig: go.Figure) -> None:
-    fig.update_xaxes(title="utility: math / code solved", range=[-0.05, 1.1], tickformat=".0%")
+def _axes_01(fig: go.Figure, xtitle: str) -> None:
+    fig.update_xaxes(title=xtitle, range=[-0.05, 1.1], tickformat=".0%")
     fig.update_yaxes(title="safety: harmful requests refused", range=[-0.05, 1.12], tickformat=".0%")
