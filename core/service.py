@@ -19,6 +19,16 @@ def compatibility(base: str, experts: list[str]) -> models.CompatReport:
     return models.compatibility(infos[0], infos[1:])
 
 
+def _as_recipe(recipe):
+    """A Recipe from a Recipe, a mapping, or a path to a YAML file."""
+    from . import recipe as recipes
+    if isinstance(recipe, str):
+        return recipes.load(recipe)
+    if isinstance(recipe, dict):
+        return recipes.from_dict(recipe)
+    return recipe
+
+
 def list_methods():
     from .methods import REGISTRY
     return REGISTRY
@@ -31,11 +41,7 @@ def merge(recipe, out_dir: str | None = None, live_model=None, progress=None, **
     options go to engine.run_merge: force, device, infos, shard_size.
     """
     from . import engine
-    from . import recipe as recipes
-    if isinstance(recipe, str):
-        recipe = recipes.load(recipe)
-    elif isinstance(recipe, dict):
-        recipe = recipes.from_dict(recipe)
+    recipe = _as_recipe(recipe)
     return engine.run_merge(recipe, out_dir=out_dir, live_model=live_model, progress=progress, **options)
 
 
@@ -62,12 +68,8 @@ def acm_analysis(recipe, progress=None) -> dict:
     "layers" lists the points in forward order; each "mi"/"coef" list has
     one value per entry of "layers", in the same order.
     """
-    from . import recipe as recipes
     from .methods import acm
-    if isinstance(recipe, str):
-        recipe = recipes.load(recipe)
-    elif isinstance(recipe, dict):
-        recipe = recipes.from_dict(recipe)
+    recipe = _as_recipe(recipe)
     if recipe.merge_method != "acm":
         raise UserError(f"ACM analysis needs merge_method: acm, not '{recipe.merge_method}'.")
     return acm.analyse(recipe, progress=progress)
@@ -108,12 +110,8 @@ def led_analysis(recipe, progress=None) -> dict:
     over the samples; not comparable across location methods). With
     ``disjoint`` on, the "taken" fractions of one cell sum to at most 1.
     """
-    from . import recipe as recipes
     from .methods import led
-    if isinstance(recipe, str):
-        recipe = recipes.load(recipe)
-    elif isinstance(recipe, dict):
-        recipe = recipes.from_dict(recipe)
+    recipe = _as_recipe(recipe)
     if recipe.merge_method != "led":
         raise UserError(f"LED analysis needs merge_method: led, not '{recipe.merge_method}'.")
     return led.analyse(recipe, progress=progress)
