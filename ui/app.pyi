@@ -39,7 +39,7 @@ CONCURRENCY = int(os.environ.get("MERGE_EXPLORER_CONCURRENCY", "1"))
 
 CSS = """
 #title h1 {margin-bottom: 0}
-.caption {color: var(--body-text-color-subdued); font-size: 0.9em; margin-top: -6px}
+.caption {color: var(--body-text-color-subdued); font-size: 0.9em; padding: 0 8px}
 .expert-box {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px}
 #merge-status, #probe-status, #look-status, #export-status, #model-report {min-height: 1.5em}
 """
@@ -110,21 +110,21 @@ def check_models(base, *experts_tasks):
     experts = [(experts_tasks[2 * i], experts_tasks[2 * i + 1]) for i in range(C.N_EXPERTS)]
     used = C.used_experts(experts)
     if not (base or "").strip():
-        return "⚠️ Pick a base model.", []
+        return "⚠ Pick a base model.", []
     if not used:
-        return "⚠️ Pick at least one expert.", []
+        return "⚠ Pick at least one expert.", []
     try:
         rep = service.compatibility(base.strip(), [ref for _, ref, _ in used])
     except UserError as exc:
-        return f"❌ {exc}", []
+        return f"✗ {exc}", []
     rows = [[r.get("role"), r.get("model"), r.get("architecture"), r.get("layers"), r.get("vocab"),
              r.get("params (M)"), r.get("size (MB)")] for r in rep.rows]
     if rep.ok:
-        text = "✅ **Compatible**: same architecture, tensor names and shapes. Nothing has been loaded yet."
+        text = "✓ **Compatible**: same architecture, tensor names and shapes. Nothing has been loaded yet."
     else:
-        text = "❌ " + " ".join(rep.problems)
+        text = "✗ " + " ".join(rep.problems)
     if rep.notes:
-        text += "\n\n" + "\n".join(f"ℹ️ {n}" for n in rep.notes)
+        text += "\n\n" + "\n".join(f"Note: {n}" for n in rep.notes)
     return text, rows
 
 
@@ -211,11 +211,20 @@ def do_merge(*args, progress=gr.Progress(), request: gr.Request = None):
         rows, choice = _history_table(sess)
     spec = C.spec_of(recipe["merge_method"])
     names = " + ".join(_short(m["model"]) for m in recipe["models"])
-    status = f"✅ Merged **{names}** with **{spec.label}** in {res.seconds:.2f} s ({res.n_tensors} tensors)."
+    status = f"✓ Merged **{names}** with **{spec.label}** in {res.seconds:.2f} s ({res.n_tensors} tensors)."
     if res.notes:
-        status += "\n\n" + "\n".join(f"ℹ️ {n}" for n in res.notes)
+        status += "\n\n" + "\n".join(f"Note: {n}" for n in res.notes)
     merged_label = gr.update(label=f"Merged ({spec.label})")
     return status, rows, choice, merged_label
+
+
+def auto_merge(auto, *args, progress=gr.Progress(), request: gr.Request = None):
+    """Re-merge when a knob is released, once something has been merged:
+    cached scores make it near-instant on small models."""
+    sess = S.get(request)
+    if not auto or sess.model is None or sess.merged_recipe is None:
+        return [gr.skip()] * 4
+    return do_merge(*args, progress=progress, request=request)
 
 
 @guard
@@ -260,22 +269,30 @@ def _acm_recipe(values: list) -> dict:
             "parameters": {}, "dtype": "float32"}
 
 
+def _top(grids, floor: float = 0.1) -> float:
+    """Colour-scale top for fractions: the largest value rounded up to a tenth,
+    so small overlaps are still visible (the colour bar shows the numbers)."""
+    import math
+    vals = [v for z in grids for row in z for v in row if v is not None]
+    return max(floor, min(1.0, math.ceil(max(vals, default=0.0) * 10) / 10))
+
+
 def led_figures(a: dict) -> tuple:
     rows, cols = a["layers"], a["modules"]
     experts = a["experts"]
     label = {e: f"{_short(e)} (r={a['mask_ratio'].get(e, 0):g})" for e in experts}
     imp = F.heatmaps({label[e]: a["importance"][e] for e in experts}, rows, cols,
-                     "Where each skill lives: importance of the weights (expert, on its own task data)",
-                     "mean score", colorscale="Viridis", zmin=0.0, fmt=".3g")
+                     "Where each skill lives: weight importance",
+                     "mean score", colorscale="Viridis", fmt=".3g", log=True)
     el = F.heatmaps({label[e]: a["elected"][e] for e in experts}, rows, cols,
-                    f"Elected weights: fraction important in {'base AND expert' if a['election'] == '11' else 'the ' + ('base' if a['election'] == '10' else 'expert')}",
+                    f"Elected: important in {'base AND expert' if a['election'] == '11' else ('the base' if a['election'] == '10' else 'the expert')}",
                     "elected fraction", colorscale="Blues", zmin=0.0, zmax=max(0.05, max(a["mask_ratio"].values() or [0.05])),
                     fmt=".1%")
     if a.get("overlap"):
         s = _short(a.get("safety_expert") or "safety")
         ov = F.heatmaps({f"{s} ∩ {_short(u)}": z for u, z in a["overlap"].items()}, rows, cols,
                         "Where safety and utility collide: overlap of their important weights (Jaccard)",
-                        "Jaccard", colorscale="OrRd", zmin=0.0, zmax=1.0, fmt=".2f")
+                        "Jaccard", colorscale="OrRd", zmin=0.0, zmax=_top(a["overlap"].values()), fmt=".2f")
     else:
         ov = F.empty("Overlap needs one expert with task 'safety' and one other expert.")
     return imp, el, ov
@@ -308,11 +325,11 @@ def prov_figures(pv: dict, tasks: dict) -> tuple:
     experts = pv["experts"]
     colours = {_short(e): c for e, c in _colours(experts, tasks).items()}
     share = F.stacked_shares(pv["points"], {_short(e): pv["share"][e] for e in experts}, pv["other"],
-                             "Where the merged weights came from: each expert's share of the change per layer",
+                             "Where the merged change came from, per layer",
                              colours=colours)
     coef = F.lines(pv["points"], {_short(e): pv["coef"][e] for e in experts},
-                   "How much of each expert's task vector the merge carries (1 = all of it)",
-                   "fraction of τᵢ", colours=colours, hline=1.0)
+                   "How much of each expert's change the merge keeps",
+                   "fraction kept", colours=colours, hline=1.0)
     return share, coef
 
 
@@ -376,23 +393,25 @@ def acm_pictures(*args, progress=gr.Progress(), request: gr.Request = None):
 
 
 # ------------------------------------------------------------------ chat
-def _chat_session(sess: S.Session, refs: list[str], tasks: list[str], label: str):
+def _chat_session(sess: S.Session, refs: list[str], tasks: list[str]):
     from core import chat
     key = (id(sess.model), tuple(refs))
     if sess.chat is None or sess.chat_key != key:
         if sess.cache is None:
             sess.cache = chat.ModelCache()
         sess.chat = service.chat_session([("merged", sess.model, sess.tokenizer)] + list(refs), cache=sess.cache,
-                                         names=[label] + [f"{_short(r)} ({t})" for r, t in zip(refs, tasks)])
+                                         names=["merged"] + [f"{_short(r)} ({t})" for r, t in zip(refs, tasks)])
         sess.chat_key = key
+        sess.transcripts = [[] for _ in sess.chat.columns]
+        sess.chat_merge = None
     return sess.chat
 
 
-def _chat_values(session, prompt: str | None, texts: list[str] | None) -> list:
+def _chat_values(sess: S.Session, prompt: str | None = None, texts: list[str] | None = None) -> list:
     out = []
     for i in range(CHAT_COLUMNS):
-        if i < len(session.columns):
-            msgs = session.messages(i)
+        if i < len(sess.transcripts):
+            msgs = [dict(m) for m in sess.transcripts[i]]
             if prompt is not None:
                 msgs += [{"role": "user", "content": prompt}, {"role": "assistant", "content": texts[i] if texts else ""}]
             out.append(msgs)
@@ -401,9 +420,16 @@ def _chat_values(session, prompt: str | None, texts: list[str] | None) -> list:
     return out
 
 
+@S.gpu(duration=120)
 @guard
-def chat_send(prompt, max_new, *args, request: gr.Request = None):
-    """Stream one prompt to the merged model and each parent, side by side."""
+def chat_send(prompt, max_new, multi_turn, *args, request: gr.Request = None):
+    """Stream one prompt to the merged model and each parent, side by side.
+
+    Single-turn by default: each prompt is answered on its own (what a merge
+    comparison wants, and the tiny models were trained on single turns);
+    the columns still show every exchange. With ``multi_turn`` the models
+    see the earlier turns too.
+    """
     values = _values(args)
     prompt = (prompt or "").strip()
     if not prompt:
@@ -414,14 +440,24 @@ def chat_send(prompt, max_new, *args, request: gr.Request = None):
     used = _experts(values)
     refs = [r for _, r, _ in used if r != sess.base_ref]
     tasks = [t for _, r, t in used if r != sess.base_ref]
-    label = f"Merged ({C.spec_of(sess.merged_recipe['merge_method']).label})"
-    session = _chat_session(sess, refs, tasks, label)
-    yield _chat_values(session, prompt, None) + [""]
-    texts = None
-    for texts in session.stream(prompt, max_new_tokens=int(max_new or MAX_NEW_TOKENS)):
-        yield _chat_values(session, prompt, texts) + [gr.skip()]
-    # the stream's end wrote the answers into the session's histories
-    yield _chat_values(session, None, None) + [gr.skip()]
+    session = _chat_session(sess, refs, tasks)
+    merge = C.describe(sess.merged_recipe)
+    if sess.chat_merge is not None and sess.chat_merge != merge:
+        # the merged column's earlier answers came from another merge: say so in place
+        sess.transcripts[0].append({"role": "assistant", "content": f"*(re-merged: {merge})*"})
+        session.histories[0] = []
+    sess.chat_merge = merge
+    if not multi_turn:
+        session.reset()
+    yield _chat_values(sess, prompt) + [""]
+    texts = [""] * len(session.columns)
+    try:
+        for texts in session.stream(prompt, max_new_tokens=int(max_new or MAX_NEW_TOKENS)):
+            yield _chat_values(sess, prompt, texts) + [gr.skip()]
+    finally:
+        for i, t in enumerate(texts):
+            sess.transcripts[i] += [{"role": "user", "content": prompt}, {"role": "assistant", "content": t}]
+    yield _chat_values(sess) + [gr.skip()]
 
 
 def chat_stop(request: gr.Request = None):
@@ -435,6 +471,7 @@ def chat_clear(request: gr.Request = None):
     if sess.chat is not None:
         sess.chat.stop()
         sess.chat.reset()
+    sess.transcripts = [[] for _ in sess.transcripts]
     return [[] for _ in range(CHAT_COLUMNS)]
 
 
@@ -448,10 +485,24 @@ def _metric(res: dict, suite: str, key: str):
     return None if s is None else s.get(key)
 
 
-def _utility(res: dict) -> float | None:
-    vals = [_metric(res, s, k) for s, k in UTILITY_METRICS.items()]
+def _utility_suites(tasks, suites) -> list[str]:
+    """The utility suites that count: those of the experts' tasks (a safety +
+    math merge is judged on math, not on code nobody taught it), or every
+    utility suite run when no expert has a math or code task."""
+    run = [s for s in UTILITY_METRICS if s in suites]
+    mine = [s for s in run if s in set(tasks)]
+    return mine or run
+
+
+def _utility(res: dict, which: list[str]) -> float | None:
+    vals = [_metric(res, s, UTILITY_METRICS[s]) for s in which]
     vals = [v for v in vals if v is not None]
     return sum(vals) / len(vals) if vals else None
+
+
+def _utility_label(which: list[str]) -> str:
+    names = {"math": "math solved", "code": "code tests passed"}
+    return "utility: " + (" / ".join(names[s] for s in which) if which else "none probed")
 
 
 def _pct(v) -> str:
@@ -490,6 +541,7 @@ def _check_suites(suites) -> list[str]:
     return suites
 
 
+@S.gpu(duration=120)
 @guard
 def run_probes(suites, limit, *args, progress=gr.Progress(), request: gr.Request = None):
     """Quick probes of the merged model and each parent: table + scatter."""
@@ -505,22 +557,27 @@ def run_probes(suites, limit, *args, progress=gr.Progress(), request: gr.Request
         cb(0.0, "probing the merged model")
         merged = service.probe(sess.model, ",".join(suites), limit, tokenizer=sess.tokenizer)
         parents = _probe_parents(sess, [r for r, _ in used], suites, limit, cb)
+    which = _utility_suites([t for _, t in used], suites)
     label = f"merged ({C.spec_of(sess.merged_recipe['merge_method']).label})"
     rows = [_probe_row(label, "merged", merged)] + [_probe_row(_short(r), t, res) for (r, t), res in zip(used, parents)]
     pts = [{"name": "merged", "kind": "merged", "safety": _metric(merged, "harmful", "refusal_rate"),
-            "utility": _utility(merged)}]
-    pts += [{"name": _short(r), "kind": t, "safety": _metric(res, "harmful", "refusal_rate"), "utility": _utility(res)}
-            for (r, t), res in zip(used, parents)]
-    fig = F.probe_scatter(pts, "Safety vs utility: merged model (★) and its parents")
+            "utility": _utility(merged, which)}]
+    pts += [{"name": _short(r), "kind": t, "safety": _metric(res, "harmful", "refusal_rate"),
+             "utility": _utility(res, which)} for (r, t), res in zip(used, parents)]
+    fig = F.probe_scatter(pts, "Safety vs utility: merged model (★) and its parents", _utility_label(which))
     cb(1.0, "done")
     return rows, fig, f"Probed {limit} prompts per suite ({', '.join(suites)})."
 
 
-@guard
 def sweep_options(*args):
+    """The knobs a sweep can turn, for the current method and experts (never a toast)."""
     values = _values(args)
     method, _, experts = C.split(values)[:3]
-    choices = C.sweep_choices(method, experts)
+    try:
+        choices = C.sweep_choices(method, experts)
+    except Exception as exc:
+        _sentence(exc)
+        return gr.skip()
     return gr.update(choices=choices, value=choices[0][1] if choices else None)
 
 
@@ -549,6 +606,7 @@ def run_sweep(key, lo, hi, steps, suites, limit, *args, progress=gr.Progress(), 
     if p is not None and ((p.lo is not None and min(lo, hi) < p.lo) or (p.hi is not None and max(lo, hi) > p.hi)):
         raise UserError(f"The sweep of {p.name} must stay between {p.lo:g} and {p.hi:g}.")
     recipe = C.recipe_from_values(values)
+    which = _utility_suites([t for _, _, t in C.used_experts(experts)], suites)
     grid = [lo + (hi - lo) * k / (steps - 1) for k in range(steps)]
     if p is not None and p.kind == "int":
         grid = sorted({int(round(v)) for v in grid})
@@ -565,17 +623,19 @@ def run_sweep(key, lo, hi, steps, suites, limit, *args, progress=gr.Progress(), 
                 merge_into_session(sess, r, lambda f, m, s=span: cb(s[0] + 0.5 * f * (s[1] - s[0]), f"{p.name if p else key}={v:g}: {m}"))
                 cb(span[0] + 0.5 * (span[1] - span[0]), f"{p.name if p else key}={v:g}: probing")
                 res = service.probe(sess.model, ",".join(suites), limit, tokenizer=sess.tokenizer)
-                points.append({"value": v, "safety": _metric(res, "harmful", "refusal_rate"), "utility": _utility(res),
+                points.append({"value": v, "safety": _metric(res, "harmful", "refusal_rate"),
+                               "utility": _utility(res, which),
                                "res": res})
         finally:
             if restore is not None:   # the live model goes back to what the Merge tab shows
                 merge_into_session(sess, restore, lambda f, m: None)
         used = [(r, t) for _, r, t in C.used_experts(experts) if r != sess.base_ref]
         parents = _probe_parents(sess, [r for r, _ in used], suites, limit, cb)
-    pars = [{"name": _short(r), "kind": t, "safety": _metric(res, "harmful", "refusal_rate"), "utility": _utility(res)}
-            for (r, t), res in zip(used, parents)]
+    pars = [{"name": _short(r), "kind": t, "safety": _metric(res, "harmful", "refusal_rate"),
+             "utility": _utility(res, which)} for (r, t), res in zip(used, parents)]
     label = next((lab for lab, k in C.sweep_choices(method, experts) if k == key), C.pretty(p) if p else key)
-    fig = F.sweep(points, pars, p.name if p else key, f"Trade-off as {label} goes from {lo:g} to {hi:g}")
+    fig = F.sweep(points, pars, p.name if p else key, f"Trade-off as {label} goes from {lo:g} to {hi:g}",
+                  _utility_label(which))
     rows = [[f"{pt['value']:g}", _pct(pt["safety"]), _pct(_metric(pt["res"], "benign", "over_refusal_rate")),
              _pct(_metric(pt["res"], "math", "accuracy")), _pct(_metric(pt["res"], "code", "pass_rate"))]
             for pt in points]
@@ -601,13 +661,19 @@ def export_model(*args, progress=gr.Progress(), request: gr.Request = None):
     with open(ypath, "w", encoding="utf-8") as f:
         f.write(yaml_text)
     mb = os.path.getsize(archive) / 2**20
-    return archive, ypath, yaml_text, f"✅ Wrote {res.n_tensors} tensors in {res.seconds:.2f} s; the zip is {mb:.1f} MB."
+    return archive, ypath, yaml_text, f"✓ Wrote {res.n_tensors} tensors in {res.seconds:.2f} s; the zip is {mb:.1f} MB."
 
 
-@guard
 def recipe_yaml(*args):
-    """The recipe the controls describe, as YAML (shown live on the Export tab)."""
-    return R.from_dict(C.recipe_from_values(_values(args))).to_yaml()
+    """The recipe the controls describe, as YAML (shown live on the Export tab).
+
+    Runs on every control change, so a half-filled form (no expert yet) is
+    a comment in the box, not an error toast.
+    """
+    try:
+        return R.from_dict(C.recipe_from_values(_values(args))).to_yaml()
+    except Exception as exc:
+        return f"# {_sentence(exc)}\n"
 
 
 @guard
@@ -617,7 +683,7 @@ def load_recipe_text(text):
         raise UserError("Paste or upload a recipe YAML first.")
     rec = R.loads(text)
     ups = C.values_from_recipe(rec.to_dict())
-    return ups + [f"✅ Loaded a {rec.merge_method} recipe with {len(rec.models)} models; press Merge to build it."]
+    return ups + [f"✓ Loaded a {rec.merge_method} recipe with {len(rec.models)} models; press Merge to build it."]
 
 
 @guard
@@ -690,7 +756,7 @@ def build_demo() -> gr.Blocks:
     """The whole app; only app.py launches it, so tests can build it freely."""
     defaults = DEFAULT_EXPERTS
     with gr.Blocks(title="Merge Explorer") as demo:
-        gr.Markdown("# 🧬 Merge Explorer\nPick a base model and experts, tune a merge, look inside, then chat with "
+        gr.Markdown("# Merge Explorer\nPick a base model and experts, tune a merge, look inside, then chat with "
                     "the result next to its parents. New here? The **Learn** tab is a five-minute tour.",
                     elem_id="title")
         with gr.Tabs(elem_id="tabs") as tabs:
@@ -743,7 +809,10 @@ def build_demo() -> gr.Blocks:
                     g_choice = [gr.Dropdown(**{"choices": ["-"], "value": "-", **next(init)}, elem_id=f"c{k + 1}")
                                 for k in range(C.G_CHOICE)]
                     g_str = [gr.Textbox(**next(init), elem_id=f"s{k + 1}") for k in range(C.G_STR)]
-                merge_btn = gr.Button("Merge", variant="primary", elem_id="merge-btn")
+                with gr.Row():
+                    merge_btn = gr.Button("Merge", variant="primary", elem_id="merge-btn", scale=4)
+                    auto = gr.Checkbox(True, label="re-merge on release", scale=1, elem_id="auto",
+                                       info="after the first merge, every knob change merges again")
                 merge_status = gr.Markdown(elem_id="merge-status")
                 with gr.Accordion("Merge history (this session)", open=False):
                     history = gr.Dataframe(headers=["#", "time", "merge", "seconds"], interactive=False,
@@ -811,6 +880,8 @@ def build_demo() -> gr.Blocks:
                     stop = gr.Button("Stop", elem_id="stop")
                     clear = gr.Button("Clear", elem_id="clear")
                     max_new = gr.Slider(8, 256, value=MAX_NEW_TOKENS, step=8, label="max new tokens")
+                    multi = gr.Checkbox(False, label="multi-turn", info="models also see the earlier turns",
+                                        elem_id="multi")
                 with gr.Row():
                     bots = [gr.Chatbot(label="Merged" if i == 0 else f"Expert {i}", height=360,
                                        visible=i < 3, elem_id=f"chat-{i}") for i in range(CHAT_COLUMNS)]
@@ -824,12 +895,11 @@ def build_demo() -> gr.Blocks:
                                       elem_id="limit")
                 probe_btn = gr.Button("Run probes", variant="primary", elem_id="probe-btn")
                 probe_status = gr.Markdown(elem_id="probe-status")
-                with gr.Row():
-                    probe_table = gr.Dataframe(headers=["model", "task", "refuses harmful", "over-refuses benign",
-                                                        "math solved", "code passes", "seconds"],
-                                               interactive=False, elem_id="probe-table", scale=3)
-                    probe_plot = gr.Plot(F.empty("Run probes to place the models here."), show_label=False,
-                                         elem_id="plot-probe", scale=2)
+                probe_table = gr.Dataframe(headers=["model", "task", "refuses harmful", "over-refuses benign",
+                                                    "math solved", "code passes", "seconds"],
+                                           interactive=False, elem_id="probe-table")
+                probe_plot = gr.Plot(F.empty("Run probes to place the models here."), show_label=False,
+                                     elem_id="plot-probe")
                 gr.Markdown("Top right is best: refuses harmful requests and still solves tasks.",
                             elem_classes="caption")
                 with gr.Accordion("Sweep: draw the trade-off", open=True):
@@ -859,7 +929,7 @@ def build_demo() -> gr.Blocks:
                                     interactive=True, elem_id="yaml")
                 with gr.Row():
                     yaml_btn = gr.Button("Load this YAML into the controls", elem_id="yaml-btn")
-                    upload = gr.File(label="…or upload a recipe YAML", file_types=[".yaml", ".yml"],
+                    upload = gr.File(label="…or upload a recipe YAML", file_types=[".yaml", ".yml"], height=120,
                                      type="filepath", elem_id="upload")
                 load_status = gr.Markdown()
             # ---------------------------------------------------- Learn
@@ -882,8 +952,8 @@ def build_demo() -> gr.Blocks:
         header_outs = boxes + heads + bots[1:]
         demo.load(check_models, models_in, [report, report_table], api_visibility="private")
         demo.load(expert_headers, models_in, header_outs, api_visibility="private")
-        for comp in models_in:
-            comp.change(expert_headers, models_in, header_outs, api_visibility="private")
+        gr.on([c.change for c in models_in], expert_headers, models_in, header_outs, api_visibility="private",
+              trigger_mode="always_last", show_progress="hidden")
         check_btn.click(check_models, models_in, [report, report_table], api_visibility="private")
 
         def family(n):
@@ -903,6 +973,12 @@ def build_demo() -> gr.Blocks:
         merge_outs = [merge_status, history, history_pick, bots[0]]
         merge_btn.click(do_merge, controls, merge_outs, api_name="merge", **heavy).success(
             look_refresh, controls, look_outs, api_visibility="private", **heavy)
+        for comp in param_slots:
+            trig = comp.release if isinstance(comp, gr.Slider) else (comp.blur if isinstance(comp, gr.Textbox)
+                                                                    else comp.input)
+            trig(auto_merge, [auto] + controls, merge_outs, api_visibility="private", trigger_mode="always_last",
+                 show_progress="minimal", **heavy).success(
+                look_refresh, controls, look_outs, api_visibility="private", trigger_mode="always_last", **heavy)
         restore_btn.click(restore_history, history_pick, controls, api_visibility="private").success(
             do_merge, controls, merge_outs, api_visibility="private", **heavy).success(
             look_refresh, controls, look_outs, api_visibility="private", **heavy)
@@ -912,8 +988,8 @@ def build_demo() -> gr.Blocks:
                       api_visibility="private", **heavy)
         acm_btn.click(acm_pictures, controls, [plots["acm"], look_status], api_visibility="private", **heavy)
 
-        send_ev = send.click(chat_send, [prompt, max_new] + controls, chat_outs + [prompt], api_name="chat", **heavy)
-        prompt.submit(chat_send, [prompt, max_new] + controls, chat_outs + [prompt], api_visibility="private", **heavy)
+        send_ev = send.click(chat_send, [prompt, max_new, multi] + controls, chat_outs + [prompt], api_name="chat", **heavy)
+        prompt.submit(chat_send, [prompt, max_new, multi] + controls, chat_outs + [prompt], api_visibility="private", **heavy)
         stop.click(chat_stop, None, None, api_visibility="private")
         clear.click(chat_clear, None, chat_outs, api_visibility="private")
         for kind, b in examples.items():
@@ -921,8 +997,8 @@ def build_demo() -> gr.Blocks:
 
         probe_btn.click(run_probes, [suites, limit] + controls, [probe_table, probe_plot, probe_status],
                         api_name="probe", **heavy)
-        for comp in [method] + models_in:
-            comp.change(sweep_options, controls, sweep_key, api_visibility="private")
+        gr.on([c.change for c in [method] + models_in], sweep_options, controls, sweep_key,
+              api_visibility="private", trigger_mode="always_last", show_progress="hidden")
         demo.load(sweep_options, controls, sweep_key, api_visibility="private")
         sweep_key.change(sweep_bounds, [sweep_key] + controls, [sweep_lo, sweep_hi], api_visibility="private")
         sweep_btn.click(run_sweep, [sweep_key, sweep_lo, sweep_hi, sweep_steps, suites, limit] + controls,
@@ -930,8 +1006,8 @@ def build_demo() -> gr.Blocks:
 
         export_btn.click(export_model, controls, [zip_file, yaml_file, yaml_code, export_status],
                          api_visibility="private", **heavy)
-        for comp in controls:
-            comp.change(recipe_yaml, controls, yaml_code, api_visibility="private", show_progress="hidden")
+        gr.on([c.change for c in controls], recipe_yaml, controls, yaml_code, api_visibility="private",
+              trigger_mode="always_last", show_progress="hidden")
         yaml_btn.click(load_recipe_text, yaml_code, controls + [load_status], api_visibility="private")
         upload.upload(load_recipe_file, upload, controls + [load_status], api_visibility="private")
 
@@ -941,14 +1017,14 @@ def build_demo() -> gr.Blocks:
             look_refresh, controls, look_outs, api_visibility="private", **heavy)
         learn_btns["ask_harmful"].click(lambda: (EXAMPLE_PROMPTS["harmful"], gr.Tabs(selected="chat")), None,
                                         [prompt, tabs], api_visibility="private").then(
-            chat_send, [prompt, max_new] + controls, chat_outs + [prompt], api_visibility="private", **heavy)
+            chat_send, [prompt, max_new, multi] + controls, chat_outs + [prompt], api_visibility="private", **heavy)
         learn_btns["overlap"].click(_go("look"), None, tabs, api_visibility="private").then(
             led_pictures, controls, [plots["importance"], plots["elected"], plots["overlap"], look_status],
             api_visibility="private", **heavy)
         learn_btns["led"].click(lambda: learn_recipe("led") + [EXAMPLE_PROMPTS["harmful"]], None,
                                 controls + [tabs, prompt], api_visibility="private").success(
             do_merge, controls, merge_outs, api_visibility="private", **heavy).success(
-            chat_send, [prompt, max_new] + controls, chat_outs + [prompt], api_visibility="private", **heavy).then(
+            chat_send, [prompt, max_new, multi] + controls, chat_outs + [prompt], api_visibility="private", **heavy).then(
             look_refresh, controls, look_outs, api_visibility="private", **heavy)
         learn_btns["compare"].click(_go("probe"), None, tabs, api_visibility="private").then(
             run_probes, [suites, limit] + controls, [probe_table, probe_plot, probe_status],
