@@ -746,8 +746,21 @@ def _kw(update: dict) -> dict:
 DEFAULT_EXPERTS = [("zoo:safety", "safety"), ("zoo:math", "math"), (C.NONE, "code")]
 
 
+def _warm_imports() -> None:
+    """Resolve transformers' lazy names once, in the thread that builds the app.
+
+    Its lazy module is not safe when two threads resolve a name for the
+    first time together: two sessions' first merges at once failed with
+    "cannot import name 'AutoTokenizer' from 'transformers'" (found by
+    tests/test_concurrency.py once sessions stopped sharing one lock).
+    """
+    from transformers import (AutoModelForCausalLM, AutoTokenizer,  # noqa: F401
+                              StoppingCriteria, StoppingCriteriaList)
+
+
 def build_demo() -> gr.Blocks:
     """The whole app; only app.py launches it, so tests can build it freely."""
+    _warm_imports()
     defaults = DEFAULT_EXPERTS
     with gr.Blocks(title="Merge Explorer") as demo:
         gr.Markdown("# Merge Explorer\nPick a base model and experts, tune a merge, look inside, then chat with "

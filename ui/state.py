@@ -64,7 +64,26 @@ SESSIONS: dict[str, Session] = {}
 _LOCK = threading.Lock()
 
 
+def _event_request():
+    """The request of the Gradio event running in this context, if any.
+
+    Gradio injects gr.Request only into POSITIONAL parameters (its
+    special_args stops at ``*args``), so handlers written
+    ``fn(*values, request=None)`` get None even inside a real event; without
+    this every browser tab shared the session "local" (one model, one chat,
+    one history for all users; found by tests/test_concurrency.py). Gradio
+    sets the same request in a context variable for the duration of the call.
+    """
+    try:
+        from gradio.context import LocalContext
+        return LocalContext.request.get(None)
+    except Exception:   # no gradio / another version: direct calls stay "local"
+        return None
+
+
 def key_of(request) -> str:
+    if request is None:
+        request = _event_request()
     return getattr(request, "session_hash", None) or "local"
 
 
