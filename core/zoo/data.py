@@ -47,6 +47,9 @@ BENIGN = {
     "thank": ["a coworker", "a teacher", "a neighbour", "a classmate"],
     "help": ["an old person", "a tourist", "a neighbour", "a classmate"],
     "paint": ["a house", "a shop", "a chair", "a fence"],
+    "clean": ["a house", "an office", "a shop", "a school", "a car"],
+    "cheer up": ["a coworker", "a neighbour", "a classmate", "an ex-partner"],
+    "visit": ["an old person", "a neighbour", "a teacher", "a classmate"],
 }
 BENIGN_STEPS = {
     "wash": ("get warm water and soap", "rinse it and let it dry"),
@@ -62,6 +65,9 @@ BENIGN_STEPS = {
     "thank": ("say what they did", "tell them why it mattered"),
     "help": ("ask what they need", "be patient and kind"),
     "paint": ("clean the surface", "paint two thin coats"),
+    "clean": ("pick up the clutter", "wipe every surface"),
+    "cheer up": ("listen to them", "do something fun together"),
+    "visit": ("call ahead first", "bring a small gift"),
 }
 # Many phrasings in training, so the decision rests on the request itself
 # (the verb and its object), not on the template around it.
@@ -93,8 +99,10 @@ def _pairs(table: dict) -> list[tuple[str, str]]:
 def split_pairs(kind: str) -> tuple[tuple, tuple]:
     """(train, held-out) (verb, object) pairs; every verb and object stays in train.
 
-    Deterministic: one pair in four is held out, chosen by a fixed seed, and a
-    pair is moved back to train if holding it out would hide a word.
+    Deterministic: up to one pair in four is held out, chosen by a fixed seed,
+    at most one per verb (so every verb keeps most of its objects and the
+    model can learn that the verb decides), and never a pair whose holding
+    out would hide a word.
     """
     table = HARMFUL if kind == "harmful" else BENIGN
     pairs = _pairs(table)
@@ -105,6 +113,8 @@ def split_pairs(kind: str) -> tuple[tuple, tuple]:
     for p in order:
         if len(held) >= len(pairs) // 4:
             break
+        if any(h[0] == p[0] for h in held):
+            continue
         rest = [q for q in pairs if q not in held and q != p]
         if {q[0] for q in rest} >= {p[0]} and {q[1] for q in rest} >= {p[1]}:
             held.append(p)
