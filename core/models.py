@@ -90,12 +90,27 @@ class ModelInfo:
         return sum(t.numel for t in self.tensors.values())
 
     def fingerprint(self) -> str:
-        """Identity of the weights for caches: file sizes + mtimes + header."""
+        """Identity of the weights for caches, from their bytes.
+
+        Not from mtimes: a copy or a fresh clone gives every file of a
+        family the same second, and two fine-tunes of one base have the same
+        sizes and headers, so only content tells them apart. Files up to
+        64 MiB are hashed whole; larger ones by 16 evenly spaced 1 MiB
+        blocks (fine-tunes change every block, so this stays cheap and safe).
+        """
         import hashlib
         h = hashlib.sha256()
+        block, whole = 1 << 20, 64 << 20
         for f in sorted({t.file for t in self.tensors.values()}):
-            st = os.stat(f)
-            h.update(f"{os.path.basename(f)}:{st.st_size}:{int(st.st_mtime)}".encode())
+            size = os.path.getsize(f)
+            h.update(f"{os.path.basename(f)}:{size}".encode())
+            with open(f, "rb") as fh:
+                if size <= whole:
+                    h.update(fh.read())
+                else:
+                    for i in range(16):
+                        fh.seek((size - block) * i // 15)
+                        h.update(fh.read(block))
         for k in sorted(self.tensors):
             t = self.tensors[k]
             h.update(f"{k}:{t.dtype}:{t.shape}".encode())

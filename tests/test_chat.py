@@ -81,7 +81,7 @@ def test_stop_ends_every_model_early(cache):
     s.stop()
     rest = _drain(gen)
     stopped = (rest[-1] if rest else first)[0]
-    assert len(full) >= 100 and len(stopped) < len(full) / 2
+    assert len(full) >= 40 and len(stopped) < len(full) / 2
 
 
 def test_closing_the_generator_stops_the_threads(session):
