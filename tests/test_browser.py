@@ -7,36 +7,19 @@ screenshots go to tests/_artifacts/ for a person to look at.
 """
 import os
 import re
-import shutil
-import socket
 import time
 import urllib.request
 
 import pytest
 
+from tests._browser import chromium as _chromium, free_port as _free_port, need as _need
+
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 ART = os.path.join(os.path.dirname(__file__), "_artifacts")
-REQUIRED = os.environ.get("MERGE_EXPLORER_REQUIRE_BROWSER", "") not in ("", "0")
 
 
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
 
-
-def _need(ok: bool, why: str) -> None:
-    if not ok:
-        if REQUIRED:
-            pytest.fail(why)
-        pytest.skip(why)
-
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,15 @@ or Playwright is missing unless MERGE_EXPLORER_REQUIRE_BROWSER=1. The queue
 tests use gradio_client (two clients = two sessions) and time the merges
 the server really runs.
 """
-import os
 import re
-import shutil
-import socket
 import threading
 import time
 import urllib.request
 from types import SimpleNamespace
 
 import pytest
+
+from tests._browser import chromium as _chromium, free_port as _free_port, need as _need
 import torch
 
 from core import service
@@ -26,7 +25,6 @@ from ui import app as A
 from ui import controls as C
 from ui import state as S
 
-REQUIRED = os.environ.get("MERGE_EXPLORER_REQUIRE_BROWSER", "") not in ("", "0")
 HARMFUL = EXAMPLE_PROMPTS["harmful"]
 
 # session A: the naive merge of the walkthrough (safety + math, λ = 1)
@@ -45,13 +43,6 @@ def values(updates) -> list:
     """What the browser would send back after these control updates."""
     return [u.get("value") if isinstance(u, dict) else u for u in updates]
 
-
-def _free_port() -> int:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _launch(monkeypatch, concurrency: int | None = None, queue: int | None = None):
@@ -104,15 +95,6 @@ def _words(text: str) -> str:
 
 
 # ------------------------------------------------------------------ browser
-def _chromium() -> str | None:
-    return shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _need(ok: bool, why: str) -> None:
-    if not ok:
-        if REQUIRED:
-            pytest.fail(why)
-        pytest.skip(why)
 
 
 @pytest.mark.browser
@@ -148,9 +130,13 @@ def test_two_browser_sessions_merge_and_chat_at_once_with_their_own_models(monke
             b.locator("#method input").click()
             b.get_by_role("option", name="Linear (model soup)", exact=True).click()
             expect(b.locator("#pm2-1")).to_contain_text("weight")
-            b.locator("#pm2-1 input[type=range]").fill("0")
+            # let the method switch (which resets the sliders to the method's
+            # defaults) land before moving a slider; under load it can arrive late
             b.get_by_role("tab", name="Export", exact=True).click()
             expect(b.locator("#yaml")).to_contain_text("merge_method: linear")
+            b.get_by_role("tab", name="Merge", exact=True).click()
+            b.locator("#pm2-1 input[type=range]").fill("0")
+            b.get_by_role("tab", name="Export", exact=True).click()
             expect(b.locator("#yaml")).to_contain_text(re.compile(r"weight: 0(\.0)?\b"))
             b.get_by_role("tab", name="Merge", exact=True).click()
 

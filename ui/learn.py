@@ -17,7 +17,7 @@ STEPS = [
      "Task Arithmetic adds each expert's change to the base: θ = θ₀ + λ·Σ τᵢ. "
      "It is the simplest merge and it often works, so it is the baseline to beat."),
     ("ask_harmful", "2 · Ask a harmful question side by side",
-     "The safety expert refuses and the math expert complies; on the built-in family the plain sum at λ = 1 "
+     "The safety expert refuses and the math expert complies. On the built-in family the plain sum at λ = 1 "
      "keeps only about a quarter of the refusals and can even garble its answers, because the two changes overwrite each other."),
     ("overlap", "3 · Open the overlap heatmap",
      "Each cell shows how many of the weights that matter most for safety also matter most for math (Jaccard index). "
