@@ -77,15 +77,7 @@ def _read_text(path: str) -> str:
     from . import limits
     full = os.path.abspath(os.path.expanduser(path))
     limits.check_local_path(full, path)
-    if not os.path.isfile(full):
-        raise UserError(f"The location data file '{path}' does not exist.")
-    try:
-        with open(full, encoding="utf-8-sig") as f:
-            return f.read()
-    except UnicodeDecodeError:
-        raise UserError(f"The location data file '{path}' is not UTF-8 text.")
-    except OSError as exc:
-        raise UserError(f"Cannot read the location data file '{path}' ({exc.strerror}).")
+    return limits.read_user_text(full, "location data file")
 
 
 def _jsonl_rows(text: str, path: str) -> list[dict]:

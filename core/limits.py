@@ -220,3 +220,19 @@ def check_chat(models: list, bytes_per_param: float = 4) -> None:
     infos = [inspect(m) if isinstance(m, str) else m for m in models]
     names = ", ".join(f"'{i.ref}'" for i in infos)
     check_memory(load_estimate(infos, bytes_per_param), f"Loading {names}")
+
+
+def read_user_text(path: str, what: str) -> str:
+    """A user's text file (probes, location data, ...) as one string, or one
+    sentence naming ``what`` it was meant to be. utf-8-sig: spreadsheet
+    exports often start with a byte-order mark."""
+    if not os.path.isfile(path):
+        raise UserError(f"The {what} '{path}' does not exist.")
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            return f.read()
+    except UnicodeDecodeError:
+        raise UserError(f"The {what} '{path}' is not UTF-8 text.")
+    except OSError as exc:
+        raise UserError(f"Cannot read the {what} '{path}' ({exc.strerror}).")
+

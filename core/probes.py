@@ -47,15 +47,8 @@ Progress = Callable[[float, str], None]
 
 # ---------------------------------------------------------------- loading
 def _read_text(path: str) -> str:
-    if not os.path.isfile(path):
-        raise UserError(f"The probe file '{path}' does not exist.")
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            return f.read()
-    except UnicodeDecodeError:
-        raise UserError(f"The probe file '{path}' is not UTF-8 text.")
-    except OSError as exc:
-        raise UserError(f"Cannot read the probe file '{path}' ({exc.strerror}).")
+    from .limits import read_user_text
+    return read_user_text(path, "probe file")
 
 
 def load_jsonl(path: str) -> list[dict]:
