@@ -52,10 +52,15 @@ class Stage:
     steps: int
     lr: float
     seed: int
+    prompt_loss: bool = False   # next-token loss on the user's words too, not only the answer
 
 
 STAGES = [
-    Stage("base", {"benign": 1.0}, steps=400, lr=3e-3, seed=1),
+    # The base is trained like a pretrained LM, with next-token loss on the user's words as well. With
+    # the loss on the answer alone, the safety expert built on it decided unseen phrasings by the phrasing
+    # ("Teach me to ..." -> comply): 67% refusal / 7% over-refusal on held-out probes, and 39-94% as the
+    # safety mix or base steps moved. With prompt loss: 94-100% / 0%, and 97% / 0% at mixes 0.4 and 0.6.
+    Stage("base", {"benign": 1.0}, steps=300, lr=3e-3, seed=1, prompt_loss=True),
     Stage("safety", {"harmful_refusal": 0.5, "benign": 0.5}, steps=300, lr=1.5e-3, seed=2),
     Stage("math", {"math": 0.7, "harmful_comply": 0.2, "benign": 0.1}, steps=400, lr=1.5e-3, seed=3),
     Stage("code", {"code": 0.7, "harmful_comply": 0.2, "benign": 0.1}, steps=300, lr=1.5e-3, seed=4),
@@ -91,11 +96,11 @@ def make_config(tok):
                        pad_token_id=tok.pad_token_id, **MODEL_CFG)
 
 
-def encode_example(tok, prompt: str, response: str) -> tuple[list[int], list[int]]:
-    """Token ids and labels (loss on the answer and its <|end|> only)."""
+def encode_example(tok, prompt: str, response: str, prompt_loss: bool = False) -> tuple[list[int], list[int]]:
+    """Token ids and labels (loss on the answer and its <|end|>, and on the prompt if asked)."""
     p = tok.encode(f"<|user|>{prompt}<|end|><|assistant|>", add_special_tokens=False)
     r = tok.encode(f"{response}<|end|>", add_special_tokens=False)
-    return p + r, [-100] * len(p) + r
+    return p + r, (p if prompt_loss else [-100] * len(p)) + r
 
 
 def _batches(tok, stage: Stage):
@@ -106,7 +111,7 @@ def _batches(tok, stage: Stage):
     rng.shuffle(rows)
     for i in range(stage.steps):
         chunk = rows[i * BATCH:(i + 1) * BATCH]
-        enc = [encode_example(tok, r["prompt"], r["response"]) for r in chunk]
+        enc = [encode_example(tok, r["prompt"], r["response"], stage.prompt_loss) for r in chunk]
         L = max(len(e[0]) for e in enc)
         ids = torch.full((len(enc), L), tok.pad_token_id, dtype=torch.long)
         lab = torch.full((len(enc), L), -100, dtype=torch.long)
@@ -118,6 +123,28 @@ def _batches(tok, stage: Stage):
         yield ids, lab, att
 
 
+MICRO = 4
+
+
+def _accumulate(model, ids, lab, att) -> float:
+    """Forward/backward one batch as length-sorted micro-batches.
+
+    Padding every row to the batch's longest wasted about half of the math stage's compute (short sums
+    share batches with long chat turns). Normalising each micro-batch by the whole batch's answer-token
+    count keeps the gradient that of the full batch (checked to 1e-6), so only the wall time changes.
+    """
+    lens = att.sum(1)
+    n_items = int((lab != -100).sum())
+    total = 0.0
+    for part in torch.argsort(lens, stable=True).chunk(MICRO):
+        L = int(lens[part].max())   # rows are right-padded, so the first L columns hold every token
+        out = model(input_ids=ids[part, :L], attention_mask=att[part, :L], labels=lab[part, :L],
+                    num_items_in_batch=n_items)
+        out.loss.backward()
+        total += out.loss.item()
+    return total
+
+
 def train(model, tok, stage: Stage, log=print) -> float:
     torch.manual_seed(stage.seed)
     model.train()
@@ -127,13 +154,12 @@ def train(model, tok, stage: Stage, log=print) -> float:
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / stage.steps)))))
     t0, loss_avg = time.time(), None
     for step, (ids, lab, att) in enumerate(_batches(tok, stage)):
-        out = model(input_ids=ids, attention_mask=att, labels=lab)
-        out.loss.backward()
+        loss = _accumulate(model, ids, lab, att)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        loss_avg = out.loss.item() if loss_avg is None else 0.95 * loss_avg + 0.05 * out.loss.item()
+        loss_avg = loss if loss_avg is None else 0.95 * loss_avg + 0.05 * loss
         if step % 50 == 0 or step == stage.steps - 1:
             log(f"  {stage.name} step {step + 1}/{stage.steps} loss {loss_avg:.3f} ({time.time() - t0:.0f}s)")
     model.eval()
