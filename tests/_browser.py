@@ -29,3 +29,19 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def choose_method(page, label: str, merge_method: str) -> None:
+    """Pick a method in the Merge tab and wait until the server has applied it.
+
+    The switch resets the sliders to the method's defaults when its answer
+    arrives; a slider moved before that (easy on a loaded or cold machine)
+    is reset again, so tests wait for the live YAML to name the method.
+    """
+    from playwright.sync_api import expect
+    page.get_by_role("tab", name="Merge", exact=True).click()
+    page.locator("#method input").click()
+    page.get_by_role("option", name=label, exact=True).click()
+    page.get_by_role("tab", name="Export", exact=True).click()
+    expect(page.locator("#yaml")).to_contain_text(f"merge_method: {merge_method}")
+    page.get_by_role("tab", name="Merge", exact=True).click()

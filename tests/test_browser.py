@@ -12,7 +12,7 @@ import urllib.request
 
 import pytest
 
-from tests._browser import chromium as _chromium, free_port as _free_port, need as _need
+from tests._browser import choose_method, chromium as _chromium, free_port as _free_port, need as _need
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -75,9 +75,7 @@ def test_pick_tune_merge_look_chat_probe(page):
     shot(page, "1-models")
 
     # Merge: pick Task Arithmetic, move a slider, merge
-    tab(page, "Merge")
-    page.locator("#method input").click()
-    page.get_by_role("option", name="Task Arithmetic", exact=True).click()
+    choose_method(page, "Task Arithmetic", "task_arithmetic")
     expect(page.locator("#pm1-1")).to_contain_text("weight")
     page.locator("#pm1-1 input[type=range]").fill("0.5")
     page.locator("#g1 input[type=range]").fill("0.8")

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests._browser import chromium as _chromium, free_port as _free_port, need as _need
+from tests._browser import choose_method, chromium as _chromium, free_port as _free_port, need as _need
 import torch
 
 from core import service
@@ -126,15 +126,8 @@ def test_two_browser_sessions_merge_and_chat_at_once_with_their_own_models(monke
                 expect(pg.locator("#model-report")).to_contain_text("Compatible")
 
             # B sets up its soup first, so that both merges can be sent together
-            b.get_by_role("tab", name="Merge", exact=True).click()
-            b.locator("#method input").click()
-            b.get_by_role("option", name="Linear (model soup)", exact=True).click()
+            choose_method(b, "Linear (model soup)", "linear")
             expect(b.locator("#pm2-1")).to_contain_text("weight")
-            # let the method switch (which resets the sliders to the method's
-            # defaults) land before moving a slider; under load it can arrive late
-            b.get_by_role("tab", name="Export", exact=True).click()
-            expect(b.locator("#yaml")).to_contain_text("merge_method: linear")
-            b.get_by_role("tab", name="Merge", exact=True).click()
             b.locator("#pm2-1 input[type=range]").fill("0")
             b.get_by_role("tab", name="Export", exact=True).click()
             expect(b.locator("#yaml")).to_contain_text(re.compile(r"weight: 0(\.0)?\b"))
