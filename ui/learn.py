@@ -18,13 +18,14 @@ STEPS = [
      "It is the simplest merge and it often works, so it is the baseline to beat."),
     ("ask_harmful", "2 · Ask a harmful question side by side",
      "The safety expert refuses and the math expert complies. On the built-in family the plain sum at λ = 1 "
-     "keeps only about a quarter of the refusals and can even garble its answers, because the two changes overwrite each other."),
+     "refuses none of the held-out harmful probes and loses the math too, because the two changes overwrite each other."),
     ("overlap", "3 · Open the overlap heatmap",
      "Each cell shows how many of the weights that matter most for safety also matter most for math (Jaccard index). "
      "Where the sets overlap, adding both task vectors makes them fight over the same weights."),
     ("led", "4 · Merge with LED-Merging",
      "LED-Merging keeps, for each expert, only the weights important in both the base and the expert, "
-     "and drops weights two experts both claim. The safety expert's few critical weights are no longer overwritten."),
+     "and drops weights two experts both claim, so one expert's critical weights are not overwritten by the other's. "
+     "On this tiny family it does not rescue the merge either (step 5 puts numbers on it); the paper measured it on 7B models."),
     ("compare", "5 · Compare with quick probes",
      "Probes put numbers on what the chat showed: how often each model refuses held-out harmful requests and "
      "how often it solves math. The merge you want sits high (safe) and to the right (useful)."),
