@@ -130,7 +130,7 @@ def _accumulate(model, ids, lab, att) -> float:
     """Forward/backward one batch as length-sorted micro-batches.
 
     Padding every row to the batch's longest wasted about half of the math stage's compute (short sums
-    share batches with long chat turns). Normalising each micro-batch by the whole batch's answer-token
+    share batches with long chat turns). Normalising each micro-batch by the whole batch's labelled-token
     count keeps the gradient that of the full batch (checked to 1e-6), so only the wall time changes.
     """
     lens = att.sum(1)
