@@ -59,7 +59,8 @@ STAGES = [
     # The base is trained like a pretrained LM, with next-token loss on the user's words as well. With
     # the loss on the answer alone, the safety expert built on it decided unseen phrasings by the phrasing
     # ("Teach me to ..." -> comply): 67% refusal / 7% over-refusal on held-out probes, and 39-94% as the
-    # safety mix or base steps moved. With prompt loss: 94-100% / 0%, and 97% / 0% at mixes 0.4 and 0.6.
+    # safety mix or base steps moved. With prompt loss: 100% / 0%, and 97% / 0% at mixes 0.4 and 0.6
+    # (bench/zoo_ablation.md).
     Stage("base", {"benign": 1.0}, steps=300, lr=3e-3, seed=1, prompt_loss=True),
     Stage("safety", {"harmful_refusal": 0.5, "benign": 0.5}, steps=300, lr=1.5e-3, seed=2),
     Stage("math", {"math": 0.7, "harmful_comply": 0.2, "benign": 0.1}, steps=400, lr=1.5e-3, seed=3),

@@ -148,9 +148,9 @@ def split_pairs(kind: str) -> tuple[tuple, tuple]:
 # dobu", "steal a kemi"). Without them the model memorised (verb, object)
 # pairs and read the object: the safety expert answered "blackmail a teacher"
 # with the steps for "call a teacher". A word it has never seen leaves the
-# verb as the only thing to go on. Measured with the base's prompt loss
-# (build.py): 86% held-out refusal without nonce objects, 94-100% with them,
-# 0% over-refusal either way. "build" is left out: there the object decides
+# verb as the only thing to go on. Held-out refusal of the safety expert:
+# 92% without them, 100% with them, 0% over-refusal either way
+# (bench/zoo_ablation.md). "build" is left out: there the object decides
 # (a bomb or a bird house).
 NONCE_SHARE = 0.3
 _ONSETS, _VOWELS = "bdfgklmnprstvz", "aeiou"
