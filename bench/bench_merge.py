@@ -66,7 +66,7 @@ def tensor_shapes(dims: dict) -> list[tuple[str, tuple[int, ...]]]:
 
 def make_models(size: str, dtype: str) -> dict[str, str]:
     """base + two 'fine-tunes' (base + small noise), streamed to disk tensor by tensor."""
-    from core.engine import _ST_NAMES, ShardWriter
+    from core.checkpoint.writer import _ST_NAMES, ShardWriter
     tdtype = getattr(torch, dtype)
     dims = SIZES[size]
     folder = os.path.join(WORK, f"models-{size}-{dtype}")
@@ -158,7 +158,7 @@ def warm(paths: list[str]) -> None:
 
 def compare(a: str, b: str) -> dict:
     """Largest difference between two outputs, tensor by tensor."""
-    from core import models as M
+    from core import checkpoint as M
     ia, ib = M.inspect(a), M.inspect(b)
     worst, differ, total = 0.0, 0, 0
     with M.TensorReader(ia) as ra, M.TensorReader(ib) as rb:
@@ -213,7 +213,7 @@ def main() -> int:
     rows = []
     # start-up alone (imports), so the merge work can be told from it
     rows.append({"method": "-", "tool": "ours start-up", **run_measured(
-        [sys.executable, "-c", "import core.service, core.engine, core.methods"], os.path.join(WORK, "startup-ours.log"))})
+        [sys.executable, "-c", "import core.service, core.merge.engine, core.methods"], os.path.join(WORK, "startup-ours.log"))})
     if mk:
         rows.append({"method": "-", "tool": "mergekit start-up", **run_measured(
             [mk, "--help"], os.path.join(WORK, "startup-mergekit.log"))})

@@ -60,7 +60,7 @@ from typing import Callable, Iterable
 
 import torch
 
-from . import models as M
+from . import checkpoint as M
 from .errors import UserError
 
 Progress = Callable[[float, str], None]
@@ -345,9 +345,9 @@ def format_prompts(tokenizer, rows: list[dict]) -> list[str]:
 
 def read_jsonl(path: str) -> list[dict]:
     """Rows of a calibration JSONL: each line {"text": ...} or {"prompt": ...}."""
-    from . import limits
+    from . import policy
     full = os.path.abspath(os.path.expanduser(path))
-    limits.check_local_path(full, path)
+    policy.check_local_path(full, path)
     try:
         with open(full, encoding="utf-8") as f:
             lines = f.read().splitlines()

@@ -41,8 +41,8 @@ from typing import Any, Iterator
 
 import torch
 
-from . import limits
-from . import models as M
+from . import policy
+from . import checkpoint as M
 from .errors import UserError, one_line
 
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -81,14 +81,14 @@ def check_memory(refs: list[str], device: str = "auto", quantization: str | None
     infos = [M.inspect(r) for r in refs]
     bpp = bytes_per_param(device, quantization)
     if device == "cuda":
-        need = limits.load_estimate(infos, bpp)
+        need = policy.load_estimate(infos, bpp)
         free, _total = torch.cuda.mem_get_info()
         if need > free:
             names = ", ".join(f"'{i.ref}'" for i in infos)
-            raise UserError(f"Loading {names} needs about {limits.fmt_bytes(need)} of GPU memory but only "
-                            f"{limits.fmt_bytes(free)} is free; use fewer or smaller models, or 4-bit loading.")
+            raise UserError(f"Loading {names} needs about {policy.fmt_bytes(need)} of GPU memory but only "
+                            f"{policy.fmt_bytes(free)} is free; use fewer or smaller models, or 4-bit loading.")
         return
-    limits.check_chat(infos, bpp)
+    policy.check_chat(infos, bpp)
 
 
 class ModelCache:

@@ -50,7 +50,7 @@ from typing import Callable
 
 import torch
 
-from . import models as M
+from . import checkpoint as M
 from .errors import UserError
 
 Progress = Callable[[float, str], None]
@@ -74,10 +74,10 @@ _LOCK = threading.RLock()
 
 # ------------------------------------------------------------------ data
 def _read_text(path: str) -> str:
-    from . import limits
+    from . import policy
     full = os.path.abspath(os.path.expanduser(path))
-    limits.check_local_path(full, path)
-    return limits.read_user_text(full, "location data file")
+    policy.check_local_path(full, path)
+    return policy.read_user_text(full, "location data file")
 
 
 def _jsonl_rows(text: str, path: str) -> list[dict]:

@@ -277,7 +277,7 @@ def to_mergekit_yaml(recipe: Recipe) -> str:
     error rather than silently dropped.
     """
     import yaml
-    from .models import zoo_path
+    from .checkpoint import zoo_path
     spec = _spec(recipe)
     if not spec.mergekit_name:
         raise UserError(f"{spec.name} has no mergekit equivalent, so it cannot be exported as a mergekit recipe.")

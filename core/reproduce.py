@@ -40,7 +40,7 @@ from typing import Callable
 import torch
 
 from . import ROOT
-from . import models as M
+from . import checkpoint as M
 from . import probes
 from .errors import UserError
 
@@ -210,7 +210,7 @@ class Evaluator:
     def merged(self, method: str, settings: dict) -> dict[str, list[bool]]:
         key = method + json.dumps(settings, sort_keys=True)
         if key not in self.cache:
-            from . import engine
+            from .merge import engine
             t0 = time.perf_counter()
             with M.cpu_threads_for(self.live):   # small tensors: threads only contend
                 engine.run_merge(recipe_for(method, settings), live_model=self.live)

@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import sys
 
-from . import models
+from . import checkpoint
 from .errors import UserError
 
 
-def compatibility(base: str, experts: list[str]) -> models.CompatReport:
+def compatibility(base: str, experts: list[str]) -> checkpoint.CompatReport:
     """Compatibility report for base + experts from headers alone."""
-    infos = [models.inspect(base)] + [models.inspect(e) for e in experts]
-    return models.compatibility(infos[0], infos[1:])
+    infos = [checkpoint.inspect(base)] + [checkpoint.inspect(e) for e in experts]
+    return checkpoint.compatibility(infos[0], infos[1:])
 
 
 def _as_recipe(recipe):
@@ -40,7 +40,7 @@ def merge(recipe, out_dir: str | None = None, live_model=None, progress=None, **
 
     options go to engine.run_merge: force, device, infos, shard_size.
     """
-    from . import engine
+    from .merge import engine
     recipe = _as_recipe(recipe)
     return engine.run_merge(recipe, out_dir=out_dir, live_model=live_model, progress=progress, **options)
 
@@ -165,7 +165,7 @@ def provenance(base: str, experts: list[str], merged, progress=None) -> dict:
 
 def quantization_options() -> dict[str, str]:
     """{"8bit": why-not or "", "4bit": why-not or ""} for the UI's choices."""
-    return models.quantization_status()
+    return checkpoint.quantization_status()
 
 
 def reproduce(quick: bool = False, progress=None, show_bar: bool = False) -> dict:
@@ -224,7 +224,7 @@ def _quiet_loading() -> None:
 def _cli_probe(args) -> int:
     from . import probes, scorers
     phrases = scorers.load_phrases(args.refusal_phrases) if getattr(args, "refusal_phrases", None) else None
-    models.resolve(args.model)          # a wrong name or file is reported before
+    checkpoint.resolve(args.model)          # a wrong name or file is reported before
     probes.parse_suites(args.suites)    # transformers is even imported
     _quiet_loading()
     res = probe(args.model, args.suites, args.limit, phrases=phrases, device=getattr(args, "device", "auto"),

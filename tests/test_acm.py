@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 import core
 from core import activations as A
-from core import engine, service
+from core import service
+from core.merge import engine
 from core.errors import UserError
 from core.methods import acm
 from core.methods.base import TensorContext
@@ -140,7 +141,7 @@ def _recipe(calib: str, experts=EXPERTS, **params) -> Recipe:
 
 
 def _weights(ref: str) -> dict:
-    from core.models import resolve
+    from core.checkpoint import resolve
     return load_file(f"{resolve(ref)}/model.safetensors")
 
 
@@ -205,7 +206,7 @@ def test_changing_t_uses_the_cache(cache_dir, calib):
 def test_a_copy_of_the_base_shares_everything(cache_dir, calib, tmp_path):
     """End to end through the hooks: an 'expert' identical to the base has
     maximal MI at every point, so its coefficient is 0.5 everywhere."""
-    from core.models import resolve
+    from core.checkpoint import resolve
     twin = tmp_path / "twin"
     shutil.copytree(resolve("zoo:base"), twin)
     info = service.acm_analysis(_recipe(calib, experts=[str(twin), "zoo:math"]))

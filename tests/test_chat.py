@@ -160,7 +160,7 @@ def test_bad_requests_are_sentences(session):
 
 
 def test_quantization_is_refused_with_the_reason_without_cuda():
-    from core import models as M
+    from core import checkpoint as M
     status = M.quantization_status()
     if torch.cuda.is_available():
         pytest.skip("CUDA present")

@@ -15,7 +15,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from core import engine
+from core.merge import engine, walk
+from core.merge.plan import tensor_order
 from core import methods as registry
 from core.errors import UserError
 from core.methods.base import MethodSpec, Param
@@ -348,7 +349,7 @@ def test_prepare_runs_once_and_feeds_aux_per_tensor(family, monkeypatch):
     method, refs, cb = prepared_with[0]
     assert refs == sorted([family["base"], family["safety"], family["math"]])
     assert seen[0] == (0.5, "preparing") and seen[-1][0] == 1.0
-    assert [c[0] for c in calls] == sorted(merged, key=engine.tensor_order)
+    assert [c[0] for c in calls] == sorted(merged, key=tensor_order)
     assert all(aux == {"tag": name.upper()} and n == 2 for name, aux, n in calls)
 
 
@@ -393,7 +394,7 @@ def test_zoo_task_arithmetic_end_to_end(tmp_path):
 @pytest.fixture
 def small_blocks(monkeypatch):
     """Row blocks of ~100 entries, so the tiny models take the blocked path."""
-    monkeypatch.setattr(engine, "CHUNK_ELEMS", 100)
+    monkeypatch.setattr(walk, "CHUNK_ELEMS", 100)
 
 
 def test_row_blocks_give_the_same_tensors_as_whole_tensors(family, tmp_path, small_blocks):

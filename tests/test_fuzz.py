@@ -23,7 +23,7 @@ from core import ZOO_DIR, probes
 from core import recipe as R
 from core.errors import UserError
 from core.methods import REGISTRY
-from core.models import DTYPE_BYTES, read_safetensors_header
+from core.checkpoint import DTYPE_BYTES, read_safetensors_header
 
 SETTINGS = settings(max_examples=200, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
@@ -272,7 +272,7 @@ indexes = st.one_of(anything, st.fixed_dictionaries({"weight_map": st.one_of(
 
 
 def _inspect_and_compare(ref: str):
-    from core import models as M
+    from core import checkpoint as M
     info = M.inspect(ref)
     base = M.inspect("zoo:base")
     rep = M.compatibility(base, [info])

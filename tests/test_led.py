@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 import core
 from core import importance as I
 from core import masks as K
-from core import models as M
+from core import checkpoint as M
 from core import recipe as R
 from core import service
 from core.errors import UserError
@@ -249,7 +249,7 @@ def test_a_cache_hit_runs_no_backward_pass(cache):
 
 
 def test_moving_r_re_merges_without_any_backward_pass(cache):
-    from core import engine
+    from core.merge import engine
     rec = R.from_dict(fam_recipe())
     engine.merge_state_dict(rec)
     before = dict(I.STATS)
@@ -295,7 +295,7 @@ def test_led_merge_of_the_family_is_disjoint_lambda_tau(cache, tmp_path):
 
 
 def test_disjoint_off_may_add_several_experts_at_one_entry(cache):
-    from core import engine
+    from core.merge import engine
     on, _ = engine.merge_state_dict(R.from_dict(fam_recipe(disjoint=True)))
     off, _ = engine.merge_state_dict(R.from_dict(fam_recipe(disjoint=False)))
     base = _load(M.zoo_path("base"))

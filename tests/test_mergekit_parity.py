@@ -223,7 +223,7 @@ def test_exported_yaml_gives_mergekits_tensors(family, method, base, experts, pe
     from mergekit.options import MergeOptions
     from safetensors.torch import load_file
 
-    from core import engine
+    from core.merge import engine
     from core.recipe import ModelEntry, Recipe, to_mergekit_yaml
 
     paths, root = family

@@ -383,7 +383,7 @@ def tiny(tmp_path_factory):
 
 @pytest.mark.parametrize("method", MINE)
 def test_every_method_merges_a_real_model_through_the_engine(tiny, method):
-    from core import engine
+    from core.merge import engine
     from core.recipe import ModelEntry, Recipe
     paths, states = tiny
     experts = ["a"] if REGISTRY[method].max_models == 1 else ["a", "b"]
@@ -398,7 +398,7 @@ def test_every_method_merges_a_real_model_through_the_engine(tiny, method):
 
 
 def test_linear_without_base_averages_the_listed_models_through_the_engine(tiny):
-    from core import engine
+    from core.merge import engine
     from core.recipe import ModelEntry, Recipe
     paths, states = tiny
     recipe = Recipe("linear", None, [ModelEntry(paths["a"], {"weight": 0.5}), ModelEntry(paths["b"], {"weight": 1.5})])

@@ -124,7 +124,7 @@ def test_scores_are_fractions_of_hits():
 # ------------------------------------------------------------- generation
 @pytest.fixture(scope="module")
 def base():
-    from core import models as M
+    from core import checkpoint as M
     return M.load_model("zoo:base", device="cpu"), M.load_tokenizer("zoo:base")
 
 

@@ -26,8 +26,10 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from core import ROOT, ZOO_DIR, engine, limits
-from core import models as M
+from core import ROOT, ZOO_DIR, policy
+from core.checkpoint.reader import FileReader
+from core.merge import engine
+from core import checkpoint as M
 from core.__main__ import main
 from core.errors import UserError
 
@@ -464,7 +466,7 @@ def test_ctrl_c_on_the_command_line(fam, tmp_path, capsys, monkeypatch):
 
 _KILLABLE = r"""
 import os, sys, time
-import core.engine as e
+import core.merge.engine as e
 real, n = e.ShardWriter.add, [0]
 def add(self, name, t):
     n[0] += 1
@@ -527,9 +529,9 @@ def test_a_live_merges_temp_folder_is_not_removed(tmp_path):
 def test_merge_over_the_memory_budget_is_refused_before_loading(fam, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MERGE_EXPLORER_MEMORY_BUDGET_GB", "0.0001")   # 105 KB
     opened = []
-    monkeypatch.setattr(engine.FileReader, "_locate", lambda self, name: opened.append(name))
+    monkeypatch.setattr(FileReader, "_locate", lambda self, name: opened.append(name))
     infos = [M.inspect(str(fam / n)) for n in ("base", "safety", "math")]
-    need = limits.fmt_bytes(limits.merge_estimate(infos[0], infos[1:]))
+    need = policy.fmt_bytes(policy.merge_estimate(infos[0], infos[1:]))
     assert need == "1 MB"
     merge_refused(fam, tmp_path, capsys, ta(fam, str(fam / "safety"), str(fam / "math")),
                   f"Merging 2 models into '{fam / 'base'}' needs about {need} of memory but only 105 KB is free",
@@ -541,30 +543,30 @@ def test_memory_estimates_by_hand(fam):
     base = M.inspect(str(fam / "base"))
     largest = max(t.numel for t in base.tensors.values())
     n = base.n_params
-    assert limits.merge_estimate(base, [base, base]) == 6 * largest * 4
-    assert limits.merge_estimate(base, [base], needs_grad=True) == 5 * largest * 4 + 3 * n * 4
+    assert policy.merge_estimate(base, [base, base]) == 6 * largest * 4
+    assert policy.merge_estimate(base, [base], needs_grad=True) == 5 * largest * 4 + 3 * n * 4
     # live: merged state dict in the output dtype + cached float32 inputs (the family is small)
-    assert limits.merge_estimate(base, [base], live=True, out_bytes=2) == 5 * largest * 4 + n * 2 + 2 * n * 4
-    assert limits.load_estimate([base] * 3, 2) == int(3 * n * 2 * limits.CHAT_OVERHEAD)
+    assert policy.merge_estimate(base, [base], live=True, out_bytes=2) == 5 * largest * 4 + n * 2 + 2 * n * 4
+    assert policy.load_estimate([base] * 3, 2) == int(3 * n * 2 * policy.CHAT_OVERHEAD)
 
 
 def test_chat_and_load_over_the_budget(fam, monkeypatch):
     refs = [str(fam / n) for n in ("base", "safety", "math")]
-    one = limits.load_estimate([M.inspect(refs[0])])
-    monkeypatch.setenv("MERGE_EXPLORER_MEMORY_BUDGET_GB", str(1.5 * one / limits.GB))
-    limits.check_chat(refs[:1])                       # one model fits
+    one = policy.load_estimate([M.inspect(refs[0])])
+    monkeypatch.setenv("MERGE_EXPLORER_MEMORY_BUDGET_GB", str(1.5 * one / policy.GB))
+    policy.check_chat(refs[:1])                       # one model fits
     with pytest.raises(UserError, match=r"Loading '.*base', '.*safety', '.*math' needs about 1[01] MB"):
-        limits.check_chat(refs)                       # three at once do not
-    monkeypatch.setenv("MERGE_EXPLORER_MEMORY_BUDGET_GB", str(0.5 * one / limits.GB))
+        policy.check_chat(refs)                       # three at once do not
+    monkeypatch.setenv("MERGE_EXPLORER_MEMORY_BUDGET_GB", str(0.5 * one / policy.GB))
     with pytest.raises(UserError, match=r"Loading '.*base' needs about"):
         M.load_model(refs[0], device="cpu")
     monkeypatch.setenv("MERGE_EXPLORER_MEMORY_BUDGET_GB", "lots")
     with pytest.raises(UserError, match="must be a number of gigabytes"):
-        limits.check_chat(refs[:1])
+        policy.check_chat(refs[:1])
 
 
 def test_budget_defaults_to_memavailable():
-    avail, source = limits.available_bytes()
+    avail, source = policy.available_bytes()
     if not os.path.exists("/proc/meminfo"):
         assert avail is None
         return
@@ -595,7 +597,7 @@ def test_space_mode_allowed_paths_and_symlinks(fam, tmp_path, capsys, monkeypatc
         os.symlink(tmp_path, link)            # inside an allowed root, pointing outside it
     (tmp_path / "x").mkdir()
     refused(["compat", fam / "base", link / "x"], capsys, "outside the folders this Space may read")
-    assert not limits._under(str(fam) + "-evil", limits.allowed_roots())   # a prefix of the name is not a parent
+    assert not policy._under(str(fam) + "-evil", policy.allowed_roots())   # a prefix of the name is not a parent
 
 
 def test_space_mode_hub_ids(monkeypatch, capsys):
@@ -613,7 +615,7 @@ def test_space_mode_hub_ids(monkeypatch, capsys):
 
 def test_space_mode_refuses_opt_ins_and_foreign_output_folders(fam, tmp_path, monkeypatch):
     monkeypatch.setenv("SPACE_ID", "someone/merge-explorer")      # on by default on a Space
-    assert limits.space_mode()
+    assert policy.space_mode()
     with pytest.raises(UserError, match="does not run custom model code"):
         M.inspect("zoo:base", trust_remote_code=True)
     with pytest.raises(UserError, match="does not open pickled weights"):
@@ -625,7 +627,7 @@ def test_space_mode_refuses_opt_ins_and_foreign_output_folders(fam, tmp_path, mo
                       out_dir=str(tmp_path / "elsewhere"))
     assert leftovers(str(tmp_path / "elsewhere")) == []
     monkeypatch.setenv("MERGE_EXPLORER_SPACE", "0")                # an explicit 0 wins
-    assert not limits.space_mode()
+    assert not policy.space_mode()
 
 
 # ------------------------------------------------- the process boundary
@@ -646,7 +648,7 @@ def test_real_process_user_error_is_one_sentence_exit_2(fam, tmp_path):
 
 
 def test_real_process_internal_error_keeps_the_traceback_in_the_log(fam, tmp_path):
-    code = ("import sys, core.engine as e\n"
+    code = ("import sys, core.merge.engine as e\n"
             "def boom(*a, **k): raise ZeroDivisionError('bug')\n"
             "e.plan = boom\n"
             "from core.__main__ import main\n"

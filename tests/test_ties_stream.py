@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from core import engine
+from core.merge import engine, walk
 from core.methods import REGISTRY
 from core.methods._threshold import TopK, top_k_mask
 from core.recipe import ModelEntry, Recipe
@@ -131,7 +131,7 @@ def test_streamed_ties_equals_whole_tensor_ties(bf16_family, tmp_path, monkeypat
     spec = REGISTRY["ties"]
     hook = spec.delta_stats
     monkeypatch.setattr(spec, "delta_stats", lambda *a: calls.append(a[0].numel()) or hook(*a))
-    monkeypatch.setattr(engine, "CHUNK_ELEMS", 100)  # blocks of ~100 entries
+    monkeypatch.setattr(walk, "CHUNK_ELEMS", 100)  # blocks of ~100 entries
     engine.run_merge(recipe, out_dir=str(tmp_path / "m"))
     got = load_file(str(tmp_path / "m" / "model.safetensors"))
     # the two 2-D tensors went through the pre-pass, one call per expert
@@ -148,7 +148,7 @@ def test_streamed_ties_equals_whole_tensor_ties(bf16_family, tmp_path, monkeypat
 def test_streamed_ties_matches_hand_trim_on_one_tensor(bf16_family, tmp_path, monkeypatch):
     """One expert, weight 1: the result is the expert's kept half, ties by index."""
     from safetensors.torch import load_file
-    monkeypatch.setattr(engine, "CHUNK_ELEMS", 100)
+    monkeypatch.setattr(walk, "CHUNK_ELEMS", 100)
     recipe = Recipe("ties", bf16_family["base"], [ModelEntry(bf16_family["a"], {"density": 0.5})], {}, "float32")
     engine.run_merge(recipe, out_dir=str(tmp_path / "one"))
     got = load_file(str(tmp_path / "one" / "model.safetensors"))

@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import load, load_file
 
-from core import models as M
+from core import checkpoint as M
 from core import service
 from ui import app as A
 from ui import controls as C

@@ -12,7 +12,8 @@ import sys
 import pytest
 import torch
 
-from core import PROBES_DIR, ROOT, ZOO_DIR, models
+from core import PROBES_DIR, ROOT, ZOO_DIR
+from core import checkpoint as models
 from core.errors import UserError
 from core.zoo import data
 

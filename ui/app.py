@@ -158,7 +158,7 @@ def method_changed(method, *experts_tasks):
 
 # ------------------------------------------------------------------ merge
 def _ensure_model(sess: S.Session, base: str, cb) -> None:
-    from core import models as M
+    from core import checkpoint as M
     if sess.model is not None and sess.base_ref == base:
         return
     cb(0.0, f"loading {base}")

@@ -82,7 +82,7 @@ def _rows(recipe, glob: dict, n: int) -> list[dict]:
 def analyse(recipe, infos=None, progress=None) -> dict:
     """MI, coefficients and everything the UI plots (see service.acm_analysis)."""
     from .. import activations
-    from .. import engine
+    from ..merge import engine
     from ..errors import UserError
     p = engine.plan(recipe, infos)
     glob = p.global_params

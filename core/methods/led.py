@@ -74,7 +74,7 @@ class Plan:
     """Everything LED decides from the recipe before any score is computed."""
 
     def __init__(self, recipe, infos=None):
-        from .. import engine
+        from ..merge import engine
         from .. import importance
         from .. import recipe as R
         from ..errors import UserError
@@ -192,7 +192,7 @@ _OUTSIDE = {"embed": "embed", "final_norm": "norm", "head": "lm_head"}
 def analyse(recipe, infos=None, progress=None) -> dict:
     """What the UI plots; the schema is documented in core.service.led_analysis."""
     from .. import masks
-    from .. import models as M
+    from .. import checkpoint as M
     prep = prepare(recipe, infos, progress)
     plan = prep.plan
     experts = [e.ref for e in plan.experts]

@@ -184,7 +184,7 @@ def merge_estimate(base, sources: list, *, live: bool = False, needs_grad: bool 
     n = _float_numel(base)
     if live:
         need += n * out_bytes
-        from .engine import CACHE_BYTES  # the engine's own threshold for caching inputs
+        from .merge.walk import CACHE_BYTES  # the engine's own threshold for caching inputs
         if n * 4 * (1 + len(sources)) <= CACHE_BYTES:
             need += n * 4 * (1 + len(sources))
     if needs_grad:
@@ -216,7 +216,7 @@ def check_chat(models: list, bytes_per_param: float = 4) -> None:
     """Call before loading the models of a side-by-side chat, all of them at
     once (each alone may fit while three together do not). ``models`` are
     ModelInfo or references; references are inspected (headers only)."""
-    from .models import inspect
+    from .checkpoint import inspect
     infos = [inspect(m) if isinstance(m, str) else m for m in models]
     names = ", ".join(f"'{i.ref}'" for i in infos)
     check_memory(load_estimate(infos, bytes_per_param), f"Loading {names}")

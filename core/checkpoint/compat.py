@@ -1,0 +1,75 @@
+"""Whether a base and experts can be merged: same family, same tensor names
+and shapes (a grown vocabulary is allowed), every reason in one place."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .headers import ModelInfo
+from .naming import is_vocab_tensor
+
+@dataclass
+class CompatReport:
+    """Whether base + experts can be merged, with every reason in one place."""
+    ok: bool
+    problems: list[str] = field(default_factory=list)   # each blocks the merge
+    notes: list[str] = field(default_factory=list)      # handled, but worth saying
+    vocab_extra: dict[str, int] = field(default_factory=dict)  # expert ref -> extra rows
+    rows: list[dict] = field(default_factory=list)      # one per model, for a table
+
+    def sentence(self) -> str:
+        return self.problems[0] if self.problems else "Compatible."
+
+
+
+
+def compatibility(base: ModelInfo, experts: Iterable[ModelInfo]) -> CompatReport:
+    """Same family, same tensor names and shapes; vocab growth is allowed."""
+    experts = list(experts)
+    rep = CompatReport(ok=True)
+    rep.rows.append(_row(base, "base"))
+    seen = {base.path}
+    for e in experts:
+        rep.rows.append(_row(e, "expert"))
+        if e.path in seen:
+            rep.problems.append(f"'{e.ref}' is listed twice (or is the base); each model may appear once.")
+            continue
+        seen.add(e.path)
+        if e.config.get("model_type") != base.config.get("model_type") or e.architecture != base.architecture:
+            rep.problems.append(f"'{e.ref}' is a {e.architecture} but the base '{base.ref}' is a {base.architecture}; only models of one architecture merge.")
+            continue
+        if e.n_layers != base.n_layers:
+            rep.problems.append(f"'{e.ref}' has {e.n_layers} layers but the base has {base.n_layers}; it was not fine-tuned from this base.")
+            continue
+        missing = sorted(set(base.tensors) - set(e.tensors))
+        extra = sorted(set(e.tensors) - set(base.tensors))
+        if missing or extra:
+            what = f"lacks '{missing[0]}'" if missing else f"has an extra tensor '{extra[0]}'"
+            rep.problems.append(f"'{e.ref}' {what}; its tensor names do not match the base.")
+            continue
+        for k, bt in base.tensors.items():
+            et = e.tensors[k]
+            if et.shape == bt.shape:
+                continue
+            if is_vocab_tensor(k) and et.shape[1:] == bt.shape[1:] and et.shape[0] > bt.shape[0]:
+                rep.vocab_extra[e.ref] = et.shape[0] - bt.shape[0]
+                continue
+            if is_vocab_tensor(k) and et.shape[1:] == bt.shape[1:]:
+                # the shapes alone did not say this is about the vocabulary
+                rep.problems.append(f"'{e.ref}' has a smaller vocabulary than the base ({et.shape[0]} rows in {k}, "
+                                    f"the base has {bt.shape[0]}); only an expert that adds tokens can be merged.")
+                break
+            rep.problems.append(f"'{e.ref}' has {k} of shape {list(et.shape)} but the base has {list(bt.shape)}.")
+            break
+        if e.ref in rep.vocab_extra:
+            rep.notes.append(f"'{e.ref}' adds {rep.vocab_extra[e.ref]} tokens to the vocabulary: shared rows are merged, its extra rows are kept as they are.")
+    if not experts:
+        rep.problems.append("No experts chosen: pick at least one model to merge into the base.")
+    rep.ok = not rep.problems
+    return rep
+
+
+def _row(m: ModelInfo, role: str) -> dict:
+    return {"role": role, "model": m.ref, "architecture": m.architecture, "layers": m.n_layers,
+            "vocab": m.vocab_size, "params (M)": round(m.n_params / 1e6, 2),
+            "size (MB)": round(m.nbytes / 2**20, 1)}

@@ -1,0 +1,139 @@
+"""Loading a model for generation: device, dtype, threads, quantization."""
+from __future__ import annotations
+
+import threading
+
+import torch
+
+from .. import policy
+from ..errors import UserError
+from .headers import inspect
+from .refs import resolve
+
+def pick_device(prefer: str = "auto") -> str:
+    if prefer != "auto":
+        return prefer
+    if torch.cuda.is_available():
+        return "cuda"
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def default_dtype(device: str) -> torch.dtype:
+    """fp32 on CPU (bf16 matmuls are slow there); bf16 on CUDA when supported."""
+    if device == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device == "mps":
+        return torch.float16
+    return torch.float32
+
+
+_SMALL_MODEL_PARAMS = 50_000_000
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 0
+
+
+class cpu_threads_for:
+    """Run a small model's generation on one CPU thread, then restore.
+
+    Why: for a model of a few million parameters each matmul is tiny and
+    intra-op threads only add synchronisation; on a shared 2-core machine
+    two spinning threads made the built-in family's probe run 3-15x slower
+    (3 s with one thread against 10-50 s with two, measured under load).
+    Larger models and GPUs keep torch's setting. Counted, so concurrent
+    users (one thread per chat model) restore the setting only once.
+    """
+
+    def __init__(self, model):
+        self.small = False
+        try:
+            dev = next(model.parameters()).device.type
+            self.small = dev == "cpu" and sum(p.numel() for p in model.parameters()) <= _SMALL_MODEL_PARAMS
+        except (StopIteration, AttributeError, TypeError):
+            pass
+
+    def __enter__(self):
+        global _threads_users, _threads_saved
+        if self.small:
+            with _threads_lock:
+                if _threads_users == 0:
+                    _threads_saved = torch.get_num_threads()
+                    torch.set_num_threads(1)
+                _threads_users += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _threads_users
+        if self.small:
+            with _threads_lock:
+                _threads_users -= 1
+                if _threads_users == 0:
+                    torch.set_num_threads(_threads_saved)
+
+
+def quantization_status() -> dict[str, str]:
+    """Which bitsandbytes modes can run here, and why not when they cannot.
+
+    Returns {"8bit": reason-or-"", "4bit": reason-or-""}; an empty string
+    means available. Merging always happens in float precision (quantized
+    weights cannot be merged); quantization is for chat and probes only.
+    """
+    if not torch.cuda.is_available():
+        why = "No CUDA GPU on this machine; 8-bit and 4-bit loading are offered only on a GPU."
+        return {"8bit": why, "4bit": why}
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as exc:
+        why = f"bitsandbytes is not usable here ({type(exc).__name__}); install bitsandbytes for 8/4-bit loading."
+        return {"8bit": why, "4bit": why}
+    try:
+        import accelerate  # noqa: F401  (transformers needs it for bitsandbytes loading)
+    except Exception:
+        why = "8/4-bit loading needs the accelerate package, which is not installed."
+        return {"8bit": why, "4bit": why}
+    return {"8bit": "", "4bit": ""}
+
+
+def load_tokenizer(ref: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+    path = resolve(ref)
+    try:
+        return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:
+        raise UserError(f"Cannot load the tokenizer of '{ref}' ({type(exc).__name__}: {str(exc)[:120]}).")
+
+
+def load_model(ref: str, *, device: str = "auto", dtype: torch.dtype | None = None,
+               quantization: str | None = None, trust_remote_code: bool = False, allow_pickle: bool = False):
+    """Load a model for generation (eval mode), optionally 8/4-bit.
+
+    ``allow_pickle`` loads a .bin-only model from its safetensors copy (see
+    _convert_pickled); it is off unless the user opts in.
+    """
+    from transformers import AutoModelForCausalLM
+    info = inspect(ref, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    device = pick_device(device)
+    kwargs: dict = {"dtype": dtype or default_dtype(device), "trust_remote_code": trust_remote_code}
+    if quantization in ("8bit", "4bit"):
+        why = quantization_status()[quantization]
+        if why:
+            raise UserError(why)
+        from transformers import BitsAndBytesConfig
+        kwargs["quantization_config"] = (BitsAndBytesConfig(load_in_8bit=True) if quantization == "8bit"
+                                         else BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_compute_dtype=default_dtype("cuda"),
+                                                                 bnb_4bit_quant_type="nf4"))
+        kwargs["device_map"] = {"": 0}
+    if quantization not in ("8bit", "4bit"):
+        # loaded into RAM first (then moved): refuse before the OOM killer does
+        policy.check_memory(policy.load_estimate([info], torch.empty((), dtype=kwargs["dtype"]).element_size()),
+                            f"Loading '{ref}'")
+    try:
+        model = AutoModelForCausalLM.from_pretrained(info.path, **kwargs)
+    except Exception as exc:
+        raise UserError(f"Cannot load '{ref}' ({type(exc).__name__}: {str(exc)[:160]}).")
+    if quantization not in ("8bit", "4bit"):
+        model.to(device)
+    model.eval()
+    return model

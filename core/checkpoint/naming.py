@@ -1,0 +1,37 @@
+"""What a tensor name says: its decoder layer, its module kind, whether its
+rows are the vocabulary."""
+from __future__ import annotations
+
+import re
+
+# tensors whose first dimension is the vocabulary
+VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight")
+
+
+def is_vocab_tensor(name: str) -> bool:
+    return name.endswith(VOCAB_TENSORS) or name.endswith("wte.weight")
+
+
+
+def layer_of(name: str) -> int | None:
+    """Decoder layer index of a tensor name, or None for embeddings/head/final norm."""
+    m = re.search(r"\.layers\.(\d+)\.", name) or re.search(r"\.h\.(\d+)\.", name)
+    return int(m.group(1)) if m else None
+
+
+MODULE_KINDS = ("q", "k", "v", "o", "gate", "up", "down", "attn_norm", "mlp_norm")
+
+
+def module_of(name: str) -> str:
+    """Short module kind used by figures: q,k,v,o,gate,up,down,norms,embed,head."""
+    table = [("q_proj", "q"), ("k_proj", "k"), ("v_proj", "v"), ("o_proj", "o"),
+             ("gate_proj", "gate"), ("up_proj", "up"), ("down_proj", "down"),
+             ("input_layernorm", "attn_norm"), ("post_attention_layernorm", "mlp_norm"),
+             ("embed_tokens", "embed"), ("lm_head", "head")]
+    for key, short in table:
+        if key in name:
+            return short
+    if name.endswith("norm.weight"):
+        return "final_norm"
+    return "other"
+

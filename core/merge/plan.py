@@ -1,0 +1,107 @@
+"""The merge plan: everything decided before any weight is read."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .. import checkpoint as M
+from .. import recipe as R
+from ..checkpoint.writer import _ST_NAMES
+from ..errors import UserError
+
+_FLOAT_ST = ("F64", "F32", "F16", "BF16")
+
+
+@dataclass
+class _Plan:
+    """Everything decided before any weight is read."""
+    spec: object
+    base: M.ModelInfo                     # reference model (base, or models[0])
+    sources: list[M.ModelInfo]            # one per task vector; None-free
+    model_params: list[dict]
+    global_params: dict
+    zero_first: bool                      # sources[0] is the base itself (zero task vector)
+    labels: list[str]
+    names: list[str]                      # walk order
+    grow_from: M.ModelInfo | None         # expert whose extra vocab rows are kept
+    grow_index: int                       # its position among the readers
+    notes: list[str]
+    seed: int
+    infos: dict
+
+
+def tensor_order(name: str) -> tuple:
+    """Embeddings first, then layer by layer, then the final norm and head,
+    so progress 'tensor i of n' moves through the network in order."""
+    layer = M.layer_of(name)
+    if layer is None:
+        return (0 if M.module_of(name) == "embed" else 2, 0, name)
+    return (1, layer, name)
+
+
+def _infos_for(recipe: R.Recipe, infos) -> dict[str, M.ModelInfo]:
+    """ModelInfo per reference as written in the recipe (base_model and each model)."""
+    if isinstance(infos, (list, tuple)):
+        infos = {i.ref: i for i in infos}
+    infos = dict(infos or {})
+    refs = ([recipe.base_model] if recipe.base_model else []) + [m.model for m in recipe.models]
+    for ref in refs:
+        if ref not in infos:
+            infos[ref] = M.inspect(ref)
+    return infos
+
+
+def plan(recipe: R.Recipe, infos=None) -> _Plan:
+    """Validate the recipe, inspect headers, check compatibility; no weights read."""
+    R.validate(recipe)
+    from ..methods import get
+    spec = get(recipe.merge_method)
+    per, glob = R.resolve_params(recipe, spec)
+    infos = _infos_for(recipe, infos)
+    idx = R.contributors(recipe, spec)
+    zero_first = False
+    if recipe.base_model:
+        base = infos[recipe.base_model]
+        if not spec.needs_base and recipe.base_model in [m.model for m in recipe.models]:
+            # listed as a model too: it joins the average with a zero task vector
+            j = [m.model for m in recipe.models].index(recipe.base_model)
+            idx = [j] + [i for i in idx if i != j]
+            zero_first = True
+    else:
+        # no base (linear): models[0] is the reference and joins the average
+        # with its zero task vector, so only the listed models are averaged
+        base = infos[recipe.models[0].model]
+        zero_first = True
+    sources = [infos[recipe.models[i].model] for i in idx]
+    experts = sources[1:] if zero_first else sources
+    rep = M.compatibility(base, experts) if experts else M.CompatReport(ok=True)
+    if not rep.ok:
+        raise UserError(rep.sentence())
+    notes = list(rep.notes)
+    grow_from, grow_index = None, -1
+    for k, e in enumerate(experts):
+        if e.ref in rep.vocab_extra:
+            grow_from, grow_index = e, k
+            break
+    if grow_from is not None:
+        others = [e.ref for e in experts if e.ref in rep.vocab_extra and e is not grow_from]
+        notes.append(f"The vocabulary grows to {grow_from.vocab_size or '?'} tokens: the extra embedding rows, "
+                     f"the tokenizer and the config come from '{grow_from.ref}'" +
+                     (f"; the extra rows of {', '.join(others)} are dropped." if others else "."))
+    names = sorted(base.tensors, key=tensor_order)
+    seed = int(glob.get("seed", recipe.parameters.get("seed", 0)) or 0)
+    return _Plan(spec=spec, base=base, sources=sources, model_params=[per[i] for i in idx],
+                 global_params=glob, zero_first=zero_first, labels=[s.ref for s in sources], names=names,
+                 grow_from=grow_from, grow_index=grow_index, notes=notes, seed=seed, infos=infos)
+
+
+def _out_meta(p: _Plan, name: str, dtype: torch.dtype) -> tuple[str, tuple[int, ...]]:
+    """(safetensors dtype, shape) of one output tensor, known before computing it."""
+    meta = p.base.tensors[name]
+    if meta.dtype not in _FLOAT_ST:
+        return meta.dtype, meta.shape
+    shape = meta.shape
+    if p.grow_from is not None and M.is_vocab_tensor(name):
+        shape = p.grow_from.tensors[name].shape
+    return _ST_NAMES[dtype], shape

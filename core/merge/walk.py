@@ -1,0 +1,380 @@
+"""The walk over tensors: read inputs, call the method, hand results to a sink."""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+from typing import Callable
+
+import torch
+
+from .. import checkpoint as M
+from ..checkpoint.reader import FileReader
+from ..errors import UserError
+from ..methods.base import TensorContext
+from .plan import _FLOAT_ST, _out_meta, _Plan
+from .result import MergeResult, TensorStats
+
+Progress = Callable[[float, str], None]
+
+# inputs are cached as float32 in memory for the UI's re-merge loop only
+# when they are this small (the built-in family is a few MB)
+CACHE_BYTES = int(os.environ.get("MERGE_EXPLORER_ENGINE_CACHE_MB", "512")) * 2**20
+
+
+# Elementwise methods (entry i of the result depends only on entry i of the
+# inputs) are fed row blocks of about this many entries: every pass of the
+# method then runs in cache instead of memory, and no float32 copy of a
+# whole tensor is ever made. A method whose blocks need per-tensor numbers
+# first (TIES's thresholds) gets them from its ``delta_stats`` hook, run on
+# one whole task vector at a time in a scratch buffer. Methods with other
+# per-tensor work (cosines, SVDs, DARE's masks) always see whole tensors.
+CHUNK_ELEMS = 1 << 18
+
+
+@contextlib.contextmanager
+def _one_thread(on: bool):
+    """torch on one thread while row blocks are merged.
+
+    A block is ~1 MB, so splitting each of its ~30 passes across threads is
+    mostly synchronisation, and on a busy machine a thread that waits for a
+    descheduled partner spins: on the shared 2-core box (load 5) the 0.5B
+    TIES merge took 258 s on 2 threads and 29 s on one. The setting is
+    process-wide, so it is restored as soon as the walk ends.
+    """
+    old = torch.get_num_threads()
+    if not on or old == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def elementwise(spec) -> bool:
+    """The spec says so itself (MethodSpec.elementwise, off by default)."""
+    return bool(getattr(spec, "elementwise", False))
+
+
+def _chunked(p: _Plan, name: str) -> bool:
+    meta = p.base.tensors[name]
+    return (elementwise(p.spec) and p.spec.prepare is None and meta.dtype in _FLOAT_ST
+            and len(meta.shape) >= 1 and meta.numel > CHUNK_ELEMS)
+
+
+class _Buffers:
+    """Work buffers reused for every tensor of a streamed merge: fresh large
+    allocations cost a page fault per 4 KiB, which made up a third of the
+    merge time. Whole-tensor float32 buffers are sized for the largest
+    tensor that is not fed in row blocks."""
+
+    def __init__(self, p: _Plan, n_readers: int, device: str, dtype: torch.dtype):
+        floats = [n for n in p.names if p.base.tensors[n].dtype in _FLOAT_ST]
+        self.chunked = {n for n in floats if _chunked(p, n)}
+        whole = [n for n in floats if n not in self.chunked]
+        infos = [p.base] + list(p.sources)
+        numel = max((p.base.tensors[n].numel for n in whole), default=1)
+        raw = max((i.tensors[n].nbytes for i in infos for n in whole), default=1)
+        self.base = torch.empty(numel, dtype=torch.float32, device=device)
+        self.deltas = [torch.empty(numel, dtype=torch.float32, device=device) for _ in range(n_readers)]
+        self.staging = torch.empty(raw, dtype=torch.uint8)
+        self.zero = torch.empty(numel, dtype=torch.float32, device=device) if p.zero_first else None
+        out_numel = max((_numel(_out_meta(p, n, dtype)[1]) for n in (floats if self.chunked else whole)), default=1)
+        self.out = torch.empty(out_numel, dtype=dtype, device=device) \
+            if dtype != torch.float32 or self.chunked else None
+        # row-block buffers: a block is at least one row
+        rows = [p.base.tensors[n].numel // p.base.tensors[n].shape[0] for n in self.chunked]
+        block = max([CHUNK_ELEMS] + rows) if self.chunked else 0
+        self.block = block
+        self.cbase = torch.empty(block, dtype=torch.float32, device=device)
+        self.cdeltas = [torch.empty(block, dtype=torch.float32, device=device) for _ in range(n_readers)]
+        self.czero = torch.empty(block, dtype=torch.float32, device=device) if p.zero_first else None
+        self.cstaging = [torch.empty(block * 8, dtype=torch.uint8) for _ in range(n_readers + 1)] if block else []
+        # one whole float32 task vector for the delta_stats pre-pass
+        stats_numel = max((p.base.tensors[n].numel for n in self.chunked), default=0) \
+            if getattr(p.spec, "delta_stats", None) is not None else 0
+        self.scratch = torch.empty(stats_numel, dtype=torch.float32, device=device)
+
+
+def _slot(buf: torch.Tensor, shape) -> torch.Tensor:
+    return buf[:_numel(shape)].view(shape)
+
+
+class _Inputs:
+    """Open readers (and, for small models, float32 task vectors) for one set
+    of models, kept between calls so the UI's re-merge after every slider
+    move does not re-open files or re-read weights."""
+
+    def __init__(self, p: _Plan, device: str, cache: bool):
+        self.key = _inputs_key(p, device)
+        self.device = device
+        self.base_reader = FileReader(p.base)
+        self.readers = [FileReader(s) for s in (p.sources[1:] if p.zero_first else p.sources)]
+        self.cache_on = cache
+        self._cache: dict[str, tuple] = {}
+
+    def _load(self, reader: FileReader, name: str, dst: torch.Tensor | None, bufs: _Buffers | None,
+              rows: int | None = None, minus: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(float32 tensor cut to ``rows``, less ``minus`` if given; float32 extra rows or None).
+
+        Written into ``dst`` when given. Convert first, then subtract in
+        place: torch's mixed-dtype ``sub(out=)`` allocates hidden temporaries
+        and measured 2.5x slower.
+        """
+        raw = reader.read(name, bufs.staging if bufs is not None else None)
+        extra = None
+        if rows is not None and raw.shape[0] > rows:
+            extra = raw[rows:].to(torch.float32, copy=True)   # kept past the staging buffer's reuse
+            raw = raw[:rows]
+        if dst is None:
+            t = raw.to(self.device, torch.float32, copy=True)
+            return (t.sub_(minus) if minus is not None else t), extra
+        dst.copy_(raw)
+        return (dst.sub_(minus) if minus is not None else dst), extra
+
+    def get(self, name: str, n_rows: int | None, bufs: _Buffers | None = None
+            ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor | None]]:
+        """(θ₀ float32, [τᵢ] cut to the base's rows, [extra vocab rows of each expert or None]).
+
+        With ``bufs`` the tensors are views of the reused buffers, valid
+        until the next call. Cached tensors are cloned on the way out:
+        methods are meant to be pure, but one that works in place must not
+        poison the next re-merge.
+        """
+        hit = self._cache.get(name)
+        if hit is not None:
+            b, ds, xs = hit
+            return b.clone(), [d.clone() for d in ds], xs
+        shape = self.base_reader.info.tensors[name].shape
+        use = bufs if not self.cache_on else None
+        base, _ = self._load(self.base_reader, name, _slot(use.base, shape) if use else None, use)
+        deltas, extras = [], []
+        for i, r in enumerate(self.readers):
+            t, extra = self._load(r, name, _slot(use.deltas[i], shape) if use else None, use, n_rows, base)
+            deltas.append(t)
+            extras.append(extra)
+        if self.cache_on:
+            self._cache[name] = (base, deltas, extras)
+            return base.clone(), [d.clone() for d in deltas], extras
+        return base, deltas, extras
+
+    def culprit(self, name: str) -> None:
+        """Name the model whose tensor holds NaN/Inf (called only after a norm was not finite)."""
+        for r in [self.base_reader] + self.readers:
+            if _has_nonfinite(r.read(name).to(torch.float32)):
+                raise UserError(f"Tensor '{name}' of '{r.info.ref}' contains NaN or Inf values; nothing was written.")
+
+    def close(self) -> None:
+        self.base_reader.close()
+        for r in self.readers:
+            r.close()
+        self._cache.clear()
+
+
+
+
+_LAST_INPUTS: _Inputs | None = None
+
+
+def _inputs_key(p: _Plan, device: str) -> tuple:
+    srcs = [p.base] + list(p.sources)
+    return (device,) + tuple((s.path, s.fingerprint()) for s in srcs)
+
+
+def _inputs(p: _Plan, device: str, live: bool) -> _Inputs:
+    """Reuse the last set of readers when the models are the same files."""
+    global _LAST_INPUTS
+    key = _inputs_key(p, device)
+    n_models = 1 + len(p.sources)
+    cache = live and p.base.n_params * 4 * n_models <= CACHE_BYTES
+    if _LAST_INPUTS is not None and _LAST_INPUTS.key == key:
+        _LAST_INPUTS.cache_on = _LAST_INPUTS.cache_on or cache
+        return _LAST_INPUTS
+    if _LAST_INPUTS is not None:
+        _LAST_INPUTS.close()
+    _LAST_INPUTS = _Inputs(p, device, cache)
+    return _LAST_INPUTS
+
+
+def _has_nonfinite(t: torch.Tensor) -> bool:
+    """A sum is one fast pass; only when it is not finite (NaN/Inf present,
+    or a harmless overflow) is the exact element test run."""
+    if not t.is_floating_point() or not t.numel() or torch.isfinite(t.sum()):
+        return False
+    return not bool(torch.isfinite(t).all())
+
+
+def _numel(shape) -> int:
+    n = 1
+    for s in shape:
+        n *= int(s)
+    return n
+
+
+
+def _merge_rows(p: _Plan, inputs: _Inputs, name: str, bufs: _Buffers, dtype: torch.dtype,
+                ctx: TensorContext) -> tuple[torch.Tensor, list[float], float]:
+    """An elementwise method fed row blocks; returns (output, ‖τᵢ‖, ‖τ‖)."""
+    meta = p.base.tensors[name]
+    shape = tuple(meta.shape)
+    rows = shape[0]
+    per = max(1, bufs.block // (meta.numel // rows))
+    out = _slot(bufs.out, _out_meta(p, name, dtype)[1])
+    norm = torch.linalg.vector_norm
+    ssq = [0.0] * len(inputs.readers)
+    merged = 0.0
+    row = meta.numel // rows
+    if getattr(p.spec, "delta_stats", None) is not None:
+        ctx = dataclasses.replace(ctx, aux={**ctx.aux, "delta_stats": _delta_stats(p, inputs, name, bufs, per)})
+    for a in range(0, rows, per):
+        b = min(rows, a + per)
+        cshape = (b - a,) + shape[1:]
+        base = _slot(bufs.cbase, cshape).copy_(inputs.base_reader.read_rows(name, a, b, bufs.cstaging[0]))
+        deltas = []
+        for i, r in enumerate(inputs.readers):
+            d = _slot(bufs.cdeltas[i], cshape).copy_(r.read_rows(name, a, b, bufs.cstaging[i + 1])).sub_(base)
+            ssq[i] += float(norm(d)) ** 2
+            deltas.append(d)
+        if p.zero_first:
+            deltas = [_slot(bufs.czero, cshape).zero_()] + deltas
+        delta = p.spec.fn(base, deltas, p.model_params, p.global_params, dataclasses.replace(ctx, offset=a * row))
+        if tuple(delta.shape) != cshape:
+            raise RuntimeError(f"{p.spec.name} returned shape {list(delta.shape)} for a block of {name} {list(cshape)}")
+        if delta.dtype != torch.float32 or delta.device != base.device:
+            delta = delta.to(base.device, torch.float32)
+        merged += float(norm(delta)) ** 2
+        if delta.is_contiguous() and delta.untyped_storage().data_ptr() != base.untyped_storage().data_ptr():
+            out[a:b].copy_(delta.add_(base))
+        else:
+            out[a:b].copy_(torch.add(base, delta))
+    if M.is_vocab_tensor(name) and p.grow_from is not None:
+        r = inputs.readers[p.grow_index]
+        total = r.info.tensors[name].shape[0]
+        for a in range(rows, total, per):
+            b = min(total, a + per)
+            raw = r.read_rows(name, a, b, bufs.cstaging[0])
+            if _has_nonfinite(raw.to(torch.float32)):
+                inputs.culprit(name)
+            out[a:b].copy_(raw)
+    return out, [x ** 0.5 for x in ssq], merged ** 0.5
+
+
+def _delta_stats(p: _Plan, inputs: _Inputs, name: str, bufs: _Buffers, per: int) -> list:
+    """The spec's delta_stats of every task vector of ``name``, one at a time.
+
+    Each τᵢ is assembled block by block in the one scratch buffer (the hook
+    may scramble it, e.g. partition it in place), so the pre-pass holds one
+    whole float32 tensor, not one per expert. A non-finite input only gives
+    meaningless statistics here; the row pass that follows names it.
+    """
+    meta = p.base.tensors[name]
+    shape = tuple(meta.shape)
+    rows = shape[0]
+    row = meta.numel // rows
+    tau = bufs.scratch[:meta.numel]
+    hook = p.spec.delta_stats
+    out = []
+    if p.zero_first:
+        out.append(hook(tau.zero_(), p.model_params[0], p.global_params))
+    for i, r in enumerate(inputs.readers):
+        for a in range(0, rows, per):
+            b = min(rows, a + per)
+            cshape = (b - a,) + shape[1:]
+            base = _slot(bufs.cbase, cshape).copy_(inputs.base_reader.read_rows(name, a, b, bufs.cstaging[0]))
+            tau[a * row:b * row].view(cshape).copy_(r.read_rows(name, a, b, bufs.cstaging[i + 1])).sub_(base)
+        out.append(hook(tau, p.model_params[len(out)], p.global_params))
+    return out
+
+
+def _finite_norm(x: float) -> bool:
+    return x == x and x != float("inf")
+
+
+def _check_range(out: torch.Tensor, dtype: torch.dtype, method: str, name: str) -> None:
+    """A finite float32 result can still overflow a half-precision output
+    (float16 tops out at 65504); the float32 norm check cannot see that."""
+    if dtype != torch.float32 and _has_nonfinite(out):
+        raise UserError(f"The {method} merge gives values too large for {str(dtype).replace('torch.', '')} in "
+                        f"tensor '{name}'; nothing was written (merge in float32 or bfloat16).")
+
+
+def _walk(p: _Plan, inputs: _Inputs, dtype: torch.dtype, emit: Callable[[str, torch.Tensor], None],
+          progress: Progress | None, prepared, result: MergeResult, bar=None, bufs: _Buffers | None = None) -> None:
+    """The hot loop: one tensor name at a time through the method.
+
+    With ``bufs`` the emitted tensor is a view of a reused buffer, so the
+    sink must consume it at once (the shard writer does); without, every
+    emitted tensor is freshly allocated and may be kept.
+    """
+    spec = p.spec
+    n = len(p.names)
+    every = max(1, n // 200)  # the UI need not hear about every tiny norm vector
+    norm = torch.linalg.vector_norm
+    for i, name in enumerate(p.names):
+        meta = p.base.tensors[name]
+        layer, module = M.layer_of(name), M.module_of(name)
+        if meta.dtype not in _FLOAT_ST:
+            # integer buffers (position ids ...) are not weights: keep the base's
+            emit(name, inputs.base_reader.read(name))
+            continue
+        vocab = M.is_vocab_tensor(name)
+        aux = prepared.aux(name) if prepared is not None else {}
+        ctx = TensorContext(name, layer, module, p.seed, aux if aux is not None else {})
+        if bufs is not None and name in bufs.chunked and not inputs.cache_on:
+            out, norms, merged_norm = _merge_rows(p, inputs, name, bufs, dtype, ctx)
+            # NaN/Inf in any input makes a task-vector norm non-finite
+            if not all(_finite_norm(x) for x in norms) or not inputs.readers:
+                inputs.culprit(name)
+            if not _finite_norm(merged_norm):
+                raise UserError(f"The {spec.name} merge produced NaN or Inf in tensor '{name}'; nothing was written.")
+            result.stats[name] = TensorStats(layer, module, merged_norm, ([0.0] if p.zero_first else []) + norms)
+            _check_range(out, dtype, spec.name, name)
+            emit(name, out)
+            if bar is not None:
+                bar.update(1)
+            if progress is not None and (i % every == 0 or i == n - 1):
+                progress((i + 1) / n, f"merged tensor {i + 1} of {n}: {name}")
+            continue
+        base, deltas, extras = inputs.get(name, meta.shape[0] if vocab else None, bufs)
+        norms = [float(norm(d)) for d in deltas]
+        # NaN/Inf in any input makes a task-vector norm non-finite (a NaN
+        # base poisons them all), so the norms double as the input check
+        if not all(_finite_norm(x) for x in norms) or not deltas:
+            inputs.culprit(name)
+        for x in extras:
+            if x is not None and _has_nonfinite(x):
+                inputs.culprit(name)
+        if p.zero_first:
+            zero = _slot(bufs.zero, meta.shape).zero_() if bufs is not None else torch.zeros_like(base)
+            deltas, norms = [zero] + deltas, [0.0] + norms
+        delta = spec.fn(base, deltas, p.model_params, p.global_params, ctx)
+        if tuple(delta.shape) != tuple(base.shape):
+            raise RuntimeError(f"{spec.name} returned shape {list(delta.shape)} for {name} {list(base.shape)}")
+        if delta.dtype != torch.float32 or delta.device != base.device:
+            delta = delta.to(base.device, torch.float32)
+        merged_norm = float(norm(delta))
+        if not _finite_norm(merged_norm):
+            raise UserError(f"The {spec.name} merge produced NaN or Inf in tensor '{name}'; nothing was written.")
+        result.stats[name] = TensorStats(layer, module, merged_norm, norms)
+        grow = vocab and p.grow_from is not None and extras[p.grow_index] is not None
+        if delta.is_contiguous() and delta.untyped_storage().data_ptr() != base.untyped_storage().data_ptr():
+            out = delta.add_(base)   # the method's result is ours unless it shares memory with θ₀
+        else:
+            out = torch.add(base, delta)
+        del delta, deltas, base
+        if grow:
+            out = torch.cat([out, extras[p.grow_index].to(out.device)], 0)
+        elif bufs is not None and bufs.out is not None and dtype != torch.float32:
+            # into a reused buffer: torch's add(out=) to another dtype
+            # allocates a float32 temporary anyway
+            out = _slot(bufs.out, out.shape).copy_(out)
+        if out.dtype != dtype:
+            out = out.to(dtype)
+        _check_range(out, dtype, spec.name, name)
+        emit(name, out)
+        if bar is not None:
+            bar.update(1)
+        if progress is not None and (i % every == 0 or i == n - 1):
+            progress((i + 1) / n, f"merged tensor {i + 1} of {n}: {name}")
