@@ -48,7 +48,8 @@ def main() -> None:
 
     import torch
     import core
-    from core import importance as I, checkpoint as M, recipe as R, service
+    from core import checkpoint as M, recipe as R, service
+    from core.methods.led import importance as I
     from core.merge import engine
     from core.methods import led
     from transformers.utils import logging as hf_logging

@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from core import probes  # noqa: E402
+from core.eval import probes  # noqa: E402
 from core.zoo import build, data  # noqa: E402
 
 ROWS = {

@@ -6,9 +6,6 @@ inside functions so `python -m core --help` and the app start fast.
 """
 from __future__ import annotations
 
-import json
-import sys
-
 from . import checkpoint
 from .errors import UserError
 
@@ -110,7 +107,7 @@ def led_analysis(recipe, progress=None) -> dict:
     over the samples; not comparable across location methods). With
     ``disjoint`` on, the "taken" fractions of one cell sum to at most 1.
     """
-    from .methods import led
+    from .methods.led import analysis as led
     recipe = _as_recipe(recipe)
     if recipe.merge_method != "led":
         raise UserError(f"LED analysis needs merge_method: led, not '{recipe.merge_method}'.")
@@ -129,7 +126,7 @@ def probe(model_or_ref, suites="harmful,benign,math,code", limit: int | None = N
     options: tokenizer, phrases (scorers.RefusalPhrases), device,
     quantization ("8bit"/"4bit", CUDA only), max_new_tokens, batch_size.
     """
-    from . import chat, probes
+    from .eval import chat, probes
     tok = options.pop("tokenizer", None)
     if isinstance(model_or_ref, str):
         hit = chat.CACHE.get(model_or_ref, options.get("device", "auto"), options.get("quantization"))
@@ -140,26 +137,26 @@ def probe(model_or_ref, suites="harmful,benign,math,code", limit: int | None = N
 
 
 def chat_session(models: list, **options):
-    """A chat.ChatSession over references and/or loaded models; see core/chat.py.
+    """A chat.ChatSession over references and/or loaded models; see core/eval/chat.py.
 
     ``session.stream(prompt, max_new_tokens=, do_sample=, temperature=,
     top_p=, seed=)`` yields one string per model as tokens arrive;
     ``session.stop()`` stops them; ``session.reset()`` clears the history.
     options: names, cache, device, quantization, system_prompt, mode.
     """
-    from . import chat
+    from .eval import chat
     return chat.ChatSession(models, **options)
 
 
 def task_vector_analysis(base: str, experts: list[str], progress=None) -> dict:
-    """Task-vector norms and cosines per layer × module and per layer (see core/analysis.py)."""
-    from . import analysis
+    """Task-vector norms and cosines per layer × module and per layer (see core/eval/weights.py)."""
+    from .eval import weights as analysis
     return analysis.task_vectors(base, experts, progress)
 
 
 def provenance(base: str, experts: list[str], merged, progress=None) -> dict:
-    """Per layer, how much of each expert's task vector the merged model holds (see core/analysis.py)."""
-    from . import analysis
+    """Per layer, how much of each expert's task vector the merged model holds (see core/eval/weights.py)."""
+    from .eval import weights as analysis
     return analysis.provenance(base, experts, merged, progress)
 
 
@@ -169,89 +166,6 @@ def quantization_options() -> dict[str, str]:
 
 
 def reproduce(quick: bool = False, progress=None, show_bar: bool = False) -> dict:
-    """The paper-style table on the built-in family (see core/reproduce.py)."""
-    from . import reproduce as rep
+    """The paper-style table on the built-in family (see core/eval/reproduce.py)."""
+    from .eval import reproduce as rep
     return rep.run(quick=quick, progress=progress, show_bar=show_bar)
-
-
-# ---------------------------------------------------------------- CLI glue
-def run_cli(args) -> int:
-    handler = _CLI.get(args.cmd)
-    if handler is None:
-        raise UserError(f"The command '{args.cmd}' is not available yet.")
-    return handler(args)
-
-
-def _cli_zoo(args) -> int:
-    from .zoo import build
-    if args.action == "build":
-        build.build_all(out=args.out)
-        return 0
-    res = build.check_all(out=args.out)
-    print(json.dumps(res, indent=2) if args.json else build.format_check(res))
-    return 0
-
-
-def _cli_compat(args) -> int:
-    rep = compatibility(args.base, args.experts)
-    for row in rep.rows:
-        print("  ".join(f"{k}={v}" for k, v in row.items()))
-    for n in rep.notes:
-        print("note:", n)
-    if not rep.ok:
-        for p in rep.problems:
-            print("error:", p, file=sys.stderr)
-        return 2
-    print("Compatible.")
-    return 0
-
-
-def _cli_merge(args) -> int:
-    res = merge(args.recipe, out_dir=args.out, force=args.force, device=args.device, show_bar=True)
-    for n in res.notes:
-        print("note:", n)
-    print(f"Wrote {res.out_dir} ({res.n_tensors} tensors) in {res.seconds:.2f} s.")
-    return 0
-
-
-def _quiet_loading() -> None:
-    """transformers draws a 'Loading weights' bar per model; on the command
-    line it buries the result (and a reproduce run loads dozens)."""
-    from transformers.utils import logging as hf_logging
-    hf_logging.disable_progress_bar()
-
-
-def _cli_probe(args) -> int:
-    from . import probes, scorers
-    phrases = scorers.load_phrases(args.refusal_phrases) if getattr(args, "refusal_phrases", None) else None
-    checkpoint.resolve(args.model)          # a wrong name or file is reported before
-    probes.parse_suites(args.suites)    # transformers is even imported
-    _quiet_loading()
-    res = probe(args.model, args.suites, args.limit, phrases=phrases, device=getattr(args, "device", "auto"),
-                quantization=getattr(args, "quantize", None))
-    if args.json:
-        print(json.dumps(probes.summary(res, examples=getattr(args, "examples", False))))
-    else:
-        print(probes.format_table(res))
-    return 0
-
-
-def _cli_reproduce(args) -> int:
-    from . import reproduce as rep
-    _quiet_loading()
-    res = reproduce(quick=args.quick, show_bar=True)
-    cmd = "python -m core reproduce" + (" --quick" if args.quick else "") + (" --json" if args.json else "")
-    path = rep.write_markdown(rep.markdown(res, cmd), args.write or rep.DEFAULT_MD)
-    if args.json:
-        print(json.dumps({"rows": [{k: r[k] for k in ("method", "settings", "selection", "refusal_rate",
-                                                       "over_refusal_rate", "math_accuracy", "code_pass_rate")}
-                                   for r in res["rows"]]}))
-    else:
-        print(rep.format_table(res))
-        for n in res["notes"]:
-            print("note:", n)
-        print(f"({res['seconds']:.0f} s; written to {path})")
-    return 0
-
-
-_CLI = {"zoo": _cli_zoo, "compat": _cli_compat, "merge": _cli_merge, "probe": _cli_probe, "reproduce": _cli_reproduce}

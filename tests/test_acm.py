@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import core
-from core import activations as A
+from core.methods.acm import activations as A
 from core import service
 from core.merge import engine
 from core.errors import UserError

@@ -1,4 +1,4 @@
-"""core.analysis: task-vector norms/cosines and merged-change provenance,
+"""core.eval.weights: task-vector norms/cosines and merged-change provenance,
 checked against sums computed by hand on tiny models written in the test."""
 import json
 import math
@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from core import analysis
+from core.eval import weights as analysis
 from core.errors import UserError
 
 NAMES = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from core import chat, probes
+from core.eval import chat, probes
 from core.errors import UserError
 
 REFS = ["zoo:safety", "zoo:math", "zoo:code"]

@@ -209,7 +209,7 @@ def test_failure_while_writing_leaves_no_folder(family, tmp_path, monkeypatch, e
 
 
 def test_cli_merge_ok_and_failure_mid_write(family, tmp_path, monkeypatch, capsys):
-    from core.__main__ import main
+    from core.cli import main
     rec = tmp_path / "r.yaml"
     rec.write_text(ta(family).to_yaml())
     assert main(["merge", str(rec), "--out", str(tmp_path / "ok")]) == 0
@@ -240,7 +240,7 @@ def test_cli_merge_ok_and_failure_mid_write(family, tmp_path, monkeypatch, capsy
 
 
 def test_cli_bad_recipe_is_one_sentence(family, tmp_path, capsys):
-    from core.__main__ import main
+    from core.cli import main
     rec = tmp_path / "r.yaml"
     rec.write_text(ta(family).to_yaml().replace("lambda: 1.0", "lambda: 7"))
     assert main(["merge", str(rec), "--out", str(tmp_path / "x")]) == 2

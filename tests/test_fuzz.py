@@ -19,7 +19,8 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core import ZOO_DIR, probes
+from core import ZOO_DIR
+from core.eval import probes
 from core import recipe as R
 from core.errors import UserError
 from core.methods import REGISTRY
@@ -123,7 +124,7 @@ _DIR = tempfile.mkdtemp(prefix="fuzz-probes-")
 
 
 def _loaders():
-    """Every ``load_*`` function of core.probes that takes one path: new
+    """Every ``load_*`` function of core.eval.probes that takes one path: new
     loaders (CSV, JSONL ...) are fuzzed as soon as they exist."""
     out = []
     for name, fn in vars(probes).items():
@@ -203,7 +204,7 @@ def test_hand_picked_nasty_probe_files(data):
                           st.text(max_size=8)), max_size=4))
 def test_suite_lists_only_raise_user_errors(items):
     if not hasattr(probes, "parse_suites"):
-        pytest.skip("core.probes has no parse_suites")
+        pytest.skip("core.eval.probes has no parse_suites")
     _write(b'{"prompt": "hi", "answer": 3}\n', ".jsonl")
     _write(b"goal,target\nx,y\n", ".csv")
     _only_user_errors(probes.parse_suites, ",".join(items))

@@ -15,8 +15,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 import core
-from core import importance as I
-from core import masks as K
+from core.methods.led import importance as I
+from core.methods.led import masks as K
 from core import checkpoint as M
 from core import recipe as R
 from core import service

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from core import ROOT, probes, reproduce
+from core import ROOT
+from core.eval import probes, reproduce
 from core.errors import UserError
 
 

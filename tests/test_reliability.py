@@ -30,7 +30,7 @@ from core import ROOT, ZOO_DIR, policy
 from core.checkpoint.reader import FileReader
 from core.merge import engine
 from core import checkpoint as M
-from core.__main__ import main
+from core.cli import main
 from core.errors import UserError
 
 ST = "model.safetensors"
@@ -476,7 +476,7 @@ def add(self, name, t):
         open(sys.argv[2], "w").close()
         time.sleep(60)
 e.ShardWriter.add = add
-from core.__main__ import main
+from core.cli import main
 sys.exit(main(["merge", sys.argv[1], "--out", sys.argv[3]]))
 """
 
@@ -651,7 +651,7 @@ def test_real_process_internal_error_keeps_the_traceback_in_the_log(fam, tmp_pat
     code = ("import sys, core.merge.engine as e\n"
             "def boom(*a, **k): raise ZeroDivisionError('bug')\n"
             "e.plan = boom\n"
-            "from core.__main__ import main\n"
+            "from core.cli import main\n"
             "sys.exit(main(sys.argv[1:]))\n")
     log = tmp_path / "cli.log"
     out = str(tmp_path / "merged")

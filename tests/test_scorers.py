@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from core import scorers as S
+from core.eval import scorers as S
 from core.errors import UserError
 
 REFUSALS = [

@@ -394,7 +394,7 @@ def acm_pictures(*args, progress=gr.Progress(), request: gr.Request = None):
 
 # ------------------------------------------------------------------ chat
 def _chat_session(sess: S.Session, refs: list[str], tasks: list[str]):
-    from core import chat
+    from core.eval import chat
     key = (id(sess.model), tuple(refs))
     if sess.chat is None or sess.chat_key != key:
         if sess.cache is None:
@@ -510,7 +510,7 @@ def _pct(v) -> str:
 
 
 def _probe_parents(sess: S.Session, refs: list[str], suites: list[str], limit: int, cb) -> list[dict]:
-    from core import chat
+    from core.eval import chat
     if sess.cache is None:
         sess.cache = chat.ModelCache()
     out = []

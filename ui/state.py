@@ -29,8 +29,8 @@ class Session:
     tokenizer: Any = None
     merged_recipe: dict | None = None  # what ``model`` holds now (None: plain base)
     result: Any = None                 # the last engine.MergeResult
-    cache: Any = None                  # core.chat.ModelCache for the parents
-    chat: Any = None                   # core.chat.ChatSession
+    cache: Any = None                  # core.eval.chat.ModelCache for the parents
+    chat: Any = None                   # core.eval.chat.ChatSession
     chat_key: tuple | None = None
     transcripts: list = field(default_factory=list)      # what each chat column shows (all exchanges)
     chat_merge: str | None = None                        # the merge the merged column last answered with

@@ -249,7 +249,7 @@ def _write_probes(zoo_tmp: str) -> None:
 
 def check_all(out: str | None = None) -> dict:
     """Probe each model of the family, and the naive TA merge of safety+math."""
-    from .. import probes
+    from ..eval import probes
     out = os.path.abspath(out or ZOO_DIR)
     res = {"models": {}}
     for name in ("base", "safety", "math", "code"):

@@ -60,8 +60,8 @@ from typing import Callable, Iterable
 
 import torch
 
-from . import checkpoint as M
-from .errors import UserError
+from ... import checkpoint as M
+from ...errors import UserError
 
 Progress = Callable[[float, str], None]
 
@@ -345,7 +345,7 @@ def format_prompts(tokenizer, rows: list[dict]) -> list[str]:
 
 def read_jsonl(path: str) -> list[dict]:
     """Rows of a calibration JSONL: each line {"text": ...} or {"prompt": ...}."""
-    from . import policy
+    from ... import policy
     full = os.path.abspath(os.path.expanduser(path))
     policy.check_local_path(full, path)
     try:

@@ -2,7 +2,7 @@
 
     θ = θ₀ + Σᵢ λᵢ (mᵢ ⊙ τᵢ)
 
-1. Location -- importance scores per weight (core.importance), on the base
+1. Location -- importance scores per weight (importance.py), on the base
    AND on each expert, both with that expert's task data: I(θ₀; Dᵢ), I(θᵢ; Dᵢ).
 2. Election -- Eᵢ = top_r(I(θ₀; Dᵢ), rᵢ) ∩ top_r(I(θᵢ; Dᵢ), rᵢ) per tensor
    (``election: "11"``; "10" base only and "01" expert only for the ablation).
@@ -36,8 +36,8 @@ import os
 import numpy as np
 import torch
 
-from . import register
-from .base import MethodSpec, Param, TensorContext
+from .. import register
+from ..base import MethodSpec, Param, TensorContext
 
 DEFAULT_RATIO = {"safety": 0.1, "math": 0.4, "code": 0.5, "custom": 0.4}
 TASK_CHOICES = ("auto", "safety", "math", "code", "custom")
@@ -51,7 +51,7 @@ def default_ratio(task: str) -> float:
 
 def _zoo_task(info) -> str | None:
     """The task of a built-in expert, from where its folder is."""
-    from .. import ZOO_DIR
+    from ... import ZOO_DIR
     real = os.path.realpath(info.path)
     if os.path.dirname(real) == os.path.realpath(ZOO_DIR) and os.path.basename(real) in BUILTIN_TASKS:
         return os.path.basename(real)
@@ -74,10 +74,10 @@ class Plan:
     """Everything LED decides from the recipe before any score is computed."""
 
     def __init__(self, recipe, infos=None):
-        from ..merge import engine
-        from .. import importance
-        from .. import recipe as R
-        from ..errors import UserError
+        from ...merge import engine
+        from . import importance
+        from ... import recipe as R
+        from ...errors import UserError
         p = engine.plan(recipe, infos)
         self.engine_plan = p
         glob = p.global_params
@@ -120,7 +120,7 @@ class Plan:
 
     def scores(self, progress=None):
         """(base scores per expert, expert scores per expert, all cached?)."""
-        from .. import importance as I
+        from . import importance as I
         jobs = []
         for e in self.experts:
             jobs.append(I.Job(self.base, e.rows, f"the base on {e.task} data", self.base))
@@ -149,7 +149,7 @@ class Prepared:
         return out
 
     def aux(self, name: str) -> dict:
-        from .. import masks
+        from . import masks
         code = self.plan.election
         n = len(self.plan.experts)
         bs = self._scores(self.base_scores, name) if code in ("11", "10") else [None] * n
@@ -183,98 +183,6 @@ def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: d
         else:
             out.add_(torch.where(m.to(d.device), d, 0.0), alpha=lam)
     return out
-
-
-# ------------------------------------------------------------------ analysis
-_OUTSIDE = {"embed": "embed", "final_norm": "norm", "head": "lm_head"}
-
-
-def analyse(recipe, infos=None, progress=None) -> dict:
-    """What the UI plots; the schema is documented in core.service.led_analysis."""
-    from .. import masks
-    from .. import checkpoint as M
-    prep = prepare(recipe, infos, progress)
-    plan = prep.plan
-    experts = [e.ref for e in plan.experts]
-    n_layers = max(0, plan.base.n_layers)
-    names = [n for n in sorted(plan.base.tensors)
-             if plan.base.tensors[n].dtype in ("F64", "F32", "F16", "BF16")]
-    modules = [m for m in M.MODULE_KINDS if any(M.layer_of(n) is not None and M.module_of(n) == m for n in names)]
-    if any(M.layer_of(n) is not None and M.module_of(n) not in M.MODULE_KINDS for n in names):
-        modules.append("other")
-    outside = []
-    for n in names:
-        if M.layer_of(n) is None:
-            lab = _OUTSIDE.get(M.module_of(n), M.module_of(n))
-            if lab not in outside:
-                outside.append(lab)
-    order = list(_OUTSIDE.values())   # forward order: embed, norm, lm_head, then anything else
-    outside.sort(key=lambda x: (order.index(x) if x in order else len(order), x))
-    safety = next((e for e in plan.experts if e.task == "safety"), None)
-    utility = [e for e in plan.experts if e is not safety]
-
-    def cell(n: str) -> tuple[str, int | None, int | None]:
-        """(which block, row, column) of a tensor."""
-        layer, mod = M.layer_of(n), M.module_of(n)
-        if layer is None:
-            return "outside", None, outside.index(_OUTSIDE.get(mod, mod))
-        return "grid", layer, modules.index(mod if mod in modules else "other")
-
-    # accumulators: [kind][expert] -> {(block,row,col): [sum, count]}
-    acc: dict = {k: {e: {} for e in experts} for k in ("importance", "importance_base", "elected", "taken")}
-    ov: dict = {e.ref: {} for e in utility}
-    for n in names:
-        where = cell(n)
-        numel = plan.base.tensors[n].numel
-        bs = prep._scores(prep.base_scores, n)
-        es = prep._scores(prep.expert_scores, n)
-        code = plan.election
-        elected, final = masks.masks_for(bs if code != "01" else [None] * len(bs), es if code != "10" else
-                                         [None] * len(es), [e.ratio for e in plan.experts], code, plan.disjoint)
-        a = {"elected": elected, "masks": final}
-        for i, e in enumerate(experts):
-            # numpy sums and counts: one thread, no pool spinning on a busy CPU
-            for kind, total in (("importance", float(es[i].numpy().sum(dtype=np.float64))),
-                                ("importance_base", float(bs[i].numpy().sum(dtype=np.float64))),
-                                ("elected", int(np.count_nonzero(elected[i].numpy()))),
-                                ("taken", int(np.count_nonzero(final[i].numpy())))):
-                s = acc[kind][e].setdefault(where, [0.0, 0])
-                s[0] += total
-                s[1] += numel
-        if safety is not None:
-            si = plan.experts.index(safety)
-            for u in utility:
-                inter, union = masks.jaccard_counts(a["elected"][si], a["elected"][plan.experts.index(u)])
-                s = ov[u.ref].setdefault(where, [0, 0])
-                s[0] += inter
-                s[1] += union
-
-    def grid(d: dict) -> list[list]:
-        return [[_ratio(d.get(("grid", k, j))) for j in range(len(modules))] for k in range(n_layers)]
-
-    def flat(d: dict) -> list:
-        return [_ratio(d.get(("outside", None, j))) for j in range(len(outside))]
-
-    out = {"layers": [f"layer {k}" for k in range(n_layers)], "modules": modules, "outside": outside,
-           "experts": experts, "tasks": {e.ref: e.task for e in plan.experts},
-           "mask_ratio": {e.ref: e.ratio for e in plan.experts}, "weight": {e.ref: e.weight for e in plan.experts},
-           "election": plan.election, "disjoint": plan.disjoint, "location": plan.location,
-           "n_samples": {e.ref: len(e.rows) for e in plan.experts}, "safety_expert": safety.ref if safety else None,
-           "cached": prep.cached, "notes": list(plan.notes)}
-    for kind in acc:
-        out[kind] = {e: grid(acc[kind][e]) for e in experts}
-        out[kind + "_outside"] = {e: flat(acc[kind][e]) for e in experts}
-    out["overlap"] = {u: grid(ov[u]) for u in ov}
-    out["overlap_outside"] = {u: flat(ov[u]) for u in ov}
-    if safety is None:
-        out["notes"].append("No expert has task safety, so there is no safety/utility overlap to show.")
-    return out
-
-
-def _ratio(s) -> float | None:
-    if s is None or not s[1]:
-        return None
-    return float(s[0]) / float(s[1])
 
 
 SPEC = register(MethodSpec(

@@ -13,7 +13,7 @@ always means a smaller λ, across experts too) keeps the exponent finite
 for any t; t (``temperature``, default 0.7) sets how strongly MI
 differences spread the coefficients. Every tensor of decoder layer k uses
 layer k's λ; the embedding, the final norm and the lm_head use their own
-points' (core.activations.point_of); a tensor tied to no point takes the
+points' (activations.point_of); a tensor tied to no point takes the
 mean of the expert's coefficients.
 
 * ACM-TA (``base_method: task_arithmetic``): θ^k = θ₀^k + (1/N) Σ_i λ_i^k τ_i^k,
@@ -26,7 +26,7 @@ mean of the expert's coefficients.
   overall scale. Where all experts agree ACM-TIES equals ACM-TA of the
   trimmed vectors; with every λ = 1 it is TIES with unit weights.
 
-MI comes from core.activations and is cached there, so a new temperature
+MI comes from activations.py and is cached there, so a new temperature
 only recomputes the coefficients (no forward pass).
 """
 from __future__ import annotations
@@ -35,9 +35,9 @@ import math
 
 import torch
 
-from . import register
-from . import task_arithmetic, ties
-from .base import MethodSpec, Param, TensorContext
+from .. import register
+from .. import task_arithmetic, ties
+from ..base import MethodSpec, Param, TensorContext
 
 DEFAULT_T = 0.7
 BASE_METHODS = ("task_arithmetic", "ties")
@@ -65,25 +65,25 @@ class Prepared:
         self._fallback = [sum(coef[e]) / len(coef[e]) for e in experts]
 
     def aux(self, name: str) -> dict:
-        from ..activations import point_of
+        from .activations import point_of
         p = point_of(name)
         return {"coeffs": list(self._by_point.get(p, self._fallback)), "point": p}
 
 
 def _rows(recipe, glob: dict, n: int) -> list[dict]:
-    from .. import activations
+    from . import activations
     path = glob.get("calibration") or ""
     if path:
         return activations.read_jsonl(path)
-    from ..zoo.data import calibration_pool
+    from ...zoo.data import calibration_pool
     return [{"prompt": p} for p in calibration_pool(POOL_PER_SAMPLE * n, seed=0)]
 
 
 def analyse(recipe, infos=None, progress=None) -> dict:
     """MI, coefficients and everything the UI plots (see service.acm_analysis)."""
-    from .. import activations
-    from ..merge import engine
-    from ..errors import UserError
+    from . import activations
+    from ...merge import engine
+    from ...errors import UserError
     p = engine.plan(recipe, infos)
     glob = p.global_params
     if glob.get("base_method") != "ties" and any(float(mp.get("density", 1.0)) < 1 for mp in p.model_params):

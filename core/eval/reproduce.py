@@ -22,7 +22,7 @@ every entry, which would make them Task Arithmetic with a different sign
 rule rather than the methods as published. LED-Merging's defaults are the
 paper's reference values (r = 0.1 safety / 0.4 math / 0.5 code, λ = 1).
 LED-Merging, ACM and the LED ablations appear only when those methods are
-registered (core/methods/led.py, acm.py).
+registered (core/methods/led/, acm/).
 """
 from __future__ import annotations
 
@@ -39,10 +39,10 @@ from typing import Callable
 
 import torch
 
-from . import ROOT
-from . import checkpoint as M
+from .. import ROOT
+from .. import checkpoint as M
 from . import probes
-from .errors import UserError
+from ..errors import UserError
 
 BASE = "zoo:base"
 EXPERTS = {"safety": "zoo:safety", "math": "zoo:math", "code": "zoo:code"}
@@ -100,8 +100,8 @@ def recipe_for(method: str, settings: dict):
     {task: value} mapping; a parameter the method does not declare is an
     error (a grid must not silently test nothing).
     """
-    from . import recipe as R
-    from .methods import get
+    from .. import recipe as R
+    from ..methods import get
     spec = get(method)
     per = {e: {} for e in EXPERTS}
     glob: dict = {}
@@ -121,7 +121,7 @@ def recipe_for(method: str, settings: dict):
 def available_rows(registry=None) -> tuple[list[MethodRow], list[tuple[str, dict]], list[str]]:
     """Method rows and LED ablations whose methods and parameters exist."""
     if registry is None:
-        from .methods import REGISTRY as registry
+        from ..methods import REGISTRY as registry
     rows, notes = [], []
     for r in METHODS:
         spec = registry.get(r.method)
@@ -157,7 +157,7 @@ def default_settings(row: MethodRow) -> dict:
     """Fixed settings, the registry default of every grid axis, then the
     row's overrides: spelled like a grid point, so the default is found in
     the grid (and evaluated once) when the grid contains it."""
-    from .methods import REGISTRY
+    from ..methods import REGISTRY
     spec = REGISTRY.get(row.method)
     axes = {k: spec.param(k).default for k in row.grid if spec is not None and spec.param(k) is not None}
     return {**row.fixed, **axes, **row.default}
@@ -210,7 +210,7 @@ class Evaluator:
     def merged(self, method: str, settings: dict) -> dict[str, list[bool]]:
         key = method + json.dumps(settings, sort_keys=True)
         if key not in self.cache:
-            from .merge import engine
+            from ..merge import engine
             t0 = time.perf_counter()
             with M.cpu_threads_for(self.live):   # small tensors: threads only contend
                 engine.run_merge(recipe_for(method, settings), live_model=self.live)
@@ -330,7 +330,7 @@ def markdown(res: dict, command: str) -> str:
         f"math {n['math']}, code {n['code']} prompts); the best grid point was chosen on the other half "
         "(tuning half) by score = mean(refusal, 1 − over-refusal, math, code); a tie keeps the default, so a "
         "best row equal to its default row means no grid point beat the default. ASR = 1 − refusal. "
-        "Greedy decoding, phrase-list refusal scorer (core/scorers.py).", "",
+        "Greedy decoding, phrase-list refusal scorer (core/eval/scorers.py).", "",
         format_table(res, markdown=True), "",
         "## Grids", "",
         "Default = registry defaults, except density 0.5 for TIES, DARE, Breadcrumbs and ACM-TIES (their registry "

@@ -26,8 +26,9 @@ from typing import Callable
 
 import torch
 
-from . import PROBES_DIR, scorers
-from .errors import UserError
+from .. import PROBES_DIR
+from . import scorers
+from ..errors import UserError
 
 SUITES = ("harmful", "benign", "math", "code")
 METRIC = {"harmful": "refusal_rate", "benign": "over_refusal_rate", "math": "accuracy", "code": "pass_rate"}
@@ -47,7 +48,7 @@ Progress = Callable[[float, str], None]
 
 # ---------------------------------------------------------------- loading
 def _read_text(path: str) -> str:
-    from .policy import read_user_text
+    from ..policy import read_user_text
     return read_user_text(path, "probe file")
 
 
@@ -217,7 +218,7 @@ def generate(model, tok, prompts: list[str], max_new_tokens: int = 64, batch_siz
     in the order of ``prompts``. A prompt longer than the model's context
     keeps its end (where the question and the generation prompt are).
     """
-    from . import checkpoint as M
+    from .. import checkpoint as M
     if not prompts:
         return []
     if tok.pad_token_id is None:
@@ -281,7 +282,7 @@ def run_probes(model, tok=None, suites=SUITES, limit: int | None = None, progres
     {key: {"n", metric, "examples"}}, "seconds"}; ``limit`` keeps the first
     N prompts of each suite.
     """
-    from . import checkpoint as M
+    from .. import checkpoint as M
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1 prompt per suite.")
     plan = parse_suites(suites)

@@ -29,7 +29,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-from .errors import UserError
+from ..errors import UserError
 
 REFUSAL_START = (
     "i'm sorry", "i am sorry", "sorry,", "sorry but", "sorry, but", "my apologies", "i apologize",

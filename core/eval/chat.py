@@ -41,9 +41,9 @@ from typing import Any, Iterator
 
 import torch
 
-from . import policy
-from . import checkpoint as M
-from .errors import UserError, one_line
+from .. import policy
+from .. import checkpoint as M
+from ..errors import UserError, one_line
 
 DEFAULT_MAX_NEW_TOKENS = 128
 # a worker that has produced nothing for this long is treated as stuck

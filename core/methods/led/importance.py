@@ -50,8 +50,8 @@ from typing import Callable
 
 import torch
 
-from . import checkpoint as M
-from .errors import UserError
+from ... import checkpoint as M
+from ...errors import UserError
 
 Progress = Callable[[float, str], None]
 
@@ -74,7 +74,7 @@ _LOCK = threading.RLock()
 
 # ------------------------------------------------------------------ data
 def _read_text(path: str) -> str:
-    from . import policy
+    from ... import policy
     full = os.path.abspath(os.path.expanduser(path))
     policy.check_local_path(full, path)
     return policy.read_user_text(full, "location data file")
@@ -138,7 +138,7 @@ def read_location_data(path: str) -> list[dict]:
 
 def builtin_rows(task: str, n: int, seed: int = 0) -> list[dict]:
     """The built-in family's location data for ``task`` (safety | math | code)."""
-    from .zoo.data import location_samples
+    from ...zoo.data import location_samples
     return [{"prompt": r["prompt"], "response": r["response"]} for r in location_samples(task, n, seed)]
 
 

@@ -1,6 +1,6 @@
 """LED-Merging's Election and Disjoint steps on one tensor, and overlap stats.
 
-Scores come from core.importance (one tensor of non-negative numbers per
+Scores come from importance.py (one tensor of non-negative numbers per
 weight tensor, per model and location data set). Everything here is pure
 tensor math on ONE tensor, so the merge engine can stream any model and
 the UI can recompute masks after every slider move without touching a
