@@ -752,7 +752,7 @@ def _warm_imports() -> None:
     Its lazy module is not safe when two threads resolve a name for the
     first time together: two sessions' first merges at once failed with
     "cannot import name 'AutoTokenizer' from 'transformers'" (found by
-    tests/test_concurrency.py once sessions stopped sharing one lock).
+    tests/ui/test_concurrency.py once sessions stopped sharing one lock).
     """
     from transformers import (AutoModelForCausalLM, AutoTokenizer,  # noqa: F401
                               StoppingCriteria, StoppingCriteriaList)

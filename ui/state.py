@@ -71,7 +71,7 @@ def _event_request():
     special_args stops at ``*args``), so handlers written
     ``fn(*values, request=None)`` get None even inside a real event; without
     this every browser tab shared the session "local" (one model, one chat,
-    one history for all users; found by tests/test_concurrency.py). Gradio
+    one history for all users; found by tests/ui/test_concurrency.py). Gradio
     sets the same request in a context variable for the duration of the call.
     """
     try:

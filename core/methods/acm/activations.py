@@ -14,7 +14,7 @@ Points. One MI value per "point" of the network, in forward order:
 layer's output, i.e. the residual stream after it), ``norm`` (final norm
 output) and ``lm_head`` (the logits, over the base's vocabulary).
 
-The MI estimator (a documented choice, tested in tests/test_acm.py):
+The MI estimator (a documented choice, tested in tests/methods/test_acm.py):
 
 * per calibration sample and point, the base's and the expert's outputs are
   paired entry by entry over the sample's real tokens (token x channel,

@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from tests._browser import choose_method, chromium as _chromium, free_port as _free_port, need as _need
+from tests.ui._browser import choose_method, chromium as _chromium, free_port as _free_port, need as _need
 import torch
 
 from core import service

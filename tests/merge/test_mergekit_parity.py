@@ -4,7 +4,7 @@ torch 2.13 / transformers 5 in a side venv:
 
     python -m venv /tmp/mkvenv --system-site-packages
     /tmp/mkvenv/bin/pip install mergekit==0.1.5
-    /tmp/mkvenv/bin/python -m pytest -q tests/test_mergekit_parity.py
+    /tmp/mkvenv/bin/python -m pytest -q tests/merge/test_mergekit_parity.py
 
 mergekit's per-tensor merge methods are called directly (registry.get(name)
 on a TensorGroup), so this checks the arithmetic, not YAML plumbing.

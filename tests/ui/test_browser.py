@@ -12,11 +12,11 @@ import urllib.request
 
 import pytest
 
-from tests._browser import choose_method, chromium as _chromium, free_port as _free_port, need as _need
+from tests.ui._browser import choose_method, chromium as _chromium, free_port as _free_port, need as _need
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
-ART = os.path.join(os.path.dirname(__file__), "_artifacts")
+ART = os.path.join(os.path.dirname(os.path.dirname(__file__)), "_artifacts")
 
 
 

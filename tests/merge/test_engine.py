@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 from core.merge import engine, walk
 from core.merge.plan import tensor_order
 from core import methods as registry
+from core import ZOO_DIR
 from core.errors import UserError
 from core.methods.base import MethodSpec, Param
 from core.recipe import ModelEntry, Recipe
@@ -372,7 +373,7 @@ def test_out_dir_problems_are_sentences(family, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["afile"]
 
 
-ZOO = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "zoo")
+ZOO = ZOO_DIR
 
 
 @pytest.mark.skipif(not all(os.path.isfile(os.path.join(ZOO, n, "model.safetensors"))
