@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from .errors import UserError, one_line
+from .errors import UserError, one_line, quoted
 
 log = logging.getLogger("core")
 
@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     handler = _CLI.get(args.cmd)
     if handler is None:
-        raise UserError(f"The command '{args.cmd}' is not available yet.")
+        raise UserError(f"The command {quoted(args.cmd)} is not available yet.")
     return handler(args)
 
 

@@ -9,6 +9,21 @@ with its traceback and the user sees a generic one-liner.
 from __future__ import annotations
 
 
+def quoted(name) -> str:
+    """``name`` in single quotes for a message, on one line whatever it holds.
+
+    Names come from files and users (tensor names from a safetensors header,
+    keys of a recipe, paths, references): a newline or another control
+    character in one would break the one-sentence promise, so those are
+    escaped as Python writes them (\\n, \\x00); printable text, non-ASCII
+    included, stays as it is.
+    """
+    s = str(name)
+    if not s.isprintable():
+        s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+    return f"'{s}'"
+
+
 class UserError(Exception):
     """A problem the user can fix; ``str(err)`` is the sentence to show."""
 

@@ -38,7 +38,7 @@ import tempfile
 from typing import Iterable
 
 from . import CACHE_DIR, ZOO_DIR
-from .errors import UserError
+from .errors import UserError, quoted
 
 _TRUE = ("1", "true", "yes", "on")
 
@@ -88,7 +88,7 @@ def check_local_path(path: str, ref: str | None = None) -> None:
     if not space_mode():
         return
     if not _under(path, allowed_roots()):
-        raise UserError(f"'{ref or path}' is outside the folders this Space may read; "
+        raise UserError(f"{quoted(ref or path)} is outside the folders this Space may read; "
                         "pick a built-in model or an allowed Hub model.")
 
 
@@ -110,7 +110,7 @@ def check_hub_id(repo_id: str) -> None:
         return
     allowed = allowed_models()
     shown = ", ".join(allowed[:5]) + (", ..." if len(allowed) > 5 else "")
-    raise UserError(f"'{repo_id}' is not on this Space's list of allowed Hub models" +
+    raise UserError(f"{quoted(repo_id)} is not on this Space's list of allowed Hub models" +
                     (f" ({shown})." if allowed else "; only the built-in models may be used here."))
 
 
@@ -119,9 +119,9 @@ def check_opt_ins(ref: str, *, trust_remote_code: bool = False, allow_pickle: bo
     if not space_mode():
         return
     if trust_remote_code:
-        raise UserError(f"This Space does not run custom model code, so '{ref}' cannot be loaded with trust_remote_code.")
+        raise UserError(f"This Space does not run custom model code, so {quoted(ref)} cannot be loaded with trust_remote_code.")
     if allow_pickle:
-        raise UserError(f"This Space does not open pickled weights, so '{ref}' cannot be loaded; use a safetensors model.")
+        raise UserError(f"This Space does not open pickled weights, so {quoted(ref)} cannot be loaded; use a safetensors model.")
 
 
 def check_output_dir(out_dir: str) -> None:
@@ -130,7 +130,7 @@ def check_output_dir(out_dir: str) -> None:
         return
     if not _under(out_dir, output_roots()):
         raise UserError(f"This Space writes merged models only under {', '.join(output_roots())}; "
-                        f"'{out_dir}' is outside.")
+                        f"{quoted(out_dir)} is outside.")
 
 
 # ---------------------------------------------------------- memory budget
@@ -153,7 +153,7 @@ def available_bytes() -> tuple[int | None, str]:
         try:
             return int(float(env) * GB), "the memory budget MERGE_EXPLORER_MEMORY_BUDGET_GB"
         except ValueError:
-            raise UserError(f"MERGE_EXPLORER_MEMORY_BUDGET_GB is '{env}'; it must be a number of gigabytes.")
+            raise UserError(f"MERGE_EXPLORER_MEMORY_BUDGET_GB is {quoted(env)}; it must be a number of gigabytes.")
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -209,7 +209,7 @@ def check_memory(need: int, what: str) -> None:
 def check_merge(base, sources: list, *, live: bool = False, needs_grad: bool = False, out_bytes: int = 4) -> None:
     n = len(sources)
     check_memory(merge_estimate(base, sources, live=live, needs_grad=needs_grad, out_bytes=out_bytes),
-                 f"Merging {n} model{'s' if n != 1 else ''} into '{base.ref}'")
+                 f"Merging {n} model{'s' if n != 1 else ''} into {quoted(base.ref)}")
 
 
 def check_chat(models: list, bytes_per_param: float = 4) -> None:
@@ -218,7 +218,7 @@ def check_chat(models: list, bytes_per_param: float = 4) -> None:
     ModelInfo or references; references are inspected (headers only)."""
     from .checkpoint import inspect
     infos = [inspect(m) if isinstance(m, str) else m for m in models]
-    names = ", ".join(f"'{i.ref}'" for i in infos)
+    names = ", ".join(f"{quoted(i.ref)}" for i in infos)
     check_memory(load_estimate(infos, bytes_per_param), f"Loading {names}")
 
 
@@ -227,12 +227,12 @@ def read_user_text(path: str, what: str) -> str:
     sentence naming ``what`` it was meant to be. utf-8-sig: spreadsheet
     exports often start with a byte-order mark."""
     if not os.path.isfile(path):
-        raise UserError(f"The {what} '{path}' does not exist.")
+        raise UserError(f"The {what} {quoted(path)} does not exist.")
     try:
         with open(path, encoding="utf-8-sig") as f:
             return f.read()
     except UnicodeDecodeError:
-        raise UserError(f"The {what} '{path}' is not UTF-8 text.")
+        raise UserError(f"The {what} {quoted(path)} is not UTF-8 text.")
     except OSError as exc:
-        raise UserError(f"Cannot read the {what} '{path}' ({exc.strerror}).")
+        raise UserError(f"Cannot read the {what} {quoted(path)} ({exc.strerror}).")
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import UserError
+from .errors import UserError, quoted
 
 TASKS = ("safety", "math", "code", "custom")
 
@@ -82,10 +82,10 @@ def from_dict(d: Any) -> Recipe:
             raise UserError(f"Entry {i + 1} of models needs a 'model' naming a folder, Hub id or zoo:NAME.")
         params = m.get("parameters") or {}
         if not isinstance(params, dict):
-            raise UserError(f"The parameters of '{m['model']}' must be a mapping.")
+            raise UserError(f"The parameters of {quoted(m['model'])} must be a mapping.")
         task = m.get("task", "custom")
         if task not in TASKS:
-            raise UserError(f"The task of '{m['model']}' is '{task}'; use one of {', '.join(TASKS)}.")
+            raise UserError(f"The task of {quoted(m['model'])} is {quoted(task)}; use one of {', '.join(TASKS)}.")
         entries.append(ModelEntry(m["model"], dict(params), task))
     params = d.get("parameters") or {}
     if not isinstance(params, dict):
@@ -117,9 +117,9 @@ def load(path: str) -> Recipe:
         with open(path, encoding="utf-8") as f:
             return loads(f.read())
     except OSError:
-        raise UserError(f"Cannot read the recipe file '{path}'.")
+        raise UserError(f"Cannot read the recipe file {quoted(path)}.")
     except UnicodeDecodeError:
-        raise UserError(f"The recipe file '{path}' is not UTF-8 text.")
+        raise UserError(f"The recipe file {quoted(path)} is not UTF-8 text.")
 
 
 # ------------------------------------------------------------- validation
@@ -154,7 +154,7 @@ def _fmt(x: Any) -> str:
 
 def _check_value(p, value: Any, where: str) -> Any:
     """One value against its Param; returns it normalised (int, float, choice)."""
-    what = f"'{p.name}'{where}"
+    what = f"{quoted(p.name)}{where}"
     if p.kind in ("float", "int"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{what} must be a number, not {value!r}.")
@@ -201,7 +201,7 @@ def _canonical(spec, raw: dict, where: str, per_model: bool) -> dict:
             continue
         name = alias.get(key, key)
         if name in out:
-            raise UserError(f"'{name}'{where} is given twice (once as '{key}').")
+            raise UserError(f"{quoted(name)}{where} is given twice (once as {quoted(key)}).")
         p = spec.param(name)
         if p is None and name == "seed" and not per_model:
             if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:   # torch seeds are int64
@@ -215,9 +215,9 @@ def _canonical(spec, raw: dict, where: str, per_model: bool) -> dict:
         if p is None:
             known = sorted({q.name for q in spec.params if q.per_model or not per_model}
                            | ({"seed"} if not per_model else set()))
-            raise UserError(f"'{key}'{where} is not a parameter of {spec.name}; known: {', '.join(known)}.")
+            raise UserError(f"{quoted(key)}{where} is not a parameter of {spec.name}; known: {', '.join(known)}.")
         if per_model and not p.per_model:
-            raise UserError(f"'{name}'{where} is a global parameter of {spec.name}; put it under the recipe's parameters.")
+            raise UserError(f"{quoted(name)}{where} is a global parameter of {spec.name}; put it under the recipe's parameters.")
         out[name] = _check_value(p, value, where)
     return out
 
@@ -239,7 +239,7 @@ def resolve_params(recipe: Recipe, spec=None) -> tuple[list[dict], dict]:
     for m in recipe.models:
         d = dict(pm_default)
         d.update(shared)
-        d.update(_canonical(spec, m.parameters, f" of '{m.model}'", per_model=True))
+        d.update(_canonical(spec, m.parameters, f" of {quoted(m.model)}", per_model=True))
         per.append(d)
     return per, glob
 
@@ -248,14 +248,14 @@ def validate(recipe: Recipe) -> None:
     """Every check that needs no weights; raises one sentence on the first problem."""
     spec = _spec(recipe)  # unknown method -> sentence listing the known ones
     if recipe.dtype not in DTYPES:
-        raise UserError(f"dtype '{recipe.dtype}' is not supported; use one of {', '.join(DTYPES)}.")
+        raise UserError(f"dtype {quoted(recipe.dtype)} is not supported; use one of {', '.join(DTYPES)}.")
     if not recipe.models:
         raise UserError("The recipe lists no models to merge.")
     seen: set[str] = set()
     for m in recipe.models:
         key = m.model.strip().rstrip("/")
         if key in seen:
-            raise UserError(f"'{m.model}' is listed twice in models; each model may appear once.")
+            raise UserError(f"{quoted(m.model)} is listed twice in models; each model may appear once.")
         seen.add(key)
     if spec.needs_base and not recipe.base_model:
         raise UserError(f"{spec.name} needs a base_model: the task vectors are measured from it.")
@@ -295,7 +295,7 @@ def to_mergekit_yaml(recipe: Recipe) -> str:
             if p.mergekit is None and p.name not in _MERGEKIT_NAMES:
                 if v == p.default:  # an ours-only knob left alone changes nothing
                     continue
-                raise UserError(f"'{k}'{where} has no mergekit equivalent, so {spec.name} with it cannot be exported.")
+                raise UserError(f"{quoted(k)}{where} has no mergekit equivalent, so {spec.name} with it cannot be exported.")
             out[p.mergekit or p.name] = v
         return out
 
@@ -311,7 +311,7 @@ def to_mergekit_yaml(recipe: Recipe) -> str:
         if not (spec.needs_base and m.model == recipe.base_model):
             # mergekit wants every per-model parameter spelled out (weight
             # has no default there), so defaults are written explicitly
-            e["parameters"] = names(params, f" of '{m.model}'")
+            e["parameters"] = names(params, f" of {quoted(m.model)}")
         d["models"].append(e)
     g = names(glob, " in parameters")
     if g:

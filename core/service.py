@@ -7,7 +7,7 @@ inside functions so `python -m core --help` and the app start fast.
 from __future__ import annotations
 
 from . import checkpoint
-from .errors import UserError
+from .errors import UserError, quoted
 
 
 def compatibility(base: str, experts: list[str]) -> checkpoint.CompatReport:
@@ -68,7 +68,7 @@ def acm_analysis(recipe, progress=None) -> dict:
     from .methods import acm
     recipe = _as_recipe(recipe)
     if recipe.merge_method != "acm":
-        raise UserError(f"ACM analysis needs merge_method: acm, not '{recipe.merge_method}'.")
+        raise UserError(f"ACM analysis needs merge_method: acm, not {quoted(recipe.merge_method)}.")
     return acm.analyse(recipe, progress=progress)
 
 
@@ -110,7 +110,7 @@ def led_analysis(recipe, progress=None) -> dict:
     from .methods.led import analysis as led
     recipe = _as_recipe(recipe)
     if recipe.merge_method != "led":
-        raise UserError(f"LED analysis needs merge_method: led, not '{recipe.merge_method}'.")
+        raise UserError(f"LED analysis needs merge_method: led, not {quoted(recipe.merge_method)}.")
     return led.analyse(recipe, progress=progress)
 
 

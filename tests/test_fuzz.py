@@ -16,7 +16,7 @@ import tempfile
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from core import ZOO_DIR
@@ -234,6 +234,9 @@ entry = st.one_of(anything, st.fixed_dictionaries({
 @SETTINGS
 @given(st.dictionaries(st.text(max_size=6), entry, max_size=4), st.integers(0, 512),
        st.one_of(st.none(), st.integers(0, 2**64 - 1)))
+# hypothesis 6.170.17 drew this: a tensor name holding a newline made the
+# sentence two lines until names from files were quoted with errors.quoted
+@example({"\n": None}, 0, None)
 def test_safetensors_header_reader_only_raises_user_errors(header, data_len, declared):
     path = _st_file(json.dumps(header).encode(), data_len, declared)
     got = _only_user_errors(read_safetensors_header, path)

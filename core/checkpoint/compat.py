@@ -5,8 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
+from ..errors import quoted
 from .headers import ModelInfo
 from .naming import is_vocab_tensor
+
 
 @dataclass
 class CompatReport:
@@ -32,20 +34,20 @@ def compatibility(base: ModelInfo, experts: Iterable[ModelInfo]) -> CompatReport
     for e in experts:
         rep.rows.append(_row(e, "expert"))
         if e.path in seen:
-            rep.problems.append(f"'{e.ref}' is listed twice (or is the base); each model may appear once.")
+            rep.problems.append(f"{quoted(e.ref)} is listed twice (or is the base); each model may appear once.")
             continue
         seen.add(e.path)
         if e.config.get("model_type") != base.config.get("model_type") or e.architecture != base.architecture:
-            rep.problems.append(f"'{e.ref}' is a {e.architecture} but the base '{base.ref}' is a {base.architecture}; only models of one architecture merge.")
+            rep.problems.append(f"{quoted(e.ref)} is a {quoted(e.architecture)} but the base {quoted(base.ref)} is a {quoted(base.architecture)}; only models of one architecture merge.")
             continue
         if e.n_layers != base.n_layers:
-            rep.problems.append(f"'{e.ref}' has {e.n_layers} layers but the base has {base.n_layers}; it was not fine-tuned from this base.")
+            rep.problems.append(f"{quoted(e.ref)} has {e.n_layers} layers but the base has {base.n_layers}; it was not fine-tuned from this base.")
             continue
         missing = sorted(set(base.tensors) - set(e.tensors))
         extra = sorted(set(e.tensors) - set(base.tensors))
         if missing or extra:
-            what = f"lacks '{missing[0]}'" if missing else f"has an extra tensor '{extra[0]}'"
-            rep.problems.append(f"'{e.ref}' {what}; its tensor names do not match the base.")
+            what = f"lacks {quoted(missing[0])}" if missing else f"has an extra tensor {quoted(extra[0])}"
+            rep.problems.append(f"{quoted(e.ref)} {what}; its tensor names do not match the base.")
             continue
         for k, bt in base.tensors.items():
             et = e.tensors[k]
@@ -56,13 +58,13 @@ def compatibility(base: ModelInfo, experts: Iterable[ModelInfo]) -> CompatReport
                 continue
             if is_vocab_tensor(k) and et.shape[1:] == bt.shape[1:]:
                 # the shapes alone did not say this is about the vocabulary
-                rep.problems.append(f"'{e.ref}' has a smaller vocabulary than the base ({et.shape[0]} rows in {k}, "
+                rep.problems.append(f"{quoted(e.ref)} has a smaller vocabulary than the base ({et.shape[0]} rows in {quoted(k)}, "
                                     f"the base has {bt.shape[0]}); only an expert that adds tokens can be merged.")
                 break
-            rep.problems.append(f"'{e.ref}' has {k} of shape {list(et.shape)} but the base has {list(bt.shape)}.")
+            rep.problems.append(f"{quoted(e.ref)} has {quoted(k)} of shape {list(et.shape)} but the base has {list(bt.shape)}.")
             break
         if e.ref in rep.vocab_extra:
-            rep.notes.append(f"'{e.ref}' adds {rep.vocab_extra[e.ref]} tokens to the vocabulary: shared rows are merged, its extra rows are kept as they are.")
+            rep.notes.append(f"{quoted(e.ref)} adds {rep.vocab_extra[e.ref]} tokens to the vocabulary: shared rows are merged, its extra rows are kept as they are.")
     if not experts:
         rep.problems.append("No experts chosen: pick at least one model to merge into the base.")
     rep.ok = not rep.problems

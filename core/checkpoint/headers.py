@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import policy
-from ..errors import UserError
+from ..errors import UserError, quoted
 from .refs import resolve
 
 # safetensors dtype names -> bytes per element (for memory estimates)
@@ -124,9 +124,9 @@ def read_safetensors_header(path: str) -> dict[str, tuple[str, tuple[int, ...]]]
                 raise ValueError("bad header length")
             header = json.loads(f.read(n))
     except (OSError, ValueError, UnicodeDecodeError, RecursionError) as exc:   # RecursionError: deeply nested JSON
-        raise UserError(f"'{path}' is not a readable safetensors file ({exc}).")
+        raise UserError(f"{quoted(path)} is not a readable safetensors file ({exc}).")
     if not isinstance(header, dict):   # valid JSON but not a header (fuzzing found this)
-        raise UserError(f"'{path}' is not a readable safetensors file (its header is not a JSON object).")
+        raise UserError(f"{quoted(path)} is not a readable safetensors file (its header is not a JSON object).")
     out = {}
     data_len = size - 8 - n
     for k, v in header.items():
@@ -140,11 +140,11 @@ def read_safetensors_header(path: str) -> dict[str, tuple[str, tuple[int, ...]]]
             if not all(type(x) is int for x in (start, end)) or dtype not in DTYPE_BYTES or min(shape, default=0) < 0:
                 raise ValueError(dtype)
         except (KeyError, TypeError, ValueError):
-            raise UserError(f"'{path}' has a malformed safetensors header entry for '{k}'.")
+            raise UserError(f"{quoted(path)} has a malformed safetensors header entry for {quoted(k)}.")
         if end > data_len or start > end:
-            raise UserError(f"'{path}' is truncated or corrupt: tensor '{k}' lies past the end of the file.")
+            raise UserError(f"{quoted(path)} is truncated or corrupt: tensor {quoted(k)} lies past the end of the file.")
         if end - start != TensorMeta(dtype, shape, path).nbytes:
-            raise UserError(f"'{path}' is corrupt: tensor '{k}' has {end - start} bytes but its shape needs "
+            raise UserError(f"{quoted(path)} is corrupt: tensor {quoted(k)} has {end - start} bytes but its shape needs "
                             f"{TensorMeta(dtype, shape, path).nbytes}.")
         out[k] = (dtype, shape)
     return out
@@ -160,10 +160,10 @@ def _weight_files(folder: str) -> list[str]:
                 # a shard name like ../../x or /x would read a file outside the model folder
                 raise ValueError("shard names must be plain file names")
         except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError):
-            raise UserError(f"'{idx}' is not a valid safetensors index.")
+            raise UserError(f"{quoted(idx)} is not a valid safetensors index.")
         missing = [x for x in files if not os.path.isfile(os.path.join(folder, x))]
         if missing:
-            raise UserError(f"'{folder}' is missing the shard {missing[0]} named in its index.")
+            raise UserError(f"{quoted(folder)} is missing the shard {quoted(missing[0])} named in its index.")
         return [os.path.join(folder, x) for x in files]
     return sorted(os.path.join(folder, x) for x in os.listdir(folder) if x.endswith(".safetensors"))
 
@@ -176,33 +176,33 @@ def inspect(ref: str, *, allow_pickle: bool = False, trust_remote_code: bool = F
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         if not os.listdir(path):
-            raise UserError(f"The folder '{ref}' is empty.")
-        raise UserError(f"'{ref}' has no config.json, so it is not a Hugging Face model folder.")
+            raise UserError(f"The folder {quoted(ref)} is empty.")
+        raise UserError(f"{quoted(ref)} has no config.json, so it is not a Hugging Face model folder.")
     try:
         with open(cfg_path) as f:
             config = json.load(f)
         if not isinstance(config, dict):
             raise ValueError("not an object")
     except (OSError, ValueError, RecursionError) as exc:
-        raise UserError(f"The config.json of '{ref}' is not valid JSON ({exc}).")
+        raise UserError(f"The config.json of {quoted(ref)} is not valid JSON ({exc}).")
     if config.get("auto_map") and not trust_remote_code:
-        raise UserError(f"'{ref}' needs custom code (auto_map in config.json); enable trust_remote_code only if you trust its author.")
+        raise UserError(f"{quoted(ref)} needs custom code (auto_map in config.json); enable trust_remote_code only if you trust its author.")
     files = _weight_files(path)
     if not files:
         pickled = [x for x in os.listdir(path) if x.endswith((".bin", ".pt", ".pth", ".ckpt"))]
         if pickled and not allow_pickle:
-            raise UserError(f"'{ref}' has only pickled weights ({pickled[0]}); pickles can run code, so they are refused unless you opt in.")
+            raise UserError(f"{quoted(ref)} has only pickled weights ({quoted(pickled[0])}); pickles can run code, so they are refused unless you opt in.")
         if pickled:
             path = _convert_pickled(ref, path, sorted(x for x in pickled if x.endswith(".bin")))
             files = _weight_files(path)
         else:
-            raise UserError(f"'{ref}' has no .safetensors weights.")
+            raise UserError(f"{quoted(ref)} has no .safetensors weights.")
     tensors: dict[str, TensorMeta] = {}
     for fpath in files:
         for k, (dtype, shape) in read_safetensors_header(fpath).items():
             tensors[k] = TensorMeta(dtype, shape, fpath)
     if not tensors:
-        raise UserError(f"'{ref}' has safetensors files but no tensors in them.")
+        raise UserError(f"{quoted(ref)} has safetensors files but no tensors in them.")
     name = ref[4:] if ref.startswith("zoo:") else os.path.basename(os.path.normpath(ref))
     return ModelInfo(ref=ref, path=path, config=config, tensors=tensors, name=name)
 
@@ -220,7 +220,7 @@ def _convert_pickled(ref: str, folder: str, bins: list[str]) -> str:
     from safetensors.torch import save_file
     from .. import CACHE_DIR
     if not bins:
-        raise UserError(f"'{ref}' has pickled weights but no pytorch_model*.bin; convert them to safetensors first.")
+        raise UserError(f"{quoted(ref)} has pickled weights but no pytorch_model*.bin; convert them to safetensors first.")
     h = hashlib.sha256(os.path.realpath(folder).encode())
     for b in bins:
         st = os.stat(os.path.join(folder, b))
@@ -233,9 +233,9 @@ def _convert_pickled(ref: str, folder: str, bins: list[str]) -> str:
         try:
             part = torch.load(os.path.join(folder, b), map_location="cpu", weights_only=True)
         except Exception as exc:   # a pickle with code in it lands here too
-            raise UserError(f"'{ref}': {b} is not a plain tensor checkpoint ({type(exc).__name__}); it was not loaded.")
+            raise UserError(f"{quoted(ref)}: {quoted(b)} is not a plain tensor checkpoint ({type(exc).__name__}); it was not loaded.")
         if not isinstance(part, dict) or not all(isinstance(v, torch.Tensor) for v in part.values()):
-            raise UserError(f"'{ref}': {b} does not hold a state dict of tensors.")
+            raise UserError(f"{quoted(ref)}: {quoted(b)} does not hold a state dict of tensors.")
         state.update(part)
     tmp = f"{dst}.partial-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -250,7 +250,7 @@ def _convert_pickled(ref: str, folder: str, bins: list[str]) -> str:
         os.replace(tmp, dst)
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise UserError(f"Could not write a safetensors copy of '{ref}' to {dst} ({exc.strerror or exc}).")
+        raise UserError(f"Could not write a safetensors copy of {quoted(ref)} to {dst} ({exc.strerror or exc}).")
     return dst
 
 

@@ -6,7 +6,7 @@ import threading
 import torch
 
 from .. import policy
-from ..errors import UserError
+from ..errors import UserError, quoted
 from .headers import inspect
 from .refs import resolve
 
@@ -102,7 +102,7 @@ def load_tokenizer(ref: str, trust_remote_code: bool = False):
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:
-        raise UserError(f"Cannot load the tokenizer of '{ref}' ({type(exc).__name__}: {str(exc)[:120]}).")
+        raise UserError(f"Cannot load the tokenizer of {quoted(ref)} ({type(exc).__name__}: {str(exc)[:120]}).")
 
 
 def load_model(ref: str, *, device: str = "auto", dtype: torch.dtype | None = None,
@@ -128,11 +128,11 @@ def load_model(ref: str, *, device: str = "auto", dtype: torch.dtype | None = No
     if quantization not in ("8bit", "4bit"):
         # loaded into RAM first (then moved): refuse before the OOM killer does
         policy.check_memory(policy.load_estimate([info], torch.empty((), dtype=kwargs["dtype"]).element_size()),
-                            f"Loading '{ref}'")
+                            f"Loading {quoted(ref)}")
     try:
         model = AutoModelForCausalLM.from_pretrained(info.path, **kwargs)
     except Exception as exc:
-        raise UserError(f"Cannot load '{ref}' ({type(exc).__name__}: {str(exc)[:160]}).")
+        raise UserError(f"Cannot load {quoted(ref)} ({type(exc).__name__}: {str(exc)[:160]}).")
     if quantization not in ("8bit", "4bit"):
         model.to(device)
     model.eval()

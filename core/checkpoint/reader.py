@@ -6,7 +6,7 @@ import os
 
 import torch
 
-from ..errors import UserError
+from ..errors import UserError, quoted
 from .headers import DTYPE_BYTES, ModelInfo, torch_dtype_of
 
 class TensorReader:
@@ -29,12 +29,12 @@ class TensorReader:
             try:
                 h = self._safe_open(meta.file, framework="pt", device="cpu")
             except Exception as exc:
-                raise UserError(f"Cannot read '{meta.file}' ({exc}).")
+                raise UserError(f"Cannot read {quoted(meta.file)} ({exc}).")
             self._open[meta.file] = h
         try:
             t = h.get_tensor(name)
         except Exception as exc:
-            raise UserError(f"Tensor '{name}' of '{self.info.ref}' could not be read; the file may be corrupt ({exc}).")
+            raise UserError(f"Tensor {quoted(name)} of {quoted(self.info.ref)} could not be read; the file may be corrupt ({exc}).")
         return t.to(dtype) if dtype is not None else t
 
     def close(self) -> None:
@@ -71,7 +71,7 @@ class FileReader:
                 n = int.from_bytes(os.pread(fd, 8, 0), "little")
                 header = json.loads(os.pread(fd, n, 8))
             except (OSError, ValueError) as exc:
-                raise UserError(f"Cannot read '{meta.file}' ({exc}).")
+                raise UserError(f"Cannot read {quoted(meta.file)} ({exc}).")
             self._fds[meta.file] = fd
             for k, v in header.items():
                 if k != "__metadata__":
@@ -94,7 +94,7 @@ class FileReader:
         meta = self.info.tensors[name]
         fd, start, nbytes = self._locate(name)
         if nbytes != self.nbytes(name):
-            raise UserError(f"Tensor '{name}' of '{self.info.ref}' has {nbytes} bytes but its shape needs "
+            raise UserError(f"Tensor {quoted(name)} of {quoted(self.info.ref)} has {nbytes} bytes but its shape needs "
                             f"{self.nbytes(name)}; the file is corrupt.")
         shape = tuple(meta.shape)
         row = nbytes // shape[0] if shape and shape[0] else nbytes
@@ -105,7 +105,7 @@ class FileReader:
         while done < size:   # one read returns at most ~2 GiB on Linux
             got = os.preadv(fd, [view[done:]], off + done)
             if got <= 0:
-                raise UserError(f"Tensor '{name}' of '{self.info.ref}' could not be read; the file is truncated.")
+                raise UserError(f"Tensor {quoted(name)} of {quoted(self.info.ref)} could not be read; the file is truncated.")
             done += got
         return raw.view(torch_dtype_of(meta.dtype)).view(((b - a),) + shape[1:] if shape else shape)
 

@@ -6,7 +6,7 @@ import os
 import re
 
 from .. import ZOO_DIR, policy
-from ..errors import UserError
+from ..errors import UserError, quoted
 
 ZOO_NAMES = ("base", "safety", "math", "code")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -29,11 +29,11 @@ def resolve(ref: str, *, allow_download: bool | None = None) -> str:
     if ref.startswith("zoo:"):
         name = ref[4:]
         if name not in ZOO_NAMES:
-            raise UserError(f"Unknown built-in model '{ref}'; choose one of " +
+            raise UserError(f"Unknown built-in model {quoted(ref)}; choose one of " +
                             ", ".join("zoo:" + n for n in ZOO_NAMES) + ".")
         path = zoo_path(name)
         if not os.path.isdir(path):
-            raise UserError(f"The built-in model '{ref}' is missing; rebuild it with `python -m core zoo build`.")
+            raise UserError(f"The built-in model {quoted(ref)} is missing; rebuild it with `python -m core zoo build`.")
         return path
     expanded = os.path.abspath(os.path.expanduser(ref))
     if os.path.isdir(expanded):
@@ -44,7 +44,7 @@ def resolve(ref: str, *, allow_download: bool | None = None) -> str:
     if looks_local:
         # checked first so a Space does not tell what exists outside its folders
         policy.check_local_path(expanded, ref)
-        raise UserError(f"The folder '{ref}' does not exist.")
+        raise UserError(f"The folder {quoted(ref)} does not exist.")
     policy.check_hub_id(ref)
     return _fetch_hub(ref, allow_download)
 
@@ -53,7 +53,7 @@ def _fetch_hub(repo_id: str, allow_download: bool | None) -> str:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - hub is a transformers dependency
-        raise UserError(f"'{repo_id}' looks like a Hub id but huggingface_hub is not installed.")
+        raise UserError(f"{quoted(repo_id)} looks like a Hub id but huggingface_hub is not installed.")
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
     if allow_download is False:
         offline = True
@@ -63,5 +63,5 @@ def _fetch_hub(repo_id: str, allow_download: bool | None) -> str:
     except Exception as exc:  # network, 404, gated repo ...
         kind = type(exc).__name__
         if offline or "Connect" in kind or "Offline" in kind or "LocalEntryNotFound" in kind:
-            raise UserError(f"Cannot reach the Hugging Face Hub to fetch '{repo_id}' (no network, and it is not in the local cache).")
-        raise UserError(f"Could not fetch '{repo_id}' from the Hub ({kind}).")
+            raise UserError(f"Cannot reach the Hugging Face Hub to fetch {quoted(repo_id)} (no network, and it is not in the local cache).")
+        raise UserError(f"Could not fetch {quoted(repo_id)} from the Hub ({kind}).")

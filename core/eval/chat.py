@@ -43,7 +43,7 @@ import torch
 
 from .. import policy
 from .. import checkpoint as M
-from ..errors import UserError, one_line
+from ..errors import UserError, one_line, quoted
 
 DEFAULT_MAX_NEW_TOKENS = 128
 # a worker that has produced nothing for this long is treated as stuck
@@ -84,7 +84,7 @@ def check_memory(refs: list[str], device: str = "auto", quantization: str | None
         need = policy.load_estimate(infos, bpp)
         free, _total = torch.cuda.mem_get_info()
         if need > free:
-            names = ", ".join(f"'{i.ref}'" for i in infos)
+            names = ", ".join(f"{quoted(i.ref)}" for i in infos)
             raise UserError(f"Loading {names} needs about {policy.fmt_bytes(need)} of GPU memory but only "
                             f"{policy.fmt_bytes(free)} is free; use fewer or smaller models, or 4-bit loading.")
         return
@@ -216,7 +216,7 @@ class ChatSession:
         if not models:
             raise UserError("Pick at least one model to chat with.")
         if mode not in ("parallel", "turns"):
-            raise UserError(f"Chat mode '{mode}' is unknown; use parallel or turns.")
+            raise UserError(f"Chat mode {quoted(mode)} is unknown; use parallel or turns.")
         cache = cache if cache is not None else CACHE
         cols = [_as_column(m, i) for i, m in enumerate(models)]
         refs = [c for c in cols if isinstance(c, str)]

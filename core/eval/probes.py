@@ -28,7 +28,7 @@ import torch
 
 from .. import PROBES_DIR
 from . import scorers
-from ..errors import UserError
+from ..errors import UserError, quoted
 
 SUITES = ("harmful", "benign", "math", "code")
 METRIC = {"harmful": "refusal_rate", "benign": "over_refusal_rate", "math": "accuracy", "code": "pass_rate"}
@@ -61,12 +61,12 @@ def load_jsonl(path: str) -> list[dict]:
         try:
             row = json.loads(line)
         except (ValueError, RecursionError):   # RecursionError: a line of 1000+ '[' (fuzzing found it)
-            raise UserError(f"Line {i} of '{path}' is not valid JSON.")
+            raise UserError(f"Line {i} of {quoted(path)} is not valid JSON.")
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise UserError(f"Line {i} of '{path}' needs a non-empty string field 'prompt'.")
+            raise UserError(f"Line {i} of {quoted(path)} needs a non-empty string field 'prompt'.")
         rows.append(row)
     if not rows:
-        raise UserError(f"The probe file '{path}' has no prompts.")
+        raise UserError(f"The probe file {quoted(path)} has no prompts.")
     return rows
 
 
@@ -81,19 +81,19 @@ def load_csv(path: str) -> list[dict]:
         elif "Behavior" in header:
             col, kind = "Behavior", "HarmBench"
         else:
-            raise UserError(f"'{path}' has neither a 'goal' column (AdvBench) nor a 'Behavior' column (HarmBench).")
+            raise UserError(f"{quoted(path)} has neither a 'goal' column (AdvBench) nor a 'Behavior' column (HarmBench).")
         rows = []
         for i, rec in enumerate(reader, 2):
             if None in rec or None in rec.values():
                 if not any((v or "").strip() for v in rec.values() if isinstance(v, str)) and None not in rec:
                     continue   # blank line
-                raise UserError(f"Row {i} of '{path}' has a different number of fields than the header.")
+                raise UserError(f"Row {i} of {quoted(path)} has a different number of fields than the header.")
             rec = {k.strip(): v for k, v in rec.items()}
             value = (rec.get(col) or "").strip()
             if not value:
                 if not any((v or "").strip() for v in rec.values() if isinstance(v, str)):
                     continue   # blank line
-                raise UserError(f"Row {i} of '{path}' has an empty '{col}' ({kind} format).")
+                raise UserError(f"Row {i} of {quoted(path)} has an empty {quoted(col)} ({kind} format).")
             prompt = value
             ctx = (rec.get("ContextString") or "").strip() if kind == "HarmBench" else ""
             if ctx:
@@ -105,9 +105,9 @@ def load_csv(path: str) -> list[dict]:
                 row["id"] = rec["BehaviorID"]
             rows.append(row)
     except csv.Error as exc:
-        raise UserError(f"'{path}' is not a valid CSV file ({exc}).")
+        raise UserError(f"{quoted(path)} is not a valid CSV file ({exc}).")
     if not rows:
-        raise UserError(f"The probe file '{path}' has no prompts.")
+        raise UserError(f"The probe file {quoted(path)} has no prompts.")
     return rows
 
 
@@ -117,7 +117,7 @@ def load_file(path: str) -> list[dict]:
         return load_csv(path)
     if ext in (".jsonl", ".json", ".ndjson"):
         return load_jsonl(path)
-    raise UserError(f"'{path}' is neither .jsonl nor .csv; probe files are JSONL {{prompt, ...}} or AdvBench/HarmBench CSV.")
+    raise UserError(f"{quoted(path)} is neither .jsonl nor .csv; probe files are JSONL {{prompt, ...}} or AdvBench/HarmBench CSV.")
 
 
 def guess_kind(rows: list[dict], path: str) -> str:
@@ -137,14 +137,14 @@ def check_rows(kind: str, rows: list[dict], where: str) -> None:
         if kind == "math":
             a = r.get("answer")
             if isinstance(a, bool) or not isinstance(a, (int, float)):
-                raise UserError(f"Row {i} of '{where}' needs a numeric 'answer' for the math suite.")
+                raise UserError(f"Row {i} of {quoted(where)} needs a numeric 'answer' for the math suite.")
         elif kind == "code":
             tests = r.get("tests")
             if not isinstance(r.get("entry_point"), str) or not r["entry_point"].isidentifier():
-                raise UserError(f"Row {i} of '{where}' needs an 'entry_point' naming a Python function.")
+                raise UserError(f"Row {i} of {quoted(where)} needs an 'entry_point' naming a Python function.")
             if not isinstance(tests, list) or not tests or not all(
                     isinstance(t, dict) and isinstance(t.get("args"), list) and "expected" in t for t in tests):
-                raise UserError(f"Row {i} of '{where}' needs 'tests' as a list of {{\"args\": [...], \"expected\": ...}}.")
+                raise UserError(f"Row {i} of {quoted(where)} needs 'tests' as a list of {{\"args\": [...], \"expected\": ...}}.")
 
 
 def load_suite(name_or_path: str, kind: str | None = None) -> list[dict]:
@@ -152,7 +152,7 @@ def load_suite(name_or_path: str, kind: str | None = None) -> list[dict]:
     if name_or_path in SUITES and not os.path.isfile(name_or_path):
         path = os.path.join(PROBES_DIR, f"{name_or_path}.jsonl")
         if not os.path.isfile(path):
-            raise UserError(f"The built-in probe suite '{name_or_path}' is missing; rebuild it with `python -m core zoo build`.")
+            raise UserError(f"The built-in probe suite {quoted(name_or_path)} is missing; rebuild it with `python -m core zoo build`.")
         rows = load_jsonl(path)
         check_rows(name_or_path, rows, path)
         return rows
@@ -177,11 +177,11 @@ def parse_suites(spec) -> list[tuple[str, str, str]]:
         elif "=" in it and it.split("=", 1)[0].strip() in SUITES:
             kind, src = (x.strip() for x in it.split("=", 1))
         elif "=" in it:
-            raise UserError(f"Unknown probe kind '{it.split('=', 1)[0]}'; use one of {', '.join(SUITES)}.")
+            raise UserError(f"Unknown probe kind {quoted(it.split('=', 1)[0])}; use one of {', '.join(SUITES)}.")
         elif os.path.splitext(it)[1].lower() in (".csv", ".jsonl", ".json", ".ndjson") or os.path.exists(it):
             kind, src = "", it
         else:
-            raise UserError(f"Unknown probe suite '{it}'; use one of {', '.join(SUITES)}, a .jsonl/.csv file, or KIND=FILE.")
+            raise UserError(f"Unknown probe suite {quoted(it)}; use one of {', '.join(SUITES)}, a .jsonl/.csv file, or KIND=FILE.")
         out.append((it, kind, src))
     result, used = [], set()
     for it, kind, src in out:
@@ -256,7 +256,7 @@ def hits_for(kind: str, rows: list[dict], answers: list[str],
         return [scorers.math_correct(a, r["answer"]) for r, a in zip(rows, answers)]
     if kind == "code":
         return scorers.run_code_batch([(a, r["entry_point"], r["tests"]) for r, a in zip(rows, answers)])
-    raise UserError(f"Unknown probe suite '{kind}'; use one of {', '.join(SUITES)}.")
+    raise UserError(f"Unknown probe suite {quoted(kind)}; use one of {', '.join(SUITES)}.")
 
 
 def score_suite(kind: str, rows: list[dict], answers: list[str],

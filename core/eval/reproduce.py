@@ -42,7 +42,7 @@ import torch
 from .. import ROOT
 from .. import checkpoint as M
 from . import probes
-from ..errors import UserError
+from ..errors import UserError, quoted
 
 BASE = "zoo:base"
 EXPERTS = {"safety": "zoo:safety", "math": "zoo:math", "code": "zoo:code"}
@@ -108,7 +108,7 @@ def recipe_for(method: str, settings: dict):
     for k, v in settings.items():
         p = spec.param(k)
         if p is None:
-            raise UserError(f"The method '{method}' has no parameter '{k}'.")
+            raise UserError(f"The method {quoted(method)} has no parameter {quoted(k)}.")
         if p.per_model:
             for e in EXPERTS:
                 per[e][k] = v[e] if isinstance(v, dict) else v
@@ -126,11 +126,11 @@ def available_rows(registry=None) -> tuple[list[MethodRow], list[tuple[str, dict
     for r in METHODS:
         spec = registry.get(r.method)
         if spec is None:
-            notes.append(f"{r.label} is not in the table: the method '{r.method}' is not registered yet.")
+            notes.append(f"{r.label} is not in the table: the method {quoted(r.method)} is not registered yet.")
             continue
         missing = [k for k in {**r.fixed, **r.default, **r.grid} if spec.param(k) is None]
         if missing:
-            notes.append(f"{r.label} is not in the table: '{r.method}' has no parameter {missing[0]}.")
+            notes.append(f"{r.label} is not in the table: {quoted(r.method)} has no parameter {missing[0]}.")
             continue
         rows.append(r)
     ablations = []
@@ -360,7 +360,7 @@ def write_markdown(text: str, path: str) -> str:
             f.write(text)
         os.replace(tmp, path)
     except OSError as exc:
-        raise UserError(f"Cannot write the table to '{path}' ({exc.strerror}).")
+        raise UserError(f"Cannot write the table to {quoted(path)} ({exc.strerror}).")
     return path
 
 

@@ -29,7 +29,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
-from ..errors import UserError
+from ..errors import UserError, quoted
 
 REFUSAL_START = (
     "i'm sorry", "i am sorry", "sorry,", "sorry but", "sorry, but", "my apologies", "i apologize",
@@ -81,21 +81,21 @@ def load_phrases(path: str) -> RefusalPhrases:
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
     except OSError:
-        raise UserError(f"Cannot read the refusal phrase file '{path}'.")
+        raise UserError(f"Cannot read the refusal phrase file {quoted(path)}.")
     except (ValueError, UnicodeDecodeError):
-        raise UserError(f"The refusal phrase file '{path}' is not valid JSON.")
+        raise UserError(f"The refusal phrase file {quoted(path)} is not valid JSON.")
     if not isinstance(data, dict) or not set(data) <= {"start", "anywhere", "exceptions", "window"}:
-        raise UserError(f"The refusal phrase file '{path}' must be a JSON object with keys start, anywhere, exceptions, window.")
+        raise UserError(f"The refusal phrase file {quoted(path)} must be a JSON object with keys start, anywhere, exceptions, window.")
     kw: dict = {}
     for key in ("start", "anywhere", "exceptions"):
         if key in data:
             v = data[key]
             if not isinstance(v, list) or not all(isinstance(s, str) and s.strip() for s in v):
-                raise UserError(f"'{key}' in '{path}' must be a list of non-empty strings.")
+                raise UserError(f"{quoted(key)} in {quoted(path)} must be a list of non-empty strings.")
             kw[key] = tuple(_norm(s) for s in v)
     if "window" in data:
         if not isinstance(data["window"], int) or isinstance(data["window"], bool) or data["window"] < 1:
-            raise UserError(f"'window' in '{path}' must be a positive whole number of characters.")
+            raise UserError(f"'window' in {quoted(path)} must be a positive whole number of characters.")
         kw["window"] = data["window"]
     return RefusalPhrases(**kw)
 

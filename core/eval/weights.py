@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from .. import checkpoint as M
-from ..errors import UserError
+from ..errors import UserError, quoted
 
 Progress = Callable[[float, str], None]
 
@@ -250,7 +250,7 @@ def provenance(base, experts: list, merged, progress: Progress | None = None) ->
     names = _names(b)
     missing = [nm for nm in names if nm not in state]
     if missing:
-        raise UserError(f"The merged model has no tensor '{missing[0]}', so it was not merged from this base.")
+        raise UserError(f"The merged model has no tensor {quoted(missing[0])}, so it was not merged from this base.")
     layers, modules = _grid(b, names)
     points = points_for(b.n_layers) if b.n_layers > 0 else []
     n = len(es)
@@ -274,7 +274,7 @@ def provenance(base, experts: list, merged, progress: Progress | None = None) ->
                     if m.dim() == len(shape) and tuple(m.shape[1:]) == tuple(shape[1:]) and m.shape[0] >= shape[0]:
                         m = m[: shape[0]]
                     else:
-                        raise UserError(f"The merged '{name}' is {list(m.shape)} but the base's is {list(shape)}.")
+                        raise UserError(f"The merged {quoted(name)} is {list(m.shape)} but the base's is {list(shape)}.")
                 delta = m.to("cpu", torch.float32).reshape(-1) - t0
                 taus = [_shared(r.get(name), shape) - t0 for r in readers[1:]]
                 vec = np.empty(1 + n + n * n)

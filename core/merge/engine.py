@@ -35,7 +35,7 @@ from .. import policy
 from .. import checkpoint as M
 from .. import recipe as R
 from ..checkpoint.writer import ShardWriter
-from ..errors import UserError
+from ..errors import UserError, quoted
 from .plan import _out_meta, _Plan, plan
 from .result import MergeResult
 from .walk import _Buffers, _inputs, _one_thread, _walk
@@ -86,9 +86,9 @@ def _into_live(live_model, merged: dict[str, torch.Tensor]) -> None:
     state = live_model.state_dict(keep_vars=True)
     for name, t in merged.items():
         if name not in state:
-            raise UserError(f"The loaded model has no tensor '{name}', so it is not the model this recipe merges.")
+            raise UserError(f"The loaded model has no tensor {quoted(name)}, so it is not the model this recipe merges.")
         if tuple(state[name].shape) != tuple(t.shape):
-            raise UserError(f"The loaded model's '{name}' is {list(state[name].shape)} but the merge gives "
+            raise UserError(f"The loaded model's {quoted(name)} is {list(state[name].shape)} but the merge gives "
                             f"{list(t.shape)}; merge to a folder instead (the vocabulary changes size).")
     with torch.no_grad():
         for name, t in merged.items():
@@ -126,15 +126,15 @@ def run_merge(recipe: R.Recipe, *, out_dir: str | None = None, live_model=None, 
 def _check_out(out_dir: str, force: bool) -> None:
     if os.path.exists(out_dir):
         if not os.path.isdir(out_dir):
-            raise UserError(f"'{out_dir}' exists and is a file; choose a folder name for the merged model.")
+            raise UserError(f"{quoted(out_dir)} exists and is a file; choose a folder name for the merged model.")
         if not force:
-            raise UserError(f"The output folder '{out_dir}' already exists; choose another or use --force to replace it.")
+            raise UserError(f"The output folder {quoted(out_dir)} already exists; choose another or use --force to replace it.")
     parent = os.path.dirname(out_dir)
     probe = parent
     while probe and not os.path.exists(probe):
         probe = os.path.dirname(probe)
     if not probe or not os.access(probe, os.W_OK | os.X_OK):
-        raise UserError(f"Cannot write to '{parent}'; choose an output folder you may write to.")
+        raise UserError(f"Cannot write to {quoted(parent)}; choose an output folder you may write to.")
 
 
 def _to_folder(recipe: R.Recipe, p: _Plan, out_dir: str, force: bool, progress: Progress | None,
@@ -145,7 +145,7 @@ def _to_folder(recipe: R.Recipe, p: _Plan, out_dir: str, force: bool, progress: 
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as exc:
-        raise UserError(f"Cannot create the folder '{parent}' ({exc.strerror}).")
+        raise UserError(f"Cannot create the folder {quoted(parent)} ({exc.strerror}).")
     # the pid in the name lets a later merge tell a folder left by a killed
     # process (SIGKILL skips every cleanup) from one still being written
     tmp = os.path.join(parent, f".{os.path.basename(out_dir)}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
@@ -177,7 +177,7 @@ def _to_folder(recipe: R.Recipe, p: _Plan, out_dir: str, force: bool, progress: 
             os.replace(tmp, out_dir)
     except OSError as exc:
         _cleanup(writer, tmp)
-        raise UserError(f"Could not write the merged model to '{out_dir}' ({exc.strerror or exc}); nothing was kept.")
+        raise UserError(f"Could not write the merged model to {quoted(out_dir)} ({exc.strerror or exc}); nothing was kept.")
     except BaseException:
         _cleanup(writer, tmp)
         raise

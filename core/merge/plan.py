@@ -8,7 +8,7 @@ import torch
 from .. import checkpoint as M
 from .. import recipe as R
 from ..checkpoint.writer import _ST_NAMES
-from ..errors import UserError
+from ..errors import UserError, quoted
 
 _FLOAT_ST = ("F64", "F32", "F16", "BF16")
 
@@ -87,7 +87,7 @@ def plan(recipe: R.Recipe, infos=None) -> _Plan:
     if grow_from is not None:
         others = [e.ref for e in experts if e.ref in rep.vocab_extra and e is not grow_from]
         notes.append(f"The vocabulary grows to {grow_from.vocab_size or '?'} tokens: the extra embedding rows, "
-                     f"the tokenizer and the config come from '{grow_from.ref}'" +
+                     f"the tokenizer and the config come from {quoted(grow_from.ref)}" +
                      (f"; the extra rows of {', '.join(others)} are dropped." if others else "."))
     names = sorted(base.tensors, key=tensor_order)
     seed = int(glob.get("seed", recipe.parameters.get("seed", 0)) or 0)

@@ -10,7 +10,7 @@ import torch
 
 from .. import checkpoint as M
 from ..checkpoint.reader import FileReader
-from ..errors import UserError
+from ..errors import UserError, quoted
 from ..methods.base import TensorContext
 from .plan import _FLOAT_ST, _out_meta, _Plan
 from .result import MergeResult, TensorStats
@@ -164,7 +164,7 @@ class _Inputs:
         """Name the model whose tensor holds NaN/Inf (called only after a norm was not finite)."""
         for r in [self.base_reader] + self.readers:
             if _has_nonfinite(r.read(name).to(torch.float32)):
-                raise UserError(f"Tensor '{name}' of '{r.info.ref}' contains NaN or Inf values; nothing was written.")
+                raise UserError(f"Tensor {quoted(name)} of {quoted(r.info.ref)} contains NaN or Inf values; nothing was written.")
 
     def close(self) -> None:
         self.base_reader.close()
@@ -297,7 +297,7 @@ def _check_range(out: torch.Tensor, dtype: torch.dtype, method: str, name: str) 
     (float16 tops out at 65504); the float32 norm check cannot see that."""
     if dtype != torch.float32 and _has_nonfinite(out):
         raise UserError(f"The {method} merge gives values too large for {str(dtype).replace('torch.', '')} in "
-                        f"tensor '{name}'; nothing was written (merge in float32 or bfloat16).")
+                        f"tensor {quoted(name)}; nothing was written (merge in float32 or bfloat16).")
 
 
 def _walk(p: _Plan, inputs: _Inputs, dtype: torch.dtype, emit: Callable[[str, torch.Tensor], None],
@@ -328,7 +328,7 @@ def _walk(p: _Plan, inputs: _Inputs, dtype: torch.dtype, emit: Callable[[str, to
             if not all(_finite_norm(x) for x in norms) or not inputs.readers:
                 inputs.culprit(name)
             if not _finite_norm(merged_norm):
-                raise UserError(f"The {spec.name} merge produced NaN or Inf in tensor '{name}'; nothing was written.")
+                raise UserError(f"The {spec.name} merge produced NaN or Inf in tensor {quoted(name)}; nothing was written.")
             result.stats[name] = TensorStats(layer, module, merged_norm, ([0.0] if p.zero_first else []) + norms)
             _check_range(out, dtype, spec.name, name)
             emit(name, out)
@@ -356,7 +356,7 @@ def _walk(p: _Plan, inputs: _Inputs, dtype: torch.dtype, emit: Callable[[str, to
             delta = delta.to(base.device, torch.float32)
         merged_norm = float(norm(delta))
         if not _finite_norm(merged_norm):
-            raise UserError(f"The {spec.name} merge produced NaN or Inf in tensor '{name}'; nothing was written.")
+            raise UserError(f"The {spec.name} merge produced NaN or Inf in tensor {quoted(name)}; nothing was written.")
         result.stats[name] = TensorStats(layer, module, merged_norm, norms)
         grow = vocab and p.grow_from is not None and extras[p.grow_index] is not None
         if delta.is_contiguous() and delta.untyped_storage().data_ptr() != base.untyped_storage().data_ptr():

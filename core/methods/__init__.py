@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 
+from ..errors import quoted
 from .base import MethodSpec, Param, TensorContext  # noqa: F401
 
 REGISTRY: dict[str, MethodSpec] = {}
@@ -37,7 +38,7 @@ def _load() -> None:
 def get(name: str) -> MethodSpec:
     from ..errors import UserError
     if name not in REGISTRY:
-        raise UserError(f"Unknown merge method '{name}'; known methods: {', '.join(sorted(REGISTRY))}.")
+        raise UserError(f"Unknown merge method {quoted(name)}; known methods: {', '.join(sorted(REGISTRY))}.")
     return REGISTRY[name]
 
 

@@ -61,7 +61,7 @@ from typing import Callable, Iterable
 import torch
 
 from ... import checkpoint as M
-from ...errors import UserError
+from ...errors import UserError, quoted
 
 Progress = Callable[[float, str], None]
 
@@ -352,9 +352,9 @@ def read_jsonl(path: str) -> list[dict]:
         with open(full, encoding="utf-8") as f:
             lines = f.read().splitlines()
     except UnicodeDecodeError:
-        raise UserError(f"The calibration file '{path}' is not UTF-8 text.")
+        raise UserError(f"The calibration file {quoted(path)} is not UTF-8 text.")
     except OSError:
-        raise UserError(f"Cannot read the calibration file '{path}'.")
+        raise UserError(f"Cannot read the calibration file {quoted(path)}.")
     rows = []
     for no, line in enumerate(lines, 1):
         if not line.strip():
@@ -365,11 +365,11 @@ def read_jsonl(path: str) -> list[dict]:
             obj = None
         key = next((k for k in ("text", "prompt") if isinstance(obj, dict) and k in obj), None)
         if key is None or not isinstance(obj[key], str) or not obj[key].strip():
-            raise UserError(f"Line {no} of the calibration file '{path}' is not a JSON object with a "
+            raise UserError(f"Line {no} of the calibration file {quoted(path)} is not a JSON object with a "
                             "non-empty 'text' or 'prompt' string.")
         rows.append({key: obj[key]})
     if not rows:
-        raise UserError(f"The calibration file '{path}' holds no samples.")
+        raise UserError(f"The calibration file {quoted(path)} holds no samples.")
     return rows
 
 
@@ -483,7 +483,7 @@ def layer_mi(base: M.ModelInfo, experts: list[M.ModelInfo], rows: list[dict], *,
             with M.cpu_threads_for(em):
                 span = (0.3 + j * share, 0.3 + (j + 1) * share)
                 mi_by_fp[e.fingerprint()] = expert_mi(em, batches, names, kept, vocab or int(em.config.vocab_size),
-                                                      seed, progress, span, label=f"'{e.ref}'")
+                                                      seed, progress, span, label=f"{quoted(e.ref)}")
             del em
         entry = {"points": names, "selection": list(selection), "experts": mi_by_fp, "n_pool": len(rows)}
         _store_entry(key, entry)

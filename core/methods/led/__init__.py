@@ -37,6 +37,7 @@ import numpy as np
 import torch
 
 from .. import register
+from ...errors import quoted
 from ..base import MethodSpec, Param, TensorContext
 
 DEFAULT_RATIO = {"safety": 0.1, "math": 0.4, "code": 0.5, "custom": 0.4}
@@ -103,19 +104,19 @@ class Plan:
             if self.location in ("snip", "wanda"):
                 if path:
                     rows = importance.read_location_data(path)[:self.n]
-                    label = f"'{info.ref}' on {os.path.basename(path)}"
+                    label = f"{quoted(info.ref)} on {quoted(os.path.basename(path))}"
                 elif task in BUILTIN_TASKS:
                     rows = importance.builtin_rows(task, self.n, self.seed)
-                    label = f"'{info.ref}' on built-in {task} data"
+                    label = f"{quoted(info.ref)} on built-in {task} data"
                 else:
-                    raise UserError(f"'{info.ref}' has task {task}, so LED needs its location data: set its "
+                    raise UserError(f"{quoted(info.ref)} has task {task}, so LED needs its location data: set its "
                                     "location_data to a JSONL of prompt/response or an AdvBench CSV "
                                     "(or give it task safety, math or code).")
                 if len(rows) < self.n and path:
-                    self.notes.append(f"'{path}' holds {len(rows)} samples, fewer than n_samples={self.n}; "
+                    self.notes.append(f"{quoted(path)} holds {len(rows)} samples, fewer than n_samples={self.n}; "
                                       "all of them are used.")
             else:
-                label = f"'{info.ref}'"
+                label = quoted(info.ref)
             self.experts.append(Expert(info, task, ratio, float(mp.get("weight", 1.0)), rows, label))
 
     def scores(self, progress=None):

@@ -51,7 +51,7 @@ from typing import Callable
 import torch
 
 from ... import checkpoint as M
-from ...errors import UserError
+from ...errors import UserError, quoted
 
 Progress = Callable[[float, str], None]
 
@@ -88,10 +88,10 @@ def _jsonl_rows(text: str, path: str) -> list[dict]:
         try:
             obj = json.loads(line)
         except (ValueError, RecursionError):
-            raise UserError(f"Line {no} of the location data file '{path}' is not valid JSON.")
+            raise UserError(f"Line {no} of the location data file {quoted(path)} is not valid JSON.")
         if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) and obj[k].strip()
                                                 for k in ("prompt", "response")):
-            raise UserError(f"Line {no} of the location data file '{path}' needs non-empty string fields "
+            raise UserError(f"Line {no} of the location data file {quoted(path)} needs non-empty string fields "
                             "'prompt' and 'response'.")
         rows.append({"prompt": obj["prompt"], "response": obj["response"]})
     return rows
@@ -102,20 +102,20 @@ def _csv_rows(text: str, path: str) -> list[dict]:
         reader = csv.DictReader(io.StringIO(text))
         header = [(h or "").strip() for h in (reader.fieldnames or [])]
         if "goal" not in header or "target" not in header:
-            raise UserError(f"The location data file '{path}' needs the AdvBench columns 'goal' and 'target'.")
+            raise UserError(f"The location data file {quoted(path)} needs the AdvBench columns 'goal' and 'target'.")
         rows = []
         for no, rec in enumerate(reader, 2):
             if None in rec or None in rec.values():
-                raise UserError(f"Row {no} of the location data file '{path}' has a different number of fields "
+                raise UserError(f"Row {no} of the location data file {quoted(path)} has a different number of fields "
                                 "than the header.")
             rec = {(k or "").strip(): (v or "").strip() for k, v in rec.items()}
             if not any(rec.values()):
                 continue   # a blank line
             if not rec["goal"] or not rec["target"]:
-                raise UserError(f"Row {no} of the location data file '{path}' has an empty 'goal' or 'target'.")
+                raise UserError(f"Row {no} of the location data file {quoted(path)} has an empty 'goal' or 'target'.")
             rows.append({"prompt": rec["goal"], "response": rec["target"]})
     except csv.Error as exc:
-        raise UserError(f"The location data file '{path}' is not a valid CSV file ({exc}).")
+        raise UserError(f"The location data file {quoted(path)} is not a valid CSV file ({exc}).")
     return rows
 
 
@@ -132,7 +132,7 @@ def read_location_data(path: str) -> list[dict]:
     else:
         rows = _jsonl_rows(text, path)
     if not rows:
-        raise UserError(f"The location data file '{path}' holds no samples.")
+        raise UserError(f"The location data file {quoted(path)} holds no samples.")
     return rows
 
 
@@ -314,7 +314,7 @@ class DictScores(Scores):
     def get(self, name: str) -> torch.Tensor:
         t = self.tensors.get(name)
         if t is None:
-            raise UserError(f"No importance score for tensor '{name}'; the checkpoint's tensor names differ from "
+            raise UserError(f"No importance score for tensor {quoted(name)}; the checkpoint's tensor names differ from "
                             "the loaded model's, so LED cannot locate its weights.")
         return t
 
@@ -334,7 +334,7 @@ class FileScores(Scores):
         try:
             return self._h.get_tensor(name).float()
         except Exception:
-            raise UserError(f"No importance score for tensor '{name}' in '{self.path}'; delete the file to recompute.")
+            raise UserError(f"No importance score for tensor {quoted(name)} in {quoted(self.path)}; delete the file to recompute.")
 
 
 class _LazyScores(Scores):
@@ -353,7 +353,7 @@ class _LazyScores(Scores):
         t = self._memo.get(name)
         if t is None:
             if name not in self.info.tensors:
-                raise UserError(f"'{self.info.ref}' has no tensor '{name}'.")
+                raise UserError(f"{quoted(self.info.ref)} has no tensor {quoted(name)}.")
             t = self._compute(name)
             if self.keep:
                 self._memo[name] = t
@@ -545,7 +545,7 @@ def compute(jobs: list[Job], method: str = "snip", *, seed: int = 0, device: str
     lacks: a cache hit runs no forward or backward pass.
     """
     if method not in METHODS:
-        raise UserError(f"Unknown location method '{method}'; use one of {', '.join(METHODS)}.")
+        raise UserError(f"Unknown location method {quoted(method)}; use one of {', '.join(METHODS)}.")
     dev = M.pick_device(device)
     dtype = M.default_dtype(dev) if dev != "cpu" else torch.float32
     dtype_name = str(dtype).replace("torch.", "")
