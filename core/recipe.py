@@ -222,14 +222,13 @@ def _canonical(spec, raw: dict, where: str, per_model: bool) -> dict:
     return out
 
 
-def resolve_params(recipe: Recipe, spec=None) -> tuple[list[dict], dict]:
+def _resolve(recipe: Recipe, spec) -> tuple[list[dict], dict]:
     """(per-model params for every models entry, global params), defaults filled.
 
     Precedence follows mergekit: the method's default, then a per-model
     parameter written once under the recipe's parameters (applies to every
     model), then the model's own parameters.
     """
-    spec = spec or _spec(recipe)
     pm_default, gl_default = spec.defaults()
     top = _canonical(spec, recipe.parameters, " in parameters", per_model=False)
     shared = {k: v for k, v in top.items() if spec.param(k) is not None and spec.param(k).per_model}
@@ -244,7 +243,18 @@ def resolve_params(recipe: Recipe, spec=None) -> tuple[list[dict], dict]:
     return per, glob
 
 
-def validate(recipe: Recipe) -> None:
+@dataclass
+class Checked:
+    """A recipe that passed every check that needs no weights, with what the
+    checks found, so nothing downstream parses or checks it again."""
+    recipe: Recipe
+    spec: Any                       # the method's MethodSpec
+    model_params: list[dict]        # one per models entry, canonical, defaults filled
+    global_params: dict             # canonical, defaults filled (plus seed when written)
+    contributors: list[int]         # models entries that bring a task vector
+
+
+def validate(recipe: Recipe) -> Checked:
     """Every check that needs no weights; raises one sentence on the first problem."""
     spec = _spec(recipe)  # unknown method -> sentence listing the known ones
     if recipe.dtype not in DTYPES:
@@ -259,14 +269,16 @@ def validate(recipe: Recipe) -> None:
         seen.add(key)
     if spec.needs_base and not recipe.base_model:
         raise UserError(f"{spec.name} needs a base_model: the task vectors are measured from it.")
-    n = len(contributors(recipe, spec))
+    idx = contributors(recipe, spec)
+    n = len(idx)
     if n == 0:
         raise UserError("The recipe lists no models to merge besides the base.")
     if n < spec.min_models:
         raise UserError(f"{spec.name} needs at least {spec.min_models} models to merge, but the recipe has {n}.")
     if spec.max_models is not None and n > spec.max_models:
         raise UserError(f"{spec.name} merges at most {spec.max_models} models, but the recipe has {n}.")
-    resolve_params(recipe, spec)
+    per, glob = _resolve(recipe, spec)
+    return Checked(recipe, spec, per, glob, idx)
 
 
 def to_mergekit_yaml(recipe: Recipe) -> str:
@@ -281,7 +293,7 @@ def to_mergekit_yaml(recipe: Recipe) -> str:
     spec = _spec(recipe)
     if not spec.mergekit_name:
         raise UserError(f"{spec.name} has no mergekit equivalent, so it cannot be exported as a mergekit recipe.")
-    validate(recipe)
+    checked = validate(recipe)
 
     def ref(r: str) -> str:
         return zoo_path(r[4:]) if r.startswith("zoo:") else r
@@ -299,7 +311,7 @@ def to_mergekit_yaml(recipe: Recipe) -> str:
             out[p.mergekit or p.name] = v
         return out
 
-    per, glob = resolve_params(recipe, spec)
+    per, glob = checked.model_params, checked.global_params
     d: dict[str, Any] = {"merge_method": spec.mergekit_name}
     if recipe.base_model and (spec.needs_base or recipe.base_model in [m.model for m in recipe.models]):
         # mergekit's linear makes base_model an input of the average; ours only

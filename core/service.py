@@ -31,14 +31,27 @@ def list_methods():
     return REGISTRY
 
 
+def plan(recipe, infos=None):
+    """The merge plan of a recipe (Recipe, mapping, or path to a YAML file):
+    validated, every model's headers read, compatibility checked, no weight
+    read. A caller that wants the one-sentence refusal before loading
+    anything (the UI loads the base first) builds it here and hands it to
+    ``merge``, so the recipe is validated and the headers are read once."""
+    from .merge.plan import build
+    return build(_as_recipe(recipe), infos)
+
+
 def merge(recipe, out_dir: str | None = None, live_model=None, progress=None, **options):
-    """Merge a recipe (Recipe, mapping, or path to a YAML file) into a folder
-    or into an already loaded model; returns engine.MergeResult.
+    """Merge a recipe (Recipe, mapping, path to a YAML file, or the Plan
+    from ``plan``) into a folder or into an already loaded model; returns
+    engine.MergeResult.
 
     options go to engine.run_merge: force, device, infos, shard_size.
     """
     from .merge import engine
-    recipe = _as_recipe(recipe)
+    from .merge.plan import Plan
+    if not isinstance(recipe, Plan):
+        recipe = _as_recipe(recipe)
     return engine.run_merge(recipe, out_dir=out_dir, live_model=live_model, progress=progress, **options)
 
 
@@ -69,7 +82,7 @@ def acm_analysis(recipe, progress=None) -> dict:
     recipe = _as_recipe(recipe)
     if recipe.merge_method != "acm":
         raise UserError(f"ACM analysis needs merge_method: acm, not {quoted(recipe.merge_method)}.")
-    return acm.analyse(recipe, progress=progress)
+    return acm.analyse(plan(recipe), progress=progress)
 
 
 def led_analysis(recipe, progress=None) -> dict:
@@ -111,7 +124,7 @@ def led_analysis(recipe, progress=None) -> dict:
     recipe = _as_recipe(recipe)
     if recipe.merge_method != "led":
         raise UserError(f"LED analysis needs merge_method: led, not {quoted(recipe.merge_method)}.")
-    return led.analyse(recipe, progress=progress)
+    return led.analyse(plan(recipe), progress=progress)
 
 
 def probe(model_or_ref, suites="harmful,benign,math,code", limit: int | None = None, progress=None, **options) -> dict:

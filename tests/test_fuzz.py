@@ -242,8 +242,8 @@ def test_safetensors_header_reader_only_raises_user_errors(header, data_len, dec
     got = _only_user_errors(read_safetensors_header, path)
     if got is not None:
         # what it accepted is self-consistent: known dtypes, sizes that fit the file
-        for dtype, shape in got.values():
-            assert dtype in DTYPE_BYTES and all(s >= 0 for s in shape)
+        for meta in got.values():
+            assert meta.dtype in DTYPE_BYTES and all(s >= 0 for s in meta.shape)
 
 
 @SETTINGS

@@ -60,8 +60,8 @@ def refused(recipe: R.Recipe) -> str:
 
 def test_a_good_recipe_passes_and_fills_defaults():
     r = R.loads(TA)
-    R.validate(r)
-    per, glob = R.resolve_params(r)
+    checked = R.validate(r)
+    per, glob = checked.model_params, checked.global_params
     assert per == [{"weight": 0.7}, {"weight": 1.0}]
     assert glob == {"lambda": 0.5}
 
@@ -108,7 +108,7 @@ def test_kinds_bool_choice_int_str(toy):
     # YAML reads an unquoted 11 as a number; it still means the choice "11"
     r = R.loads("merge_method: toy\nbase_model: zoo:base\nmodels: [zoo:safety, zoo:math]\n"
                 "parameters: {election: 11, steps: 4.0}\n")
-    _, glob = R.resolve_params(r)
+    glob = R.validate(r).global_params
     assert glob["election"] == "11" and glob["steps"] == 4 and isinstance(glob["steps"], int)
 
 
@@ -116,7 +116,8 @@ def test_mergekit_names_and_aliases(toy):
     # density is mergekit's name for mask_ratio here; int8_mask is accepted and ignored
     r = toy_recipe(models=[{"model": "zoo:safety", "parameters": {"density": 0.2}}, {"model": "zoo:math"}],
                    parameters={"int8_mask": True, "weight": 0.5})
-    per, glob = R.resolve_params(r)
+    checked = R.validate(r)
+    per, glob = checked.model_params, checked.global_params
     assert per == [{"weight": 0.5, "mask_ratio": 0.2}, {"weight": 0.5, "mask_ratio": 0.5}]
     assert "int8_mask" not in glob
     bad = toy_recipe(models=[{"model": "zoo:safety", "parameters": {"density": 0.2, "mask_ratio": 0.3}},
@@ -172,8 +173,8 @@ def test_mergekit_export_is_the_same_merge():
     assert [m["parameters"] for m in mk["models"]] == [{"weight": 0.7}, {"weight": 1.0}]
     assert mk["parameters"] == {"lambda": 0.5} and mk["dtype"] == "bfloat16"
     back = R.loads(R.to_mergekit_yaml(r))
-    R.validate(back)
-    assert R.resolve_params(back) == R.resolve_params(r)
+    a, b = R.validate(back), R.validate(r)
+    assert (a.model_params, a.global_params) == (b.model_params, b.global_params)
 
 
 def test_mergekit_export_maps_aliases_and_refuses_what_mergekit_lacks(toy, monkeypatch):

@@ -648,9 +648,9 @@ def test_real_process_user_error_is_one_sentence_exit_2(fam, tmp_path):
 
 
 def test_real_process_internal_error_keeps_the_traceback_in_the_log(fam, tmp_path):
-    code = ("import sys, core.merge.engine as e\n"
+    code = ("import sys, core.merge.plan as p\n"
             "def boom(*a, **k): raise ZeroDivisionError('bug')\n"
-            "e.plan = boom\n"
+            "p.build = boom\n"
             "from core.cli import main\n"
             "sys.exit(main(sys.argv[1:]))\n")
     log = tmp_path / "cli.log"

@@ -157,33 +157,32 @@ def method_changed(method, *experts_tasks):
 
 
 # ------------------------------------------------------------------ merge
-def _ensure_model(sess: S.Session, base: str, cb) -> None:
+def _ensure_model(sess: S.Session, info, cb) -> None:
+    """Load the base (a ModelInfo from the merge plan) unless it is loaded."""
     from core import checkpoint as M
+    base = info.ref
     if sess.model is not None and sess.base_ref == base:
         return
     cb(0.0, f"loading {base}")
     sess.model = sess.tokenizer = None
     sess.chat = sess.chat_key = None
-    sess.tokenizer = M.load_tokenizer(base)
-    sess.model = M.load_model(base)
+    sess.tokenizer = M.load_tokenizer(info)
+    sess.model = M.load_model(info)
     sess.base_ref = base
     sess.merged_recipe = None
 
 
 def merge_into_session(sess: S.Session, recipe: dict, cb) -> object:
-    """Check, load the base once, merge in place; returns the MergeResult."""
-    rec = R.from_dict(recipe)
-    R.validate(rec)
-    ref = rec.base_model or rec.models[0].model
-    experts = [m.model for m in rec.models if m.model != ref]
-    if experts:
-        rep = service.compatibility(ref, experts)
-        if not rep.ok:
-            raise UserError(rep.sentence())
+    """Check, load the base once, merge in place; returns the MergeResult.
+
+    The plan (validation, headers, compatibility) comes first so a bad
+    recipe is refused before the base is loaded, and the merge reuses it.
+    """
+    plan = service.plan(recipe)
     if sess.chat is not None:
         sess.chat.stop()     # the chat's merged column must not read weights mid-copy
-    _ensure_model(sess, ref, cb)
-    res = service.merge(recipe, live_model=sess.model, progress=cb)
+    _ensure_model(sess, plan.base, cb)
+    res = service.merge(plan, live_model=sess.model, progress=cb)
     sess.merged_recipe = recipe
     sess.result = res
     return res
@@ -649,14 +648,13 @@ def export_model(*args, progress=gr.Progress(), request: gr.Request = None):
     """Write the merged folder (safetensors, config, tokenizer, card), zip it, and the recipe YAML."""
     values = _values(args)
     recipe = C.recipe_from_values(values)
-    rec = R.from_dict(recipe)
-    R.validate(rec)
+    plan = service.plan(recipe)
     sess = S.get(request)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = os.path.join(sess.tmpdir(), f"merged-{recipe['merge_method']}-{stamp}")
-    res = service.merge(recipe, out_dir=folder, progress=_progress(progress), force=True)
+    res = service.merge(plan, out_dir=folder, progress=_progress(progress), force=True)
     archive = shutil.make_archive(folder, "zip", root_dir=folder)
-    yaml_text = rec.to_yaml()
+    yaml_text = plan.recipe.to_yaml()
     ypath = os.path.join(sess.tmpdir(), f"recipe-{recipe['merge_method']}-{stamp}.yaml")
     with open(ypath, "w", encoding="utf-8") as f:
         f.write(yaml_text)

@@ -247,16 +247,15 @@ def values_from_recipe(recipe: dict) -> list:
     """
     from core import recipe as R
     rec = R.from_dict(recipe)
-    R.validate(rec)
-    spec = spec_of(rec.merge_method)
-    per, glob = R.resolve_params(rec, spec)
-    idx = R.contributors(rec, spec)
+    checked = R.validate(rec)
+    spec = checked.spec
+    per, glob, idx = checked.model_params, checked.global_params, checked.contributors
     if len(idx) > N_EXPERTS:
         raise UserError(f"This app shows at most {N_EXPERTS} experts; the recipe has {len(idx)}.")
     experts = [(rec.models[i].model, rec.models[i].task) for i in idx]
     pers = []
     for i in idx:
-        # resolve_params fills the Param default; a task default wins when the recipe is silent
+        # validation fills the Param default; a task default wins when the recipe is silent
         d = dict(per[i])
         written = set(rec.models[i].parameters) | set(rec.parameters)
         d.update({k: v for k, v in task_defaults(spec, rec.models[i].task).items() if k not in written})

@@ -30,6 +30,7 @@ class TensorMeta:
     dtype: str            # safetensors dtype name, e.g. "F32"
     shape: tuple[int, ...]
     file: str             # absolute path of the shard holding it
+    offset: int = 0       # where its bytes start in that file (the reader needs no second header parse)
 
     @property
     def numel(self) -> int:
@@ -111,8 +112,12 @@ class ModelInfo:
         return h.hexdigest()[:16]
 
 
-def read_safetensors_header(path: str) -> dict[str, tuple[str, tuple[int, ...]]]:
-    """Parse one safetensors header without touching the tensor data."""
+def read_safetensors_header(path: str) -> dict[str, TensorMeta]:
+    """Parse one safetensors header without touching the tensor data.
+
+    Every entry is checked against the file (known dtype, byte count that
+    matches its shape, inside the file), so a reader can trust it.
+    """
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
@@ -146,7 +151,7 @@ def read_safetensors_header(path: str) -> dict[str, tuple[str, tuple[int, ...]]]
         if end - start != TensorMeta(dtype, shape, path).nbytes:
             raise UserError(f"{quoted(path)} is corrupt: tensor {quoted(k)} has {end - start} bytes but its shape needs "
                             f"{TensorMeta(dtype, shape, path).nbytes}.")
-        out[k] = (dtype, shape)
+        out[k] = TensorMeta(dtype, shape, path, 8 + n + start)
     return out
 
 
@@ -199,8 +204,7 @@ def inspect(ref: str, *, allow_pickle: bool = False, trust_remote_code: bool = F
             raise UserError(f"{quoted(ref)} has no .safetensors weights.")
     tensors: dict[str, TensorMeta] = {}
     for fpath in files:
-        for k, (dtype, shape) in read_safetensors_header(fpath).items():
-            tensors[k] = TensorMeta(dtype, shape, fpath)
+        tensors.update(read_safetensors_header(fpath))
     if not tensors:
         raise UserError(f"{quoted(ref)} has safetensors files but no tensors in them.")
     name = ref[4:] if ref.startswith("zoo:") else os.path.basename(os.path.normpath(ref))

@@ -7,7 +7,7 @@ import torch
 
 from .. import policy
 from ..errors import UserError, quoted
-from .headers import inspect
+from .headers import ModelInfo, inspect
 from .refs import resolve
 
 def pick_device(prefer: str = "auto") -> str:
@@ -96,24 +96,31 @@ def quantization_status() -> dict[str, str]:
     return {"8bit": "", "4bit": ""}
 
 
-def load_tokenizer(ref: str, trust_remote_code: bool = False):
+def load_tokenizer(ref: str | ModelInfo, trust_remote_code: bool = False):
+    """The tokenizer of a reference, or of a model already inspected (no second look)."""
     from transformers import AutoTokenizer
-    path = resolve(ref)
+    path = ref.path if isinstance(ref, ModelInfo) else resolve(ref)
+    ref = ref.ref if isinstance(ref, ModelInfo) else ref
     try:
         return AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:
         raise UserError(f"Cannot load the tokenizer of {quoted(ref)} ({type(exc).__name__}: {str(exc)[:120]}).")
 
 
-def load_model(ref: str, *, device: str = "auto", dtype: torch.dtype | None = None,
+def load_model(ref: str | ModelInfo, *, device: str = "auto", dtype: torch.dtype | None = None,
                quantization: str | None = None, trust_remote_code: bool = False, allow_pickle: bool = False):
     """Load a model for generation (eval mode), optionally 8/4-bit.
 
+    ``ref`` is a reference, or the ModelInfo of a model already inspected
+    (a merge's plan holds them: its headers are not read again).
     ``allow_pickle`` loads a .bin-only model from its safetensors copy (see
     _convert_pickled); it is off unless the user opts in.
     """
     from transformers import AutoModelForCausalLM
-    info = inspect(ref, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    if isinstance(ref, ModelInfo):
+        info, ref = ref, ref.ref
+    else:
+        info = inspect(ref, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     device = pick_device(device)
     kwargs: dict = {"dtype": dtype or default_dtype(device), "trust_remote_code": trust_remote_code}
     if quantization in ("8bit", "4bit"):

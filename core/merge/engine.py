@@ -36,7 +36,8 @@ from .. import checkpoint as M
 from .. import recipe as R
 from ..checkpoint.writer import ShardWriter
 from ..errors import UserError, quoted
-from .plan import _out_meta, _Plan, plan
+from . import plan
+from .plan import Plan, _out_meta
 from .result import MergeResult
 from .walk import _Buffers, _inputs, _one_thread, _walk
 
@@ -56,21 +57,26 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 _LOCK = threading.RLock()
 
 
-def merge_state_dict(recipe: R.Recipe, *, infos=None, device: str = "cpu", progress: Progress | None = None,
-                     _plan: _Plan | None = None) -> tuple[dict[str, torch.Tensor], MergeResult]:
+def _plan_of(recipe: R.Recipe | Plan, infos) -> Plan:
+    """The plan itself, or one built from a recipe (the only place a merge plans)."""
+    return recipe if isinstance(recipe, Plan) else plan.build(recipe, infos)
+
+
+def merge_state_dict(recipe: R.Recipe | Plan, *, infos=None, device: str = "cpu", progress: Progress | None = None
+                     ) -> tuple[dict[str, torch.Tensor], MergeResult]:
     """The merged weights in memory (output dtype), for tests and small models.
 
     Reuses the open readers of the previous call when the models are the
     same, so repeated merges of one family are cheap.
     """
     t0 = time.perf_counter()
-    p = _plan or plan(recipe, infos)
-    dtype = _TORCH_DTYPES[recipe.dtype]
+    p = _plan_of(recipe, infos)
+    dtype = _TORCH_DTYPES[p.recipe.dtype]
     device = M.pick_device(device)
     result = MergeResult(None, len(p.names), 0.0, list(p.notes), list(p.labels))
     out: dict[str, torch.Tensor] = {}
     with _LOCK:
-        prepared = p.spec.prepare(recipe, p.infos, progress) if p.spec.prepare else None
+        prepared = p.spec.prepare(p, progress) if p.spec.prepare else None
         inputs = _inputs(p, device, live=True)
         _walk(p, inputs, dtype, out.__setitem__, progress, prepared, result)
     result.seconds = time.perf_counter() - t0
@@ -95,14 +101,17 @@ def _into_live(live_model, merged: dict[str, torch.Tensor]) -> None:
             state[name].copy_(t)
 
 
-def run_merge(recipe: R.Recipe, *, out_dir: str | None = None, live_model=None, progress: Progress | None = None,
-              device: str = "cpu", infos=None, force: bool = False, shard_size: int = DEFAULT_SHARD_SIZE,
-              show_bar: bool = False) -> MergeResult:
+def run_merge(recipe: R.Recipe | Plan, *, out_dir: str | None = None, live_model=None,
+              progress: Progress | None = None, device: str = "cpu", infos=None, force: bool = False,
+              shard_size: int = DEFAULT_SHARD_SIZE, show_bar: bool = False) -> MergeResult:
     """Merge ``recipe`` into ``live_model`` (in place, no disk) or a new folder ``out_dir``.
 
-    ``infos`` maps each reference written in the recipe to its ModelInfo
-    (or is a list of ModelInfo) so callers that already inspected the models
-    skip that step. Exactly one of ``out_dir`` and ``live_model`` is given.
+    ``recipe`` is a Recipe or the Plan built from it (plan.build: a caller
+    that checked the plan before loading a model passes it on, so nothing is
+    validated or inspected twice). ``infos`` maps each reference written in
+    the recipe to its ModelInfo (or is a list of ModelInfo) so callers that
+    already inspected the models skip that step. Exactly one of ``out_dir``
+    and ``live_model`` is given.
     """
     if (out_dir is None) == (live_model is None):
         raise UserError("Give either an output folder or a loaded model to merge into.")
@@ -111,12 +120,13 @@ def run_merge(recipe: R.Recipe, *, out_dir: str | None = None, live_model=None, 
         out_dir = os.path.abspath(os.path.expanduser(out_dir))
         policy.check_output_dir(out_dir)   # Space mode: only under the output roots
         _check_out(out_dir, force)
-    p = plan(recipe, infos)
+    p = _plan_of(recipe, infos)
+    recipe = p.recipe
     # headers only so far: refuse a merge that would not fit before reading weights
     policy.check_merge(p.base, p.sources, live=live_model is not None, needs_grad=p.spec.prepare is not None,
                        out_bytes=_TORCH_DTYPES[recipe.dtype].itemsize)
     if live_model is not None:
-        merged, result = merge_state_dict(recipe, device=device, progress=progress, _plan=p)
+        merged, result = merge_state_dict(p, device=device, progress=progress)
         _into_live(live_model, merged)
         result.seconds = time.perf_counter() - t0
         return result
@@ -137,7 +147,7 @@ def _check_out(out_dir: str, force: bool) -> None:
         raise UserError(f"Cannot write to {quoted(parent)}; choose an output folder you may write to.")
 
 
-def _to_folder(recipe: R.Recipe, p: _Plan, out_dir: str, force: bool, progress: Progress | None,
+def _to_folder(recipe: R.Recipe, p: Plan, out_dir: str, force: bool, progress: Progress | None,
                device: str, shard_size: int, show_bar: bool, t0: float) -> MergeResult:
     dtype = _TORCH_DTYPES[recipe.dtype]
     device = M.pick_device(device)
@@ -156,7 +166,7 @@ def _to_folder(recipe: R.Recipe, p: _Plan, out_dir: str, force: bool, progress: 
     try:
         _clean_stale(parent, os.path.basename(out_dir))
         os.makedirs(tmp)
-        prepared = p.spec.prepare(recipe, p.infos, progress) if p.spec.prepare else None
+        prepared = p.spec.prepare(p, progress) if p.spec.prepare else None
         inputs = _inputs(p, device, live=False)
         writer = ShardWriter(tmp, [(n, *_out_meta(p, n, dtype)) for n in p.names], shard_size)
         bufs = _Buffers(p, len(inputs.readers), device, dtype) if not inputs.cache_on else None
@@ -226,7 +236,7 @@ def _cleanup(writer: ShardWriter | None, tmp: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_side_files(recipe: R.Recipe, p: _Plan, folder: str, dtype: torch.dtype) -> None:
+def _write_side_files(recipe: R.Recipe, p: Plan, folder: str, dtype: torch.dtype) -> None:
     """config.json, generation_config.json, tokenizer, recipe and model card."""
     src = p.grow_from or p.base
     config = dict(src.config)
@@ -252,7 +262,7 @@ def _write_side_files(recipe: R.Recipe, p: _Plan, folder: str, dtype: torch.dtyp
         f.write(model_card(recipe, p))
 
 
-def model_card(recipe: R.Recipe, p: _Plan) -> str:
+def model_card(recipe: R.Recipe, p: Plan) -> str:
     """A short Hugging Face model card saying how the model was made."""
     import yaml
     parents = [p.base.ref] + [s.ref for s in p.sources if s is not p.base]

@@ -14,12 +14,20 @@ _FLOAT_ST = ("F64", "F32", "F16", "BF16")
 
 
 @dataclass
-class _Plan:
-    """Everything decided before any weight is read."""
+class Plan:
+    """Everything decided before any weight is read, built once per merge.
+
+    The engine walks it, the sinks write from it, and a method's ``prepare``
+    receives it (methods never plan or validate again). Fields a method may
+    read: ``base``, ``sources``, ``entries``, ``model_params``,
+    ``global_params``, ``seed``, ``notes``, ``names``.
+    """
+    recipe: R.Recipe
     spec: object
     base: M.ModelInfo                     # reference model (base, or models[0])
     sources: list[M.ModelInfo]            # one per task vector; None-free
-    model_params: list[dict]
+    entries: list[R.ModelEntry]           # the recipe's entry of each source
+    model_params: list[dict]              # of each source, defaults filled
     global_params: dict
     zero_first: bool                      # sources[0] is the base itself (zero task vector)
     labels: list[str]
@@ -52,14 +60,16 @@ def _infos_for(recipe: R.Recipe, infos) -> dict[str, M.ModelInfo]:
     return infos
 
 
-def plan(recipe: R.Recipe, infos=None) -> _Plan:
-    """Validate the recipe, inspect headers, check compatibility; no weights read."""
-    R.validate(recipe)
-    from ..methods import get
-    spec = get(recipe.merge_method)
-    per, glob = R.resolve_params(recipe, spec)
+def build(recipe: R.Recipe, infos=None) -> Plan:
+    """Validate the recipe, inspect headers, check compatibility; no weights read.
+
+    ``infos`` maps references to ModelInfo (or is a list of them) for callers
+    that inspected some models already; the others are inspected here, once.
+    """
+    checked = R.validate(recipe)
+    spec, per, glob = checked.spec, checked.model_params, checked.global_params
     infos = _infos_for(recipe, infos)
-    idx = R.contributors(recipe, spec)
+    idx = list(checked.contributors)
     zero_first = False
     if recipe.base_model:
         base = infos[recipe.base_model]
@@ -91,12 +101,13 @@ def plan(recipe: R.Recipe, infos=None) -> _Plan:
                      (f"; the extra rows of {', '.join(others)} are dropped." if others else "."))
     names = sorted(base.tensors, key=tensor_order)
     seed = int(glob.get("seed", recipe.parameters.get("seed", 0)) or 0)
-    return _Plan(spec=spec, base=base, sources=sources, model_params=[per[i] for i in idx],
-                 global_params=glob, zero_first=zero_first, labels=[s.ref for s in sources], names=names,
-                 grow_from=grow_from, grow_index=grow_index, notes=notes, seed=seed, infos=infos)
+    return Plan(recipe=recipe, spec=spec, base=base, sources=sources, entries=[recipe.models[i] for i in idx],
+                model_params=[per[i] for i in idx],
+                global_params=glob, zero_first=zero_first, labels=[s.ref for s in sources], names=names,
+                grow_from=grow_from, grow_index=grow_index, notes=notes, seed=seed, infos=infos)
 
 
-def _out_meta(p: _Plan, name: str, dtype: torch.dtype) -> tuple[str, tuple[int, ...]]:
+def _out_meta(p: Plan, name: str, dtype: torch.dtype) -> tuple[str, tuple[int, ...]]:
     """(safetensors dtype, shape) of one output tensor, known before computing it."""
     meta = p.base.tensors[name]
     if meta.dtype not in _FLOAT_ST:

@@ -12,7 +12,7 @@ from .. import checkpoint as M
 from ..checkpoint.reader import FileReader
 from ..errors import UserError, quoted
 from ..methods.base import TensorContext
-from .plan import _FLOAT_ST, _out_meta, _Plan
+from .plan import _FLOAT_ST, _out_meta, Plan
 from .result import MergeResult, TensorStats
 
 Progress = Callable[[float, str], None]
@@ -58,7 +58,7 @@ def elementwise(spec) -> bool:
     return bool(getattr(spec, "elementwise", False))
 
 
-def _chunked(p: _Plan, name: str) -> bool:
+def _chunked(p: Plan, name: str) -> bool:
     meta = p.base.tensors[name]
     return (elementwise(p.spec) and p.spec.prepare is None and meta.dtype in _FLOAT_ST
             and len(meta.shape) >= 1 and meta.numel > CHUNK_ELEMS)
@@ -70,7 +70,7 @@ class _Buffers:
     merge time. Whole-tensor float32 buffers are sized for the largest
     tensor that is not fed in row blocks."""
 
-    def __init__(self, p: _Plan, n_readers: int, device: str, dtype: torch.dtype):
+    def __init__(self, p: Plan, n_readers: int, device: str, dtype: torch.dtype):
         floats = [n for n in p.names if p.base.tensors[n].dtype in _FLOAT_ST]
         self.chunked = {n for n in floats if _chunked(p, n)}
         whole = [n for n in floats if n not in self.chunked]
@@ -107,7 +107,7 @@ class _Inputs:
     of models, kept between calls so the UI's re-merge after every slider
     move does not re-open files or re-read weights."""
 
-    def __init__(self, p: _Plan, device: str, cache: bool):
+    def __init__(self, p: Plan, device: str, cache: bool):
         self.key = _inputs_key(p, device)
         self.device = device
         self.base_reader = FileReader(p.base)
@@ -178,12 +178,12 @@ class _Inputs:
 _LAST_INPUTS: _Inputs | None = None
 
 
-def _inputs_key(p: _Plan, device: str) -> tuple:
+def _inputs_key(p: Plan, device: str) -> tuple:
     srcs = [p.base] + list(p.sources)
     return (device,) + tuple((s.path, s.fingerprint()) for s in srcs)
 
 
-def _inputs(p: _Plan, device: str, live: bool) -> _Inputs:
+def _inputs(p: Plan, device: str, live: bool) -> _Inputs:
     """Reuse the last set of readers when the models are the same files."""
     global _LAST_INPUTS
     key = _inputs_key(p, device)
@@ -214,7 +214,7 @@ def _numel(shape) -> int:
 
 
 
-def _merge_rows(p: _Plan, inputs: _Inputs, name: str, bufs: _Buffers, dtype: torch.dtype,
+def _merge_rows(p: Plan, inputs: _Inputs, name: str, bufs: _Buffers, dtype: torch.dtype,
                 ctx: TensorContext) -> tuple[torch.Tensor, list[float], float]:
     """An elementwise method fed row blocks; returns (output, ‖τᵢ‖, ‖τ‖)."""
     meta = p.base.tensors[name]
@@ -261,7 +261,7 @@ def _merge_rows(p: _Plan, inputs: _Inputs, name: str, bufs: _Buffers, dtype: tor
     return out, [x ** 0.5 for x in ssq], merged ** 0.5
 
 
-def _delta_stats(p: _Plan, inputs: _Inputs, name: str, bufs: _Buffers, per: int) -> list:
+def _delta_stats(p: Plan, inputs: _Inputs, name: str, bufs: _Buffers, per: int) -> list:
     """The spec's delta_stats of every task vector of ``name``, one at a time.
 
     Each τᵢ is assembled block by block in the one scratch buffer (the hook
@@ -300,7 +300,7 @@ def _check_range(out: torch.Tensor, dtype: torch.dtype, method: str, name: str) 
                         f"tensor {quoted(name)}; nothing was written (merge in float32 or bfloat16).")
 
 
-def _walk(p: _Plan, inputs: _Inputs, dtype: torch.dtype, emit: Callable[[str, torch.Tensor], None],
+def _walk(p: Plan, inputs: _Inputs, dtype: torch.dtype, emit: Callable[[str, torch.Tensor], None],
           progress: Progress | None, prepared, result: MergeResult, bar=None, bufs: _Buffers | None = None) -> None:
     """The hot loop: one tensor name at a time through the method.
 

@@ -78,7 +78,8 @@ class MethodSpec:
     max_models: int | None = None
     mergekit_name: str | None = None   # same YAML gives same tensors as mergekit
     summary: str = ""             # one sentence for the UI
-    # prepare(recipe, infos, progress) -> Prepared with .aux(name) -> dict;
+    # prepare(plan, progress) -> Prepared with .aux(name) -> dict, given the merge plan
+    # (core.merge.plan.Plan, built once per merge; a method never plans again);
     # used by methods that need whole-model work first (LED scores, ACM MI)
     prepare: Callable | None = None
     # fn may be fed row blocks (see the module docstring); off by default so

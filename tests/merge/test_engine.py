@@ -16,7 +16,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from core.merge import engine, walk
-from core.merge.plan import tensor_order
+from core.merge.plan import build, tensor_order
 from core import methods as registry
 from core import ZOO_DIR
 from core.errors import UserError
@@ -337,8 +337,8 @@ def test_prepare_runs_once_and_feeds_aux_per_tensor(family, monkeypatch):
         def aux(self, name):
             return {"tag": name.upper()}
 
-    def prepare(recipe, infos, progress):
-        prepared_with.append((recipe.merge_method, sorted(infos), progress))
+    def prepare(plan, progress):
+        prepared_with.append((plan.recipe.merge_method, sorted(plan.infos), progress))
         progress(0.5, "preparing")
         return Prepared()
 
@@ -355,7 +355,7 @@ def test_prepare_runs_once_and_feeds_aux_per_tensor(family, monkeypatch):
 
 
 def test_walk_order_goes_through_the_network(family):
-    names = engine.plan(ta(family)).names
+    names = build(ta(family)).names
     assert names[0] == "model.embed_tokens.weight"
     layers = [engine.M.layer_of(n) for n in names if engine.M.layer_of(n) is not None]
     assert layers == sorted(layers)

@@ -21,6 +21,7 @@ from core import checkpoint as M
 from core import recipe as R
 from core import service
 from core.errors import UserError
+from core.merge.plan import build
 from core.methods import REGISTRY, led
 
 T = torch.tensor
@@ -272,7 +273,7 @@ def test_led_merge_of_the_family_is_disjoint_lambda_tau(cache, tmp_path):
     base = _load(M.zoo_path("base"))
     taus = {m: {k: v - base[k] for k, v in _load(M.zoo_path(m[4:])).items()} for m in lams}
     ratios = {"zoo:safety": 0.1, "zoo:math": 0.4, "zoo:code": 0.5}   # by task: none given
-    prep = led.prepare(R.from_dict(rec))                               # the same masks, from the cache
+    prep = led.prepare(build(R.from_dict(rec)))                               # the same masks, from the cache
     taken = {m: 0 for m in lams}
     for name, b in base.items():
         # θ₀ + λᵢτᵢ as float32 arithmetic gives it, one candidate per expert
@@ -342,9 +343,9 @@ def test_analysis_with_disjoint_takes_at_most_one_expert_per_entry(cache):
 
 def test_random_location_is_seeded():
     rec = fam_recipe(location="random", seed=5)
-    p1 = led.prepare(R.from_dict(rec))
-    p2 = led.prepare(R.from_dict(rec))
-    p3 = led.prepare(R.from_dict(fam_recipe(location="random", seed=6)))
+    p1 = led.prepare(build(R.from_dict(rec)))
+    p2 = led.prepare(build(R.from_dict(rec)))
+    p3 = led.prepare(build(R.from_dict(fam_recipe(location="random", seed=6))))
     name = "model.layers.0.mlp.gate_proj.weight"
     m1, m2, m3 = (p.aux(name)["masks"] for p in (p1, p2, p3))
     assert all(torch.equal(a, b) for a, b in zip(m1, m2))
@@ -353,18 +354,18 @@ def test_random_location_is_seeded():
 
 # ------------------------------------------------------------------ recipe
 def test_reference_ratios_by_task_unless_given():
-    plan = led.Plan(R.from_dict(fam_recipe(location="magnitude")))
+    plan = led.Setup(build(R.from_dict(fam_recipe(location="magnitude"))))
     assert [(e.task, e.ratio, e.weight) for e in plan.experts] == [("safety", 0.1, 1.0), ("math", 0.4, 1.0),
                                                                    ("code", 0.5, 1.0)]
     models = [{"model": "zoo:safety", "parameters": {"mask_ratio": 0.25}}, {"model": "zoo:math"}]
-    plan = led.Plan(R.from_dict(fam_recipe(location="magnitude", models=models)))
+    plan = led.Setup(build(R.from_dict(fam_recipe(location="magnitude", models=models))))
     assert [e.ratio for e in plan.experts] == [0.25, 0.4]
     # written once for every model under parameters: it applies to all
-    plan = led.Plan(R.from_dict(fam_recipe(location="magnitude", mask_ratio=0.3)))
+    plan = led.Setup(build(R.from_dict(fam_recipe(location="magnitude", mask_ratio=0.3))))
     assert [e.ratio for e in plan.experts] == [0.3, 0.3, 0.3]
     # the task can be given as a parameter too
     models = [{"model": "zoo:math", "parameters": {"task": "code"}}]
-    assert led.Plan(R.from_dict(fam_recipe(location="magnitude", models=models))).experts[0].ratio == 0.5
+    assert led.Setup(build(R.from_dict(fam_recipe(location="magnitude", models=models)))).experts[0].ratio == 0.5
 
 
 @pytest.mark.parametrize("where,params,needle", [
@@ -389,7 +390,7 @@ def test_a_custom_task_needs_location_data(tmp_path):
     shutil.copytree(M.zoo_path("math"), folder)
     d = fam_recipe(models=[{"model": str(folder)}])
     with pytest.raises(UserError, match="has task custom, so LED needs its location data"):
-        led.Plan(R.from_dict(d))
+        led.Setup(build(R.from_dict(d)))
 
 
 # ------------------------------------------------------------------ user data
@@ -429,10 +430,10 @@ def test_custom_expert_scored_on_a_user_file(cache, tmp_path):
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     d = fam_recipe(models=[{"model": str(folder), "parameters": {"location_data": str(data), "mask_ratio": 0.2}}])
     before = I.STATS["backward"]
-    plan = led.Plan(R.from_dict(d))
+    plan = led.Setup(build(R.from_dict(d)))
     assert plan.experts[0].task == "custom" and plan.experts[0].rows == rows
     seen = []
-    prep = led.prepare(R.from_dict(d), None, lambda f, msg: seen.append((f, msg)))
+    prep = led.prepare(build(R.from_dict(d)), lambda f, msg: seen.append((f, msg)))
     assert I.STATS["backward"] == before + 6   # base and expert, 3 samples each
     fracs = [f for f, _ in seen]
     assert fracs == sorted(fracs) and fracs[-1] == 1.0 and len(seen) >= 6

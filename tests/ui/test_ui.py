@@ -170,6 +170,15 @@ def test_errors_are_one_sentence(session, monkeypatch, caplog):
     assert "secret internals" in caplog.text     # the log has the details, the user does not
 
 
+def test_an_led_merge_from_the_ui_validates_once_and_reads_each_header_once(session, plan_counts):
+    led = {"merge_method": "led", "base_model": "zoo:base", "parameters": {"location": "magnitude"},
+           "models": [{"model": "zoo:safety", "task": "safety"}, {"model": "zoo:math", "task": "math"}]}
+    v = values(C.values_from_recipe(led))
+    plan_counts["validate"] = 0          # restoring controls from a recipe checks it; the merge starts here
+    A.do_merge(*v)       # loads the base too: from the plan's headers, not read again
+    plan_counts.assert_once(["zoo:base", "zoo:safety", "zoo:math"])
+
+
 # ------------------------------------------------------------- chat
 def test_chat_streams_merged_and_each_parent(merged):
     prompt = "What is 47 + 8?"

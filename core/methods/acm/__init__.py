@@ -70,7 +70,7 @@ class Prepared:
         return {"coeffs": list(self._by_point.get(p, self._fallback)), "point": p}
 
 
-def _rows(recipe, glob: dict, n: int) -> list[dict]:
+def _rows(glob: dict, n: int) -> list[dict]:
     from . import activations
     path = glob.get("calibration") or ""
     if path:
@@ -79,19 +79,17 @@ def _rows(recipe, glob: dict, n: int) -> list[dict]:
     return [{"prompt": p} for p in calibration_pool(POOL_PER_SAMPLE * n, seed=0)]
 
 
-def analyse(recipe, infos=None, progress=None) -> dict:
-    """MI, coefficients and everything the UI plots (see service.acm_analysis)."""
+def analyse(p, progress=None) -> dict:
+    """MI, coefficients and everything the UI plots for a merge plan (see service.acm_analysis)."""
     from . import activations
-    from ...merge import engine
     from ...errors import UserError
-    p = engine.plan(recipe, infos)
     glob = p.global_params
     if glob.get("base_method") != "ties" and any(float(mp.get("density", 1.0)) < 1 for mp in p.model_params):
         raise UserError("ACM's density applies only when base_method is ties.")
     n, k = int(glob["n_calibration"]), int(glob["clusters"])
     if k > n:
         raise UserError(f"ACM's clusters ({k}) must not exceed n_calibration ({n}).")
-    points, mi, details = activations.layer_mi(p.base, list(p.sources), _rows(recipe, glob, n), n_calibration=n,
+    points, mi, details = activations.layer_mi(p.base, list(p.sources), _rows(glob, n), n_calibration=n,
                                                clusters=k, seed=p.seed, progress=progress)
     t = float(glob["temperature"])
     experts = [s.ref for s in p.sources]
@@ -102,8 +100,8 @@ def analyse(recipe, infos=None, progress=None) -> dict:
             "clusters": k, "cached": details["cached"]}
 
 
-def prepare(recipe, infos, progress=None) -> Prepared:
-    a = analyse(recipe, infos, progress)
+def prepare(plan, progress=None) -> Prepared:
+    a = analyse(plan, progress)
     return Prepared(a["layers"], a["experts"], a["coef"])
 
 

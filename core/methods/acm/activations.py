@@ -461,10 +461,10 @@ def layer_mi(base: M.ModelInfo, experts: list[M.ModelInfo], rows: list[dict], *,
     selection = entry.get("selection")
     cached = not todo and selection is not None
     if not cached:
-        tok = M.load_tokenizer(base.ref)
+        tok = M.load_tokenizer(base)
         texts = format_prompts(tok, rows)
         dtype = M.default_dtype(dev) if dev != "cpu" else torch.float32
-        model = M.load_model(base.ref, device=dev, dtype=dtype)
+        model = M.load_model(base, device=dev, dtype=dtype)
         with M.cpu_threads_for(model):   # tiny models: one thread is 3-10x faster on a busy CPU
             if selection is None:
                 if clusters > len(texts):
@@ -479,7 +479,7 @@ def layer_mi(base: M.ModelInfo, experts: list[M.ModelInfo], rows: list[dict], *,
         vocab = int(base.config.get("vocab_size") or 0)
         share = 0.7 / max(1, len(todo))
         for j, e in enumerate(todo):
-            em = M.load_model(e.ref, device=dev, dtype=dtype)
+            em = M.load_model(e, device=dev, dtype=dtype)
             with M.cpu_threads_for(em):
                 span = (0.3 + j * share, 0.3 + (j + 1) * share)
                 mi_by_fp[e.fingerprint()] = expert_mi(em, batches, names, kept, vocab or int(em.config.vocab_size),

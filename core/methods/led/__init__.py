@@ -71,16 +71,12 @@ class Expert:
         return self.info.ref
 
 
-class Plan:
-    """Everything LED decides from the recipe before any score is computed."""
+class Setup:
+    """Everything LED decides from the merge plan before any score is computed."""
 
-    def __init__(self, recipe, infos=None):
-        from ...merge import engine
+    def __init__(self, p):
         from . import importance
-        from ... import recipe as R
         from ...errors import UserError
-        p = engine.plan(recipe, infos)
-        self.engine_plan = p
         glob = p.global_params
         self.election = str(glob["election"])
         self.disjoint = bool(glob["disjoint"])
@@ -89,11 +85,9 @@ class Plan:
         self.seed = int(glob.get("seed", 0) or 0)
         self.base = p.base
         self.notes = list(p.notes)
-        idx = R.contributors(recipe, p.spec)
-        shared_ratio = "mask_ratio" in {str(k) for k in recipe.parameters}
+        shared_ratio = "mask_ratio" in {str(k) for k in p.recipe.parameters}
         self.experts: list[Expert] = []
-        for i, info, mp in zip(idx, p.sources, p.model_params):
-            entry = recipe.models[i]
+        for entry, info, mp in zip(p.entries, p.sources, p.model_params):
             task = str(mp.get("task", "auto"))
             if task == "auto":
                 task = entry.task if entry.task != "custom" else (_zoo_task(info) or "custom")
@@ -133,7 +127,7 @@ class Plan:
 class Prepared:
     """Per-tensor ``aux`` for the engine: {"masks": [mᵢ], "elected": [Eᵢ]}."""
 
-    def __init__(self, plan: Plan, base_scores: list, expert_scores: list, cached: bool):
+    def __init__(self, plan: Setup, base_scores: list, expert_scores: list, cached: bool):
         self.plan = plan
         self.base_scores, self.expert_scores = base_scores, expert_scores
         self.cached = cached
@@ -159,10 +153,11 @@ class Prepared:
         return {"masks": final, "elected": elected}
 
 
-def prepare(recipe, infos=None, progress=None) -> Prepared:
-    plan = Plan(recipe, infos)
-    b, e, cached = plan.scores(progress)
-    return Prepared(plan, b, e, cached)
+def prepare(plan, progress=None) -> Prepared:
+    """Scores for every expert (cached), from the merge plan (core.merge.plan.Plan)."""
+    setup = Setup(plan)
+    b, e, cached = setup.scores(progress)
+    return Prepared(setup, b, e, cached)
 
 
 def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,

@@ -9,11 +9,11 @@ from . import prepare
 _OUTSIDE = {"embed": "embed", "final_norm": "norm", "head": "lm_head"}
 
 
-def analyse(recipe, infos=None, progress=None) -> dict:
-    """What the UI plots; the schema is documented in core.service.led_analysis."""
+def analyse(plan, progress=None) -> dict:
+    """What the UI plots for a merge plan; the schema is documented in core.service.led_analysis."""
     from . import masks
     from ... import checkpoint as M
-    prep = prepare(recipe, infos, progress)
+    prep = prepare(plan, progress)
     plan = prep.plan
     experts = [e.ref for e in plan.experts]
     n_layers = max(0, plan.base.n_layers)

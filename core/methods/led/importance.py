@@ -589,7 +589,7 @@ def compute(jobs: list[Job], method: str = "snip", *, seed: int = 0, device: str
             bar.set_description_str(msg[:70], refresh=True)
     for path, idx in todo.items():
         info = jobs[idx[0]].info
-        model = M.load_model(info.ref, device=dev, dtype=dtype)
+        model = M.load_model(info, device=dev, dtype=dtype)
         try:
             with M.cpu_threads_for(model):
                 for i in idx:
