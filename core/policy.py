@@ -135,6 +135,9 @@ def check_output_dir(out_dir: str) -> None:
 
 # ---------------------------------------------------------- memory budget
 GB = 1024 ** 3
+# the engine keeps a small model's inputs as float32 in memory for the UI's
+# re-merge loop only when they are this small (the built-in family is a few MB)
+CACHE_BYTES = int(os.environ.get("MERGE_EXPLORER_ENGINE_CACHE_MB", "512")) * 2**20
 # chat holds whole models plus a KV cache and activations; 20% is a margin
 # for short chats (a rule of thumb, not a measurement)
 CHAT_OVERHEAD = 1.2
@@ -184,7 +187,6 @@ def merge_estimate(base, sources: list, *, live: bool = False, needs_grad: bool 
     n = _float_numel(base)
     if live:
         need += n * out_bytes
-        from .merge.walk import CACHE_BYTES  # the engine's own threshold for caching inputs
         if n * 4 * (1 + len(sources)) <= CACHE_BYTES:
             need += n * 4 * (1 + len(sources))
     if needs_grad:
@@ -212,12 +214,10 @@ def check_merge(base, sources: list, *, live: bool = False, needs_grad: bool = F
                  f"Merging {n} model{'s' if n != 1 else ''} into {quoted(base.ref)}")
 
 
-def check_chat(models: list, bytes_per_param: float = 4) -> None:
+def check_chat(infos: list, bytes_per_param: float = 4) -> None:
     """Call before loading the models of a side-by-side chat, all of them at
-    once (each alone may fit while three together do not). ``models`` are
-    ModelInfo or references; references are inspected (headers only)."""
-    from .checkpoint import inspect
-    infos = [inspect(m) if isinstance(m, str) else m for m in models]
+    once (each alone may fit while three together do not), with their
+    ModelInfo (headers only)."""
     names = ", ".join(f"{quoted(i.ref)}" for i in infos)
     check_memory(load_estimate(infos, bytes_per_param), f"Loading {names}")
 

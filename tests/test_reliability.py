@@ -31,6 +31,7 @@ from core.checkpoint.reader import FileReader
 from core.merge import engine
 from core import checkpoint as M
 from core.cli import main
+from core.eval.chat import check_memory
 from core.errors import UserError
 
 ST = "model.safetensors"
@@ -477,6 +478,7 @@ def add(self, name, t):
         time.sleep(60)
 e.ShardWriter.add = add
 from core.cli import main
+from core.eval.chat import check_memory
 sys.exit(main(["merge", sys.argv[1], "--out", sys.argv[3]]))
 """
 
@@ -554,15 +556,15 @@ def test_chat_and_load_over_the_budget(fam, monkeypatch):
     refs = [str(fam / n) for n in ("base", "safety", "math")]
     one = policy.load_estimate([M.inspect(refs[0])])
     monkeypatch.setenv("MERGE_EXPLORER_MEMORY_BUDGET_GB", str(1.5 * one / policy.GB))
-    policy.check_chat(refs[:1])                       # one model fits
+    check_memory(refs[:1])                            # one model fits
     with pytest.raises(UserError, match=r"Loading '.*base', '.*safety', '.*math' needs about 1[01] MB"):
-        policy.check_chat(refs)                       # three at once do not
+        check_memory(refs)                            # three at once do not
     monkeypatch.setenv("MERGE_EXPLORER_MEMORY_BUDGET_GB", str(0.5 * one / policy.GB))
     with pytest.raises(UserError, match=r"Loading '.*base' needs about"):
         M.load_model(refs[0], device="cpu")
     monkeypatch.setenv("MERGE_EXPLORER_MEMORY_BUDGET_GB", "lots")
     with pytest.raises(UserError, match="must be a number of gigabytes"):
-        policy.check_chat(refs[:1])
+        check_memory(refs[:1])
 
 
 def test_budget_defaults_to_memavailable():

@@ -35,3 +35,11 @@ def module_of(name: str) -> str:
         return "final_norm"
     return "other"
 
+
+def tensor_order(name: str) -> tuple:
+    """Embeddings first, then layer by layer, then the final norm and head,
+    so progress 'tensor i of n' moves through the network in order."""
+    layer = layer_of(name)
+    if layer is None:
+        return (0 if module_of(name) == "embed" else 2, 0, name)
+    return (1, layer, name)

@@ -69,7 +69,7 @@ def _infos(base: str | M.ModelInfo, experts: list) -> tuple[M.ModelInfo, list[M.
 
 
 def _names(base: M.ModelInfo) -> list[str]:
-    from ..merge.plan import tensor_order
+    from ..checkpoint.naming import tensor_order
     return sorted((n for n, t in base.tensors.items() if t.dtype in _FLOAT), key=tensor_order)
 
 

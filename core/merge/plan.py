@@ -7,6 +7,7 @@ import torch
 
 from .. import checkpoint as M
 from .. import recipe as R
+from ..checkpoint.naming import tensor_order
 from ..checkpoint.writer import _ST_NAMES
 from ..errors import UserError, quoted
 
@@ -37,15 +38,6 @@ class Plan:
     notes: list[str]
     seed: int
     infos: dict
-
-
-def tensor_order(name: str) -> tuple:
-    """Embeddings first, then layer by layer, then the final norm and head,
-    so progress 'tensor i of n' moves through the network in order."""
-    layer = M.layer_of(name)
-    if layer is None:
-        return (0 if M.module_of(name) == "embed" else 2, 0, name)
-    return (1, layer, name)
 
 
 def _infos_for(recipe: R.Recipe, infos) -> dict[str, M.ModelInfo]:

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import os
 from typing import Callable
 
 import torch
 
 from .. import checkpoint as M
+from .. import policy
 from ..checkpoint.reader import FileReader
 from ..errors import UserError, quoted
 from ..methods.base import TensorContext
@@ -16,11 +16,6 @@ from .plan import _FLOAT_ST, _out_meta, Plan
 from .result import MergeResult, TensorStats
 
 Progress = Callable[[float, str], None]
-
-# inputs are cached as float32 in memory for the UI's re-merge loop only
-# when they are this small (the built-in family is a few MB)
-CACHE_BYTES = int(os.environ.get("MERGE_EXPLORER_ENGINE_CACHE_MB", "512")) * 2**20
-
 
 # Elementwise methods (entry i of the result depends only on entry i of the
 # inputs) are fed row blocks of about this many entries: every pass of the
@@ -188,7 +183,7 @@ def _inputs(p: Plan, device: str, live: bool) -> _Inputs:
     global _LAST_INPUTS
     key = _inputs_key(p, device)
     n_models = 1 + len(p.sources)
-    cache = live and p.base.n_params * 4 * n_models <= CACHE_BYTES
+    cache = live and p.base.n_params * 4 * n_models <= policy.CACHE_BYTES
     if _LAST_INPUTS is not None and _LAST_INPUTS.key == key:
         _LAST_INPUTS.cache_on = _LAST_INPUTS.cache_on or cache
         return _LAST_INPUTS

@@ -1,45 +1,20 @@
-"""Registry of merge methods: one module per method, each registers a spec.
+"""Merge methods: one module per classic method; LED-Merging and ACM are
+packages with their scoring, masks/coefficients and analysis.
 
-``REGISTRY`` maps recipe names to MethodSpec. The UI builds its controls
-from it; recipe validation checks parameters against it.
+Each module registers a MethodSpec (core.methods.base) in ``REGISTRY``,
+which maps recipe names to specs. Adding a method is adding a file and an
+import line here; a module that fails to import fails loudly.
 """
 from __future__ import annotations
 
-import importlib
-
-from ..errors import quoted
-from .base import MethodSpec, Param, TensorContext  # noqa: F401
-
-REGISTRY: dict[str, MethodSpec] = {}
-
-# Modules are imported here so that adding a method is adding a file and a
-# line; a module that fails to import is a bug and should fail loudly.
-_MODULES = [
-    "task_arithmetic", "linear", "ties", "dare", "breadcrumbs", "model_stock", "slerp",
-    "tsv", "iso", "subspace_boosting", "led", "acm",
-]
-
-
-def register(spec: MethodSpec) -> MethodSpec:
-    REGISTRY[spec.name] = spec
-    return spec
-
-
-def _load() -> None:
-    for m in _MODULES:
-        try:
-            importlib.import_module(f"{__name__}.{m}")
-        except ModuleNotFoundError as exc:
-            # a method still being written is simply absent from the menu
-            if exc.name != f"{__name__}.{m}":
-                raise
+from ..errors import UserError, quoted
+# the order of these imports is the order of the UI's method menu
+from . import task_arithmetic, linear, ties, dare, breadcrumbs, model_stock, slerp  # noqa: F401,I001
+from . import tsv, iso, subspace_boosting, led, acm  # noqa: F401,I001  (each registers its spec)
+from .base import REGISTRY, MethodSpec, Param, TensorContext, register  # noqa: F401
 
 
 def get(name: str) -> MethodSpec:
-    from ..errors import UserError
     if name not in REGISTRY:
         raise UserError(f"Unknown merge method {quoted(name)}; known methods: {', '.join(sorted(REGISTRY))}.")
     return REGISTRY[name]
-
-
-_load()

@@ -99,9 +99,12 @@ class MethodSpec:
         return pm, gl
 
 
-def stack(deltas: list) -> torch.Tensor:
-    return torch.stack(list(deltas), 0)
+# Recipe name -> MethodSpec. The UI builds its controls from it; recipe
+# validation checks parameters against it. Filled by the method modules,
+# which core.methods imports (all of them, so the registry is complete).
+REGISTRY: dict[str, MethodSpec] = {}
 
 
-def weights_of(model_params: list, key: str = "weight", default: float = 1.0) -> list[float]:
-    return [float(p.get(key, default)) for p in model_params]
+def register(spec: MethodSpec) -> MethodSpec:
+    REGISTRY[spec.name] = spec
+    return spec

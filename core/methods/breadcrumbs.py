@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from . import register
 from ._threshold import rank_window_mask
-from .base import MethodSpec, Param, TensorContext
+from .base import MethodSpec, Param, TensorContext, register
 from .ties import combine, rescale_l1
 
 

@@ -25,8 +25,7 @@ import hashlib
 
 import torch
 
-from . import register
-from .base import MethodSpec, Param, TensorContext
+from .base import MethodSpec, Param, TensorContext, register
 from .ties import combine, rescale_l1
 
 

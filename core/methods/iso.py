@@ -22,8 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from . import register
-from .base import MethodSpec, Param, TensorContext
+from .base import MethodSpec, Param, TensorContext, register
 from .tsv import gets_svd, polar
 
 

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import torch
 
-from . import register
 from ..errors import UserError
-from .base import MethodSpec, Param, TensorContext
+from .base import MethodSpec, Param, TensorContext, register
 
 
 def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,

@@ -18,8 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from . import register
-from .base import MethodSpec, Param, TensorContext
+from .base import MethodSpec, Param, TensorContext, register
 
 
 def interpolation_t(deltas: list, filter_wise: bool = False) -> torch.Tensor:

@@ -20,8 +20,7 @@ import math
 
 import torch
 
-from . import register
-from .base import MethodSpec, Param, TensorContext
+from .base import MethodSpec, Param, TensorContext, register
 
 DOT_THRESHOLD = 0.9995
 EPS = 1e-8

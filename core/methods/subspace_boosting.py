@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import torch
 
-from . import register
 from . import task_arithmetic, ties
-from .base import MethodSpec, Param, TensorContext
+from .base import MethodSpec, Param, TensorContext, register
 
 BOOSTED_MODULES = ("q", "k", "v", "o", "gate", "up", "down")
 

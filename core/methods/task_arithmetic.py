@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from . import register
-from .base import MethodSpec, Param, TensorContext
+from .base import MethodSpec, Param, TensorContext, register
 
 
 def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,

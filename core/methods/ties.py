@@ -28,9 +28,8 @@ from __future__ import annotations
 
 import torch
 
-from . import register
 from ._threshold import TopK
-from .base import MethodSpec, Param, TensorContext
+from .base import MethodSpec, Param, TensorContext, register
 
 _EPS = 1e-7   # mergekit's: below it an L1 norm counts as zero and nothing is rescaled
 

@@ -23,8 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from . import register
-from .base import MethodSpec, Param, TensorContext
+from .base import MethodSpec, Param, TensorContext, register
 
 
 def gets_svd(base: torch.Tensor, name: str) -> bool:

@@ -16,7 +16,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from core.merge import engine, walk
-from core.merge.plan import build, tensor_order
+from core.checkpoint.naming import tensor_order
+from core.merge.plan import build
 from core import methods as registry
 from core import ZOO_DIR
 from core.errors import UserError

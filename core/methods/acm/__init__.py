@@ -35,9 +35,8 @@ import math
 
 import torch
 
-from .. import register
 from .. import task_arithmetic, ties
-from ..base import MethodSpec, Param, TensorContext
+from ..base import MethodSpec, Param, TensorContext, register
 
 DEFAULT_T = 0.7
 BASE_METHODS = ("task_arithmetic", "ties")

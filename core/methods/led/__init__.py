@@ -36,9 +36,8 @@ import os
 import numpy as np
 import torch
 
-from .. import register
 from ...errors import quoted
-from ..base import MethodSpec, Param, TensorContext
+from ..base import MethodSpec, Param, TensorContext, register
 
 DEFAULT_RATIO = {"safety": 0.1, "math": 0.4, "code": 0.5, "custom": 0.4}
 TASK_CHOICES = ("auto", "safety", "math", "code", "custom")
