@@ -222,25 +222,16 @@ def _canonical(spec, raw: dict, where: str, per_model: bool) -> dict:
     return out
 
 
-def _resolve(recipe: Recipe, spec) -> tuple[list[dict], dict]:
-    """(per-model params for every models entry, global params), defaults filled.
-
-    Precedence follows mergekit: the method's default, then a per-model
-    parameter written once under the recipe's parameters (applies to every
-    model), then the model's own parameters.
-    """
-    pm_default, gl_default = spec.defaults()
-    top = _canonical(spec, recipe.parameters, " in parameters", per_model=False)
-    shared = {k: v for k, v in top.items() if spec.param(k) is not None and spec.param(k).per_model}
-    glob = dict(gl_default)
-    glob.update({k: v for k, v in top.items() if k not in shared})
-    per = []
-    for m in recipe.models:
-        d = dict(pm_default)
-        d.update(shared)
-        d.update(_canonical(spec, m.parameters, f" of {quoted(m.model)}", per_model=True))
-        per.append(d)
-    return per, glob
+def task_of(entry: ModelEntry, written: dict, builtin: str | None = None) -> str:
+    """An expert's task: its ``task`` parameter unless "auto", else the
+    entry's task unless custom, else ``builtin`` (the built-in model the
+    folder is, when the caller knows), else custom."""
+    task = written.get("task")
+    if task is not None and task != "auto":
+        return str(task)
+    if entry.task != "custom":
+        return entry.task
+    return builtin or "custom"
 
 
 @dataclass
@@ -249,9 +240,38 @@ class Checked:
     checks found, so nothing downstream parses or checks it again."""
     recipe: Recipe
     spec: Any                       # the method's MethodSpec
-    model_params: list[dict]        # one per models entry, canonical, defaults filled
-    global_params: dict             # canonical, defaults filled (plus seed when written)
+    written: list[dict]             # per models entry: canonical values written (own and shared)
+    written_global: dict            # canonical global values written (seed included)
     contributors: list[int]         # models entries that bring a task vector
+
+    def params(self, tasks: list[str] | None = None) -> tuple[list, Any]:
+        """(Params per models entry, global Params): typed, every default
+        filled, per-model defaults by task (``tasks``: one per models entry;
+        by default each entry's own, ``task_of`` without folder knowledge).
+
+        Precedence follows mergekit: the method's default, then a per-model
+        parameter written once under the recipe's parameters (applies to
+        every model), then the model's own parameters.
+        """
+        from .methods.base import Params
+        if tasks is None:
+            tasks = [task_of(m, w) for m, w in zip(self.recipe.models, self.written)]
+        per = []
+        for w, task in zip(self.written, tasks):
+            values, _ = self.spec.defaults(task)
+            values.update(w)
+            per.append(Params(values))
+        _, glob = self.spec.defaults()
+        glob.update(self.written_global)
+        return per, Params(glob)
+
+    @property
+    def model_params(self) -> list:
+        return self.params()[0]
+
+    @property
+    def global_params(self):
+        return self.params()[1]
 
 
 def validate(recipe: Recipe) -> Checked:
@@ -277,8 +297,11 @@ def validate(recipe: Recipe) -> Checked:
         raise UserError(f"{spec.name} needs at least {spec.min_models} models to merge, but the recipe has {n}.")
     if spec.max_models is not None and n > spec.max_models:
         raise UserError(f"{spec.name} merges at most {spec.max_models} models, but the recipe has {n}.")
-    per, glob = _resolve(recipe, spec)
-    return Checked(recipe, spec, per, glob, idx)
+    top = _canonical(spec, recipe.parameters, " in parameters", per_model=False)
+    shared = {k: v for k, v in top.items() if spec.param(k) is not None and spec.param(k).per_model}
+    written = [{**shared, **_canonical(spec, m.parameters, f" of {quoted(m.model)}", per_model=True)}
+               for m in recipe.models]
+    return Checked(recipe, spec, written, {k: v for k, v in top.items() if k not in shared}, idx)
 
 
 def to_mergekit_yaml(recipe: Recipe) -> str:
@@ -311,7 +334,7 @@ def to_mergekit_yaml(recipe: Recipe) -> str:
             out[p.mergekit or p.name] = v
         return out
 
-    per, glob = checked.model_params, checked.global_params
+    per, glob = checked.params()
     d: dict[str, Any] = {"merge_method": spec.mergekit_name}
     if recipe.base_model and (spec.needs_base or recipe.base_model in [m.model for m in recipe.models]):
         # mergekit's linear makes base_model an input of the average; ours only

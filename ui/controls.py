@@ -89,20 +89,10 @@ def layout(spec) -> Layout:
 
 
 def task_defaults(spec, task: str) -> dict:
-    """Per-expert defaults that depend on the expert's task.
-
-    LED-Merging's mask ratio r has the paper's per-task reference values
-    (0.1 safety, 0.4 math, 0.5 code) when a recipe does not write it; the
-    sliders start there so what they show is what the merge uses.
-    """
-    out = {}
-    if spec.param("mask_ratio") is not None:
-        try:
-            from core.methods.led import DEFAULT_RATIO
-            out["mask_ratio"] = DEFAULT_RATIO.get(task, DEFAULT_RATIO.get("custom"))
-        except ImportError:   # LED not in this build: the Param default stands
-            pass
-    return out
+    """Per-expert defaults that depend on the expert's task, as the registry
+    declares them (Param.by_task: LED's r, the paper's per-task reference);
+    the sliders start there so what they show is what the merge uses."""
+    return {p.name: p.default_for(task) for p in spec.params if p.per_model and p.by_task}
 
 
 def _range(p) -> tuple[float, float, float]:
@@ -253,13 +243,7 @@ def values_from_recipe(recipe: dict) -> list:
     if len(idx) > N_EXPERTS:
         raise UserError(f"This app shows at most {N_EXPERTS} experts; the recipe has {len(idx)}.")
     experts = [(rec.models[i].model, rec.models[i].task) for i in idx]
-    pers = []
-    for i in idx:
-        # validation fills the Param default; a task default wins when the recipe is silent
-        d = dict(per[i])
-        written = set(rec.models[i].parameters) | set(rec.parameters)
-        d.update({k: v for k, v in task_defaults(spec, rec.models[i].task).items() if k not in written})
-        pers.append(d)
+    pers = [dict(per[i]) for i in idx]   # defaults filled, by task where the registry says so
     out = [gr.update(value=rec.merge_method), gr.update(value=rec.base_model or "")]
     for i in range(N_EXPERTS):
         ref, task = experts[i] if i < len(experts) else (NONE, TASKS[i] if i < 3 else "custom")

@@ -42,14 +42,10 @@ TA_RECIPE = {
 
 
 def led_recipe(spec) -> dict:
-    """LED on safety + math with the method's own defaults, except the paper's
-    per-task mask ratios when the method has a mask_ratio parameter."""
+    """LED on safety + math with the method's own defaults: r is the
+    registry's per-task default (the paper's reference for each task), so
+    the controls show it and the merge uses it."""
     models = [{"model": "zoo:safety", "task": "safety", "parameters": {}},
               {"model": "zoo:math", "task": "math", "parameters": {}}]
-    pm = {p.name for p in spec.params if p.per_model}
-    ratio = next((n for n in ("mask_ratio", "r", "ratio") if n in pm), None)
-    if ratio:
-        models[0]["parameters"][ratio] = 0.1
-        models[1]["parameters"][ratio] = 0.4
     return {"merge_method": spec.name, "base_model": "zoo:base", "models": models, "parameters": {},
             "dtype": "float32"}

@@ -16,6 +16,15 @@ def zoo_path(name: str) -> str:
     return os.path.join(ZOO_DIR, name)
 
 
+def builtin_name(path: str) -> str | None:
+    """Which built-in model a folder is (base, safety, math, code), or None."""
+    real = os.path.realpath(path)
+    name = os.path.basename(real)
+    if os.path.dirname(real) == os.path.realpath(ZOO_DIR) and name in ZOO_NAMES:
+        return name
+    return None
+
+
 def resolve(ref: str, *, allow_download: bool | None = None) -> str:
     """Turn a reference into a local folder, or raise one clear sentence.
 

@@ -20,7 +20,7 @@ Defaults are each method's registry defaults, except density 0.5 for
 TIES, DARE and Breadcrumbs: their registry default (1.0, mergekit's) keeps
 every entry, which would make them Task Arithmetic with a different sign
 rule rather than the methods as published. LED-Merging's defaults are the
-paper's reference values (r = 0.1 safety / 0.4 math / 0.5 code, λ = 1).
+paper's reference values (the registry's per-task r, λ = 1).
 LED-Merging, ACM and the LED ablations appear only when those methods are
 registered (core/methods/led/, acm/).
 """
@@ -43,13 +43,15 @@ from .. import ROOT
 from .. import checkpoint as M
 from . import probes
 from ..errors import UserError, quoted
+from ..methods import REGISTRY
 
 BASE = "zoo:base"
 EXPERTS = {"safety": "zoo:safety", "math": "zoo:math", "code": "zoo:code"}
 COLUMNS = ("refusal_rate", "over_refusal_rate", "math_accuracy", "code_pass_rate")
 SUITE_COLUMN = {"harmful": "refusal_rate", "benign": "over_refusal_rate", "math": "math_accuracy",
                 "code": "code_pass_rate"}
-LED_R = {"safety": 0.1, "math": 0.4, "code": 0.5}
+# LED's default r per task, as the registry declares it (the paper's reference)
+LED_R = {task: REGISTRY["led"].param("mask_ratio").default_for(task) for task in EXPERTS}
 LED_R_WIDE = {"safety": 0.3, "math": 0.6, "code": 0.7}
 
 Progress = Callable[[float, str], None]
@@ -334,7 +336,8 @@ def markdown(res: dict, command: str) -> str:
         format_table(res, markdown=True), "",
         "## Grids", "",
         "Default = registry defaults, except density 0.5 for TIES, DARE, Breadcrumbs and ACM-TIES (their registry "
-        "default 1.0 keeps every entry); LED uses the paper's reference r = 0.1/0.4/0.5 (safety/math/code), λ = 1.", "",
+        "default 1.0 keeps every entry); LED uses the paper's reference r = "
+        f"{'/'.join(f'{r:g}' for r in LED_R.values())} ({'/'.join(LED_R)}), λ = 1.", "",
     ]
     for r in METHODS:
         axes = "; ".join(f"{k} ∈ {{{', '.join(_fmt_settings({k: x}).split('=', 1)[1] for x in v)}}}"

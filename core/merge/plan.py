@@ -8,6 +8,7 @@ import torch
 from .. import checkpoint as M
 from .. import recipe as R
 from ..checkpoint.naming import tensor_order
+from ..checkpoint.refs import builtin_name
 from ..checkpoint.writer import _ST_NAMES
 from ..errors import UserError, quoted
 
@@ -20,7 +21,7 @@ class Plan:
 
     The engine walks it, the sinks write from it, and a method's ``prepare``
     receives it (methods never plan or validate again). Fields a method may
-    read: ``base``, ``sources``, ``entries``, ``model_params``,
+    read: ``base``, ``sources``, ``entries``, ``tasks``, ``model_params``,
     ``global_params``, ``seed``, ``notes``, ``names``.
     """
     recipe: R.Recipe
@@ -28,8 +29,9 @@ class Plan:
     base: M.ModelInfo                     # reference model (base, or models[0])
     sources: list[M.ModelInfo]            # one per task vector; None-free
     entries: list[R.ModelEntry]           # the recipe's entry of each source
-    model_params: list[dict]              # of each source, defaults filled
-    global_params: dict
+    tasks: list[str]                      # the task of each source (recipe.task_of)
+    model_params: list                    # Params of each source: typed, defaults filled (by its task)
+    global_params: object                 # Params
     zero_first: bool                      # sources[0] is the base itself (zero task vector)
     labels: list[str]
     names: list[str]                      # walk order
@@ -52,6 +54,11 @@ def _infos_for(recipe: R.Recipe, infos) -> dict[str, M.ModelInfo]:
     return infos
 
 
+def _builtin_task(info: M.ModelInfo) -> str | None:
+    name = builtin_name(info.path)
+    return name if name in R.TASKS and name != "custom" else None
+
+
 def build(recipe: R.Recipe, infos=None) -> Plan:
     """Validate the recipe, inspect headers, check compatibility; no weights read.
 
@@ -59,8 +66,11 @@ def build(recipe: R.Recipe, infos=None) -> Plan:
     that inspected some models already; the others are inspected here, once.
     """
     checked = R.validate(recipe)
-    spec, per, glob = checked.spec, checked.model_params, checked.global_params
+    spec = checked.spec
     infos = _infos_for(recipe, infos)
+    # a folder of the built-in family is an expert of its task (zoo:safety, or its path)
+    tasks = [R.task_of(m, w, _builtin_task(infos[m.model])) for m, w in zip(recipe.models, checked.written)]
+    per, glob = checked.params(tasks)
     idx = list(checked.contributors)
     zero_first = False
     if recipe.base_model:
@@ -92,9 +102,9 @@ def build(recipe: R.Recipe, infos=None) -> Plan:
                      f"the tokenizer and the config come from {quoted(grow_from.ref)}" +
                      (f"; the extra rows of {', '.join(others)} are dropped." if others else "."))
     names = sorted(base.tensors, key=tensor_order)
-    seed = int(glob.get("seed", recipe.parameters.get("seed", 0)) or 0)
+    seed = int(glob["seed"]) if "seed" in glob else 0
     return Plan(recipe=recipe, spec=spec, base=base, sources=sources, entries=[recipe.models[i] for i in idx],
-                model_params=[per[i] for i in idx],
+                tasks=[tasks[i] for i in idx], model_params=[per[i] for i in idx],
                 global_params=glob, zero_first=zero_first, labels=[s.ref for s in sources], names=names,
                 grow_from=grow_from, grow_index=grow_index, notes=notes, seed=seed, infos=infos)
 

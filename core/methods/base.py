@@ -8,14 +8,19 @@ model size and the UI can show any intermediate:
 * base          -- θ₀ for this tensor (float32; on the engine's device)
 * deltas        -- [τ_i = θ_i − θ₀], one per expert, same shape as base
                    (for vocab tensors already cut to the shared rows)
-* model_params  -- one dict per expert: {"weight": .., "density": ..}
-* global_params -- dict of the method's global knobs ({"lambda": ..})
+* model_params  -- one Params per expert: {"weight": .., "density": ..}
+* global_params -- Params of the method's global knobs ({"lambda": ..})
 * ctx           -- TensorContext: name, layer, module, seed, aux from
                    the method's ``prepare`` step (LED masks, ACM coeffs)
 
 It returns the merged delta τ (θ = θ₀ + τ). Parameters are declared in the
 spec with defaults and ranges; the UI builds its sliders from them and the
 recipe validator checks values against them before any weight is read.
+A method receives them resolved (``Params``): every declared parameter is
+there, typed, with its declared default where the recipe is silent, so a
+method reads ``params["weight"]`` and never repeats a default. A default
+may depend on the expert's task (``Param.by_task``: LED's r); the registry
+is the one place that says so, and the UI asks it.
 
 Row blocks. A spec with ``elementwise=True`` promises that entry j of the
 result depends only on entry j of the inputs, so the engine may call ``fn``
@@ -35,8 +40,9 @@ in-memory re-merge, tests): it then computes the statistics itself.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -52,6 +58,37 @@ class Param:
     per_model: bool = False        # True: one value per expert (models[].parameters)
     help: str = ""
     mergekit: str | None = None    # name in mergekit YAML when different/present
+    by_task: tuple = ()            # ((task, default), ...): defaults that depend on the expert's task
+
+    def default_for(self, task: str | None = None) -> Any:
+        """The default for an expert of ``task``; the plain default when the task has none."""
+        return dict(self.by_task).get(task, self.default)
+
+
+class Params(Mapping):
+    """Resolved parameters of one expert (or a method's globals): every
+    declared parameter, typed (int, float, bool, a choice, text), its
+    default where the recipe is silent; plus ``seed`` among the globals when
+    the recipe sets one. Read-only; reading an undeclared name is a bug and
+    raises KeyError. A plain dict with the same keys works the same for a
+    method (tests and methods that call each other use one)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self, values: Mapping):
+        self._values = dict(values)
+
+    def __getitem__(self, name: str) -> Any:
+        return self._values[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def __repr__(self) -> str:
+        return f"Params({self._values!r})"
 
 
 @dataclass
@@ -92,9 +129,9 @@ class MethodSpec:
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
 
-    def defaults(self) -> tuple[dict, dict]:
-        """(per-model defaults, global defaults)."""
-        pm = {p.name: p.default for p in self.params if p.per_model}
+    def defaults(self, task: str | None = None) -> tuple[dict, dict]:
+        """(per-model defaults for an expert of ``task``, global defaults)."""
+        pm = {p.name: p.default_for(task) for p in self.params if p.per_model}
         gl = {p.name: p.default for p in self.params if not p.per_model}
         return pm, gl
 

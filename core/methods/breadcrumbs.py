@@ -36,23 +36,23 @@ def outlier_window(delta: torch.Tensor, density: float, gamma: float, rescale: b
 
 
 def _kept(deltas: list, model_params: list, global_params: dict) -> list:
-    rescale = bool(global_params.get("rescale", False))
-    return [outlier_window(d, float(p.get("density", 1.0)), float(p.get("gamma", 0.01)), rescale)
+    rescale = global_params["rescale"]
+    return [outlier_window(d, p["density"], p["gamma"], rescale)
             for d, p in zip(deltas, model_params)]
 
 
 def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
           ctx: TensorContext) -> torch.Tensor:
-    return combine(_kept(deltas, model_params, global_params), [float(p.get("weight", 1.0)) for p in model_params],
-                   consensus=False, normalize=bool(global_params.get("normalize", False)),
-                   lam=float(global_params.get("lambda", 1.0)))
+    return combine(_kept(deltas, model_params, global_params), [p["weight"] for p in model_params],
+                   consensus=False, normalize=global_params["normalize"],
+                   lam=global_params["lambda"])
 
 
 def merge_ties(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
                ctx: TensorContext) -> torch.Tensor:
-    return combine(_kept(deltas, model_params, global_params), [float(p.get("weight", 1.0)) for p in model_params],
-                   consensus=True, normalize=bool(global_params.get("normalize", False)),
-                   lam=float(global_params.get("lambda", 1.0)))
+    return combine(_kept(deltas, model_params, global_params), [p["weight"] for p in model_params],
+                   consensus=True, normalize=global_params["normalize"],
+                   lam=global_params["lambda"])
 
 
 def _params(normalize_help: str) -> list[Param]:

@@ -46,24 +46,24 @@ def random_drop(delta: torch.Tensor, density: float, gen: torch.Generator, resca
 def _dropped(deltas: list, model_params: list, global_params: dict, ctx: TensorContext) -> list:
     gen = torch.Generator(device=deltas[0].device if deltas else "cpu")
     gen.manual_seed(tensor_seed(ctx.seed, ctx.name))
-    rescale = bool(global_params.get("rescale", True))
-    return [random_drop(d, float(p.get("density", 1.0)), gen, rescale) for d, p in zip(deltas, model_params)]
+    rescale = global_params["rescale"]
+    return [random_drop(d, p["density"], gen, rescale) for d, p in zip(deltas, model_params)]
 
 
 def merge_linear(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
                  ctx: TensorContext) -> torch.Tensor:
     return combine(_dropped(deltas, model_params, global_params, ctx),
-                   [float(p.get("weight", 1.0)) for p in model_params], consensus=False,
-                   normalize=bool(global_params.get("normalize", False)),
-                   lam=float(global_params.get("lambda", 1.0)))
+                   [p["weight"] for p in model_params], consensus=False,
+                   normalize=global_params["normalize"],
+                   lam=global_params["lambda"])
 
 
 def merge_ties(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
                ctx: TensorContext) -> torch.Tensor:
     return combine(_dropped(deltas, model_params, global_params, ctx),
-                   [float(p.get("weight", 1.0)) for p in model_params], consensus=True,
-                   normalize=bool(global_params.get("normalize", False)),
-                   lam=float(global_params.get("lambda", 1.0)))
+                   [p["weight"] for p in model_params], consensus=True,
+                   normalize=global_params["normalize"],
+                   lam=global_params["lambda"])
 
 
 def _params(normalize_help: str) -> list[Param]:

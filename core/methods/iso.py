@@ -71,15 +71,15 @@ def _mean(deltas: list) -> torch.Tensor:
 
 def merge_c(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
             ctx: TensorContext) -> torch.Tensor:
-    alpha = float(global_params.get("alpha", 1.0))
+    alpha = global_params["alpha"]
     out = iso_c_delta(deltas) if gets_svd(base, ctx.name) else _mean(deltas)
     return (alpha * out).to(base.dtype)
 
 
 def merge_cts(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
               ctx: TensorContext) -> torch.Tensor:
-    alpha = float(global_params.get("alpha", 1.0))
-    fraction = float(global_params.get("common_space_fraction", 0.8))
+    alpha = global_params["alpha"]
+    fraction = global_params["common_space_fraction"]
     out = iso_cts_delta(deltas, fraction) if gets_svd(base, ctx.name) else _mean(deltas)
     return (alpha * out).to(base.dtype)
 

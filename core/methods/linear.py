@@ -26,12 +26,12 @@ from .base import MethodSpec, Param, TensorContext, register
 
 def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
           ctx: TensorContext) -> torch.Tensor:
-    weights = [float(p.get("weight", 1.0)) for p in model_params]
+    weights = [p["weight"] for p in model_params]
     total = sum(weights)
     out = torch.zeros_like(base)
     for d, w in zip(deltas, weights):
         out.add_(d, alpha=w)
-    if bool(global_params.get("normalize", True)):
+    if global_params["normalize"]:
         if abs(total) < 1e-12:
             raise UserError("The linear merge weights add up to 0, so the average is undefined; "
                             "give at least one model a positive weight.")

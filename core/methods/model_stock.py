@@ -42,7 +42,7 @@ def interpolation_t(deltas: list, filter_wise: bool = False) -> torch.Tensor:
 
 def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
           ctx: TensorContext) -> torch.Tensor:
-    filter_wise = bool(global_params.get("filter_wise", False))
+    filter_wise = global_params["filter_wise"]
     t = interpolation_t(deltas, filter_wise)
     mean = torch.stack(list(deltas), 0).mean(0)
     if filter_wise and base.dim() >= 2:

@@ -47,7 +47,7 @@ def slerp(t: float, v0: torch.Tensor, v1: torch.Tensor) -> torch.Tensor:
 
 def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
           ctx: TensorContext) -> torch.Tensor:
-    t = float(global_params.get("t", 0.5))
+    t = global_params["t"]
     theta = slerp(t, base, base + deltas[0])
     return (theta - base).to(base.dtype)
 

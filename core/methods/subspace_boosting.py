@@ -26,6 +26,7 @@ from . import task_arithmetic, ties
 from .base import MethodSpec, Param, TensorContext, register
 
 BOOSTED_MODULES = ("q", "k", "v", "o", "gate", "up", "down")
+_TIES_GLOBALS = ties.SPEC.defaults()[1]
 
 
 def boost(delta: torch.Tensor, beta: float) -> torch.Tensor:
@@ -42,12 +43,13 @@ def boost(delta: torch.Tensor, beta: float) -> torch.Tensor:
 
 def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
           ctx: TensorContext) -> torch.Tensor:
-    if global_params.get("base_method", "ta") == "ties":
-        out = ties.merge(base, deltas, model_params, global_params, ctx)
+    if global_params["base_method"] == "ties":
+        # TIES's knobs this method does not offer (rescale) keep TIES's own defaults
+        out = ties.merge(base, deltas, model_params, {**_TIES_GLOBALS, **global_params}, ctx)
     else:
         out = task_arithmetic.merge(base, deltas, model_params, global_params, ctx)
     if base.dim() == 2 and ctx.module in BOOSTED_MODULES:
-        out = boost(out, float(global_params.get("beta", 0.01)))
+        out = boost(out, global_params["beta"])
     return out
 
 

@@ -13,10 +13,10 @@ from .base import MethodSpec, Param, TensorContext, register
 
 def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
           ctx: TensorContext) -> torch.Tensor:
-    lam = float(global_params.get("lambda", 1.0))
+    lam = global_params["lambda"]
     out = torch.zeros_like(base)
     for d, p in zip(deltas, model_params):
-        out.add_(d, alpha=float(p.get("weight", 1.0)))
+        out.add_(d, alpha=p["weight"])
     return out * lam
 
 

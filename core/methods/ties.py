@@ -73,12 +73,12 @@ def trim_stats(tau: torch.Tensor, params: dict, global_params: dict, *, overwrit
 
     ``overwrite``: ``tau`` is the engine's scratch copy and may be scrambled.
     """
-    density = float(params.get("density", 1.0))
+    density = params["density"]
     if density >= 1:
         return Trim(None)
     n = tau.numel()
     k = 0 if density <= 0 or n == 0 else max(1, int(density * n))
-    rescale = bool(global_params.get("rescale", False))
+    rescale = global_params["rescale"]
     top = TopK.of(tau, k, overwrite=overwrite, l1=rescale)
     scale = 1.0
     if rescale and top.abs_sum >= _EPS and top.top_sum >= _EPS:
@@ -179,10 +179,10 @@ def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: d
     if trims is None:   # a whole tensor: select here, on a copy
         trims = [trim_stats(d, p, global_params, overwrite=False) for d, p in zip(deltas, model_params)]
         offset = 0
-    weights = [float(p.get("weight", 1.0)) for p in model_params]
+    weights = [p["weight"] for p in model_params]
     weighted = [t.apply(d, w, offset) for t, d, w in zip(trims, deltas, weights)]
-    return elect(weighted, weights, consensus=True, normalize=bool(global_params.get("normalize", True)),
-                 lam=float(global_params.get("lambda", 1.0)))
+    return elect(weighted, weights, consensus=True, normalize=global_params["normalize"],
+                 lam=global_params["lambda"])
 
 
 SPEC = register(MethodSpec(

@@ -56,7 +56,7 @@ def tsv_delta(deltas: list) -> torch.Tensor:
 
 def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
           ctx: TensorContext) -> torch.Tensor:
-    alpha = float(global_params.get("alpha", 1.0))
+    alpha = global_params["alpha"]
     if gets_svd(base, ctx.name) and min(base.shape) >= len(deltas):
         out = tsv_delta(deltas)
     else:

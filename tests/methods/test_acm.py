@@ -235,7 +235,7 @@ def test_acm_ties_with_unit_coefficients_is_ties_and_scales_agreeing_entries():
     mp = [{"density": 0.6}] * 3
     ctx = TensorContext("model.layers.0.mlp.up_proj.weight", aux={"coeffs": [1.0, 1.0, 1.0]})
     got = acm.merge(base, deltas, mp, {"base_method": "ties"}, ctx)
-    want = ties.merge(base, deltas, [{"density": 0.6, "weight": 1.0}] * 3, {}, TensorContext("x"))
+    want = ties.merge(base, deltas, [{"density": 0.6, "weight": 1.0}] * 3, ties.SPEC.defaults()[1], TensorContext("x"))
     assert torch.allclose(got, want)
     # all experts agree and nothing is trimmed: the disjoint mean is ACM-TA's (1/N) Σ λ τ
     same = [d.abs() * s for d, s in zip(deltas, (1.0, 2.0, 0.5))]

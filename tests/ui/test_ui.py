@@ -88,6 +88,24 @@ def test_method_change_starts_led_at_the_papers_ratios():
     assert all(p.name != "seed" for p in lay.pm_num + lay.g_num)
 
 
+def test_a_tasks_default_r_lives_in_the_registry_alone(monkeypatch):
+    """Change LED's per-task r in its Param and every place that shows or uses it follows."""
+    import dataclasses
+    from core import service
+    spec = C.spec_of("led")
+    i = [p.name for p in spec.params].index("mask_ratio")
+    changed = dataclasses.replace(spec.params[i], by_task=(("safety", 0.15), ("math", 0.35)))
+    monkeypatch.setattr(spec, "params", spec.params[:i] + [changed] + spec.params[i + 1:])
+    k = [p.name for p in C.layout(spec).pm_num].index("mask_ratio")
+    out = A.method_changed("led", "zoo:safety", "safety", "zoo:math", "math", "", "code")
+    assert (out[1 + k]["value"], out[1 + C.PM_SLOTS + k]["value"]) == (0.15, 0.35)       # the sliders
+    tour = C.recipe_from_values(values(A.learn_recipe("led")[:-1]))
+    assert [m["parameters"]["mask_ratio"] for m in tour["models"]] == [0.15, 0.35]       # the Learn tour
+    plan = service.plan({"merge_method": "led", "base_model": "zoo:base",
+                         "models": [{"model": "zoo:safety"}, {"model": "zoo:math"}, {"model": "zoo:code"}]})
+    assert [mp["mask_ratio"] for mp in plan.model_params] == [0.15, 0.35, 0.4]           # the merge (code: r's default)
+
+
 def test_compatibility_report_before_loading(tmp_path):
     text, rows = A.check_models("zoo:base", "zoo:safety", "safety", "zoo:math", "math", "", "code")
     assert "Compatible" in text and [r[1] for r in rows] == ["zoo:base", "zoo:safety", "zoo:math"]

@@ -71,7 +71,7 @@ class Prepared:
 
 def _rows(glob: dict, n: int) -> list[dict]:
     from . import activations
-    path = glob.get("calibration") or ""
+    path = glob["calibration"]
     if path:
         return activations.read_jsonl(path)
     from ...zoo.data import calibration_pool
@@ -83,14 +83,14 @@ def analyse(p, progress=None) -> dict:
     from . import activations
     from ...errors import UserError
     glob = p.global_params
-    if glob.get("base_method") != "ties" and any(float(mp.get("density", 1.0)) < 1 for mp in p.model_params):
+    if glob["base_method"] != "ties" and any(mp["density"] < 1 for mp in p.model_params):
         raise UserError("ACM's density applies only when base_method is ties.")
-    n, k = int(glob["n_calibration"]), int(glob["clusters"])
+    n, k = glob["n_calibration"], glob["clusters"]
     if k > n:
         raise UserError(f"ACM's clusters ({k}) must not exceed n_calibration ({n}).")
     points, mi, details = activations.layer_mi(p.base, list(p.sources), _rows(glob, n), n_calibration=n,
                                                clusters=k, seed=p.seed, progress=progress)
-    t = float(glob["temperature"])
+    t = glob["temperature"]
     experts = [s.ref for s in p.sources]
     coef = coefficients(mi, t)
     return {"layers": points, "experts": experts, "mi": mi, "coef": coef, "temperature": t,
@@ -110,7 +110,7 @@ def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: d
     if coeffs is None or len(coeffs) != len(deltas):
         raise RuntimeError(f"ACM needs one coefficient per expert for {ctx.name} from its prepare step")
     n = len(deltas)
-    if global_params.get("base_method") == "ties":
+    if global_params["base_method"] == "ties":
         trims = [ties.trim_stats(d, mp, {"rescale": False}, overwrite=False) for d, mp in zip(deltas, model_params)]
         weighted = [tr.apply(d).mul_(float(c)) for tr, d, c in zip(trims, deltas, coeffs)]
         # unit weights in the divisor: the disjoint mean counts agreeing experts

@@ -17,8 +17,9 @@ AdvBench CSV; empty: the built-in data of the task). Global: ``election``,
 unless "auto", the entry's ``task`` unless "custom", the name of a built-in
 model (zoo:safety is a safety expert), else custom -- which needs
 ``location_data``. When ``mask_ratio`` is not written anywhere in the
-recipe, rᵢ is the paper's reference for the task (DEFAULT_RATIO: 0.1
-safety, 0.4 math, 0.5 code; 0.4 for custom), not the Param's default.
+recipe, rᵢ is the paper's reference for the task (the Param's ``by_task``
+defaults, RATIO_BY_TASK: 0.1 safety, 0.4 math, 0.5 code; 0.4 for custom);
+the plan resolves it, and the UI asks the registry for it.
 
 Scores are cached (memory and disk), so moving r, λ, the election code or
 the disjoint switch re-elects and re-merges with no backward pass; only a
@@ -39,23 +40,12 @@ import torch
 from ...errors import quoted
 from ..base import MethodSpec, Param, TensorContext, register
 
-DEFAULT_RATIO = {"safety": 0.1, "math": 0.4, "code": 0.5, "custom": 0.4}
+# the paper's reference r on Llama-3-8B, by task, and for any other task;
+# the one place they are written (the registry hands them to the UI)
+RATIO_BY_TASK = (("safety", 0.1), ("math", 0.4), ("code", 0.5))
+RATIO_DEFAULT = 0.4
 TASK_CHOICES = ("auto", "safety", "math", "code", "custom")
-BUILTIN_TASKS = ("safety", "math", "code")
-
-
-def default_ratio(task: str) -> float:
-    """The paper's reference r for a task (the UI's slider start)."""
-    return DEFAULT_RATIO.get(task, DEFAULT_RATIO["custom"])
-
-
-def _zoo_task(info) -> str | None:
-    """The task of a built-in expert, from where its folder is."""
-    from ... import ZOO_DIR
-    real = os.path.realpath(info.path)
-    if os.path.dirname(real) == os.path.realpath(ZOO_DIR) and os.path.basename(real) in BUILTIN_TASKS:
-        return os.path.basename(real)
-    return None
+BUILTIN_TASKS = ("safety", "math", "code")   # tasks with built-in location data
 
 
 class Expert:
@@ -77,22 +67,13 @@ class Setup:
         from . import importance
         from ...errors import UserError
         glob = p.global_params
-        self.election = str(glob["election"])
-        self.disjoint = bool(glob["disjoint"])
-        self.location = str(glob["location"])
-        self.n = int(glob["n_samples"])
-        self.seed = int(glob.get("seed", 0) or 0)
+        self.election, self.disjoint, self.location = glob["election"], glob["disjoint"], glob["location"]
+        self.n, self.seed = glob["n_samples"], glob["seed"]
         self.base = p.base
         self.notes = list(p.notes)
-        shared_ratio = "mask_ratio" in {str(k) for k in p.recipe.parameters}
         self.experts: list[Expert] = []
-        for entry, info, mp in zip(p.entries, p.sources, p.model_params):
-            task = str(mp.get("task", "auto"))
-            if task == "auto":
-                task = entry.task if entry.task != "custom" else (_zoo_task(info) or "custom")
-            given = shared_ratio or "mask_ratio" in {str(k) for k in entry.parameters}
-            ratio = float(mp["mask_ratio"]) if given else default_ratio(task)
-            path = str(mp.get("location_data") or "")
+        for task, info, mp in zip(p.tasks, p.sources, p.model_params):
+            path = mp["location_data"]
             rows: list[dict] = []
             if self.location in ("snip", "wanda"):
                 if path:
@@ -110,7 +91,7 @@ class Setup:
                                       "all of them are used.")
             else:
                 label = quoted(info.ref)
-            self.experts.append(Expert(info, task, ratio, float(mp.get("weight", 1.0)), rows, label))
+            self.experts.append(Expert(info, task, mp["mask_ratio"], mp["weight"], rows, label))
 
     def scores(self, progress=None):
         """(base scores per expert, expert scores per expert, all cached?)."""
@@ -167,7 +148,7 @@ def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: d
     cpu = base.device.type == "cpu" and base.dtype == torch.float32
     out = torch.from_numpy(np.zeros(tuple(base.shape), dtype=np.float32)) if cpu else torch.zeros_like(base)
     for d, m, p in zip(deltas, masks, model_params):
-        lam = float(p.get("weight", 1.0))
+        lam = p["weight"]
         if lam == 0:
             continue
         if cpu:
@@ -186,9 +167,9 @@ SPEC = register(MethodSpec(
             "elect those important in both, keep only weights no other expert elected, add those task-vector entries.",
     params=[
         Param("weight", 1.0, 0.0, 2.0, per_model=True, help="λᵢ: scale of this expert's masked task vector"),
-        Param("mask_ratio", DEFAULT_RATIO["custom"], 0.0, 1.0, per_model=True,
+        Param("mask_ratio", RATIO_DEFAULT, 0.0, 1.0, per_model=True, by_task=RATIO_BY_TASK,
               help="rᵢ: fraction of each tensor's weights located as important (kept); when not written, by task: "
-                   "0.1 safety, 0.4 math, 0.5 code, 0.4 custom"),
+                   + ", ".join(f"{r:g} {task}" for task, r in RATIO_BY_TASK) + f", {RATIO_DEFAULT:g} custom"),
         Param("task", "auto", kind="choice", choices=TASK_CHOICES, per_model=True,
               help="which task data locates this expert's weights; auto: the model entry's task, or the "
                    "built-in model's name"),
