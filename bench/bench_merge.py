@@ -161,7 +161,7 @@ def compare(a: str, b: str) -> dict:
     from core import checkpoint as M
     ia, ib = M.inspect(a), M.inspect(b)
     worst, differ, total = 0.0, 0, 0
-    with M.TensorReader(ia) as ra, M.TensorReader(ib) as rb:
+    with M.Reader(ia) as ra, M.Reader(ib) as rb:
         for n in sorted(ia.tensors):
             if n not in ib.tensors:
                 return {"error": f"{n} missing from mergekit's output"}

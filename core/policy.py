@@ -168,7 +168,7 @@ def available_bytes() -> tuple[int | None, str]:
 
 
 def _float_numel(info) -> int:
-    return sum(t.numel for t in info.tensors.values() if t.dtype in ("F64", "F32", "F16", "BF16"))
+    return sum(t.numel for t in info.tensors.values() if t.is_float)
 
 
 def merge_estimate(base, sources: list, *, live: bool = False, needs_grad: bool = False,
@@ -220,19 +220,3 @@ def check_chat(infos: list, bytes_per_param: float = 4) -> None:
     ModelInfo (headers only)."""
     names = ", ".join(f"{quoted(i.ref)}" for i in infos)
     check_memory(load_estimate(infos, bytes_per_param), f"Loading {names}")
-
-
-def read_user_text(path: str, what: str) -> str:
-    """A user's text file (probes, location data, ...) as one string, or one
-    sentence naming ``what`` it was meant to be. utf-8-sig: spreadsheet
-    exports often start with a byte-order mark."""
-    if not os.path.isfile(path):
-        raise UserError(f"The {what} {quoted(path)} does not exist.")
-    try:
-        with open(path, encoding="utf-8-sig") as f:
-            return f.read()
-    except UnicodeDecodeError:
-        raise UserError(f"The {what} {quoted(path)} is not UTF-8 text.")
-    except OSError as exc:
-        raise UserError(f"Cannot read the {what} {quoted(path)} ({exc.strerror}).")
-

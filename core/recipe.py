@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import userfiles
 from .errors import UserError, quoted
 
 TASKS = ("safety", "math", "code", "custom")
@@ -113,13 +114,8 @@ def loads(text: str) -> Recipe:
 
 
 def load(path: str) -> Recipe:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return loads(f.read())
-    except OSError:
-        raise UserError(f"Cannot read the recipe file {quoted(path)}.")
-    except UnicodeDecodeError:
-        raise UserError(f"The recipe file {quoted(path)} is not UTF-8 text.")
+    # a recipe file is named on the command line; the UI parses uploaded text (loads)
+    return loads(userfiles.read_text(path, "recipe file", space_check=False))
 
 
 # ------------------------------------------------------------- validation

@@ -18,7 +18,8 @@ CORE = os.path.join(ROOT, "core")
 # inside its own package (where the cycle check still applies).
 LAYERS = [
     ["core", "core.errors"],                       # paths and the one user-facing exception
-    ["core.policy", "core.userfiles", "core.zoo.data", "core.zoo"],
+    ["core.policy", "core.zoo.data", "core.zoo"],   # Space allow-lists and memory budget; the family's data
+    ["core.userfiles"],                            # the one reader of files a user hands in
     ["core.checkpoint"],                           # all disk I/O of models
     ["core.scores"],                               # the one score cache
     ["core.methods"],                              # merge methods, LED and ACM with their scoring

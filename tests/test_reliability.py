@@ -27,7 +27,8 @@ import yaml
 from safetensors.torch import load_file, save_file
 
 from core import ROOT, ZOO_DIR, policy
-from core.checkpoint.reader import FileReader
+from core.checkpoint.reader import Reader
+from core.checkpoint import writer
 from core.merge import engine
 from core import checkpoint as M
 from core.cli import main
@@ -372,7 +373,7 @@ def test_recipe_that_is_not_yaml_or_not_a_recipe(fam, tmp_path, capsys):
     refused(["merge", bad, "--out", out], capsys, "not valid YAML at line", out=out)
     bad.write_text("- just\n- a list\n")
     refused(["merge", bad, "--out", out], capsys, "must be a YAML mapping", out=out)
-    refused(["merge", tmp_path / "missing.yaml", "--out", out], capsys, "Cannot read the recipe file", out=out)
+    refused(["merge", tmp_path / "missing.yaml", "--out", out], capsys, "The recipe file", "does not exist", out=out)
 
 
 # ----------------------------------------------------------- the output
@@ -408,14 +409,14 @@ def test_output_folder_exists_or_is_a_file(fam, tmp_path, capsys):
 
 
 def test_disk_full_mid_write_keeps_nothing(fam, tmp_path, capsys, monkeypatch):
-    real, calls = engine.ShardWriter.add, []
+    real, calls = writer.ShardWriter.add, []
 
     def add(self, name, t):
         calls.append(name)
         if len(calls) == 10:   # midway: 9 of 39 tensors are already on disk
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         real(self, name, t)
-    monkeypatch.setattr(engine.ShardWriter, "add", add)
+    monkeypatch.setattr(writer.ShardWriter, "add", add)
     out = str(tmp_path / "merged")
     refused(["merge", recipe(tmp_path, ta(fam, str(fam / "safety"))), "--out", out], capsys,
             "No space left on device", "nothing was kept", out=out)
@@ -429,7 +430,7 @@ def test_disk_full_with_force_keeps_the_old_folder(fam, tmp_path, capsys, monkey
 
     def full(self, name, t):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    monkeypatch.setattr(engine.ShardWriter, "add", full)
+    monkeypatch.setattr(writer.ShardWriter, "add", full)
     refused(["merge", recipe(tmp_path, ta(fam, str(fam / "safety"))), "--out", out, "--force"], capsys,
             "No space left on device")
     assert sorted(os.listdir(out)) == ["old.txt"]
@@ -452,14 +453,14 @@ def test_interrupt_from_the_progress_callback_leaves_nothing(fam, tmp_path):
 
 
 def test_ctrl_c_on_the_command_line(fam, tmp_path, capsys, monkeypatch):
-    real, n = engine.ShardWriter.add, []
+    real, n = writer.ShardWriter.add, []
 
     def add(self, name, t):
         n.append(1)
         if len(n) == 5:
             raise KeyboardInterrupt
         real(self, name, t)
-    monkeypatch.setattr(engine.ShardWriter, "add", add)
+    monkeypatch.setattr(writer.ShardWriter, "add", add)
     out = str(tmp_path / "merged")
     refused(["merge", recipe(tmp_path, ta(fam, str(fam / "safety"))), "--out", out], capsys,
             "interrupted", "nothing was written", out=out, rc=130)
@@ -467,8 +468,8 @@ def test_ctrl_c_on_the_command_line(fam, tmp_path, capsys, monkeypatch):
 
 _KILLABLE = r"""
 import os, sys, time
-import core.merge.engine as e
-real, n = e.ShardWriter.add, [0]
+import core.checkpoint.writer as w
+real, n = w.ShardWriter.add, [0]
 def add(self, name, t):
     n[0] += 1
     real(self, name, t)
@@ -476,7 +477,7 @@ def add(self, name, t):
         self._fh.flush()
         open(sys.argv[2], "w").close()
         time.sleep(60)
-e.ShardWriter.add = add
+w.ShardWriter.add = add
 from core.cli import main
 from core.eval.chat import check_memory
 sys.exit(main(["merge", sys.argv[1], "--out", sys.argv[3]]))
@@ -523,7 +524,7 @@ def test_a_live_merges_temp_folder_is_not_removed(tmp_path):
     other = parent / ".other.partial-999999999-abcd1234"
     for d in (mine, dead, other):
         d.mkdir()
-    engine._clean_stale(str(parent), "merged")
+    writer.clean_stale(str(parent), "merged")
     assert mine.exists() and other.exists() and not dead.exists()
 
 
@@ -531,7 +532,7 @@ def test_a_live_merges_temp_folder_is_not_removed(tmp_path):
 def test_merge_over_the_memory_budget_is_refused_before_loading(fam, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MERGE_EXPLORER_MEMORY_BUDGET_GB", "0.0001")   # 105 KB
     opened = []
-    monkeypatch.setattr(FileReader, "_locate", lambda self, name: opened.append(name))
+    monkeypatch.setattr(Reader, "_locate", lambda self, name: opened.append(name))
     infos = [M.inspect(str(fam / n)) for n in ("base", "safety", "math")]
     need = policy.fmt_bytes(policy.merge_estimate(infos[0], infos[1:]))
     assert need == "1 MB"

@@ -17,9 +17,17 @@ from .. import policy
 from ..errors import UserError, quoted
 from .refs import resolve
 
+# the files of a model folder that decide how text becomes token ids (the
+# chat template included): a merged folder gets copies, and a score cache
+# hashes them (in this order) as part of its key
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
+                   "tokenizer.model", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json",
+                   "spiece.model", "sentencepiece.bpe.model", "vocab.txt")
+
 # safetensors dtype names -> bytes per element (for memory estimates)
 DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2,
                "I8": 1, "U8": 1, "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1}
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 _ST_TO_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
                 "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
                 "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool}
@@ -42,6 +50,11 @@ class TensorMeta:
     @property
     def nbytes(self) -> int:
         return self.numel * DTYPE_BYTES.get(self.dtype, 4)
+
+    @property
+    def is_float(self) -> bool:
+        """A weight to merge (integer buffers such as position ids are kept as the base's)."""
+        return self.dtype in FLOAT_DTYPES
 
 
 def _as_int(x) -> int:

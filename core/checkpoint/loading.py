@@ -35,28 +35,25 @@ _threads_users = 0
 _threads_saved = 0
 
 
-class cpu_threads_for:
-    """Run a small model's generation on one CPU thread, then restore.
+class single_thread:
+    """torch on one CPU thread inside the block (when ``on``), then back.
 
-    Why: for a model of a few million parameters each matmul is tiny and
-    intra-op threads only add synchronisation; on a shared 2-core machine
-    two spinning threads made the built-in family's probe run 3-15x slower
-    (3 s with one thread against 10-50 s with two, measured under load).
-    Larger models and GPUs keep torch's setting. Counted, so concurrent
-    users (one thread per chat model) restore the setting only once.
+    The one thread limiter: small models' generation (``cpu_threads_for``)
+    and the merge's row blocks use it. Why: when each matmul or pass is
+    tiny, intra-op threads only add synchronisation, and on a busy machine a
+    thread that waits for a descheduled partner spins -- on the shared
+    2-core box the built-in family's probes took 3 s with one thread and
+    10-50 s with two, and the 0.5B TIES merge 29 s against 258 s (load 5).
+    Counted, so concurrent users (one thread per chat model, a merge next
+    to a chat) restore the process-wide setting only once, after the last.
     """
 
-    def __init__(self, model):
-        self.small = False
-        try:
-            dev = next(model.parameters()).device.type
-            self.small = dev == "cpu" and sum(p.numel() for p in model.parameters()) <= _SMALL_MODEL_PARAMS
-        except (StopIteration, AttributeError, TypeError):
-            pass
+    def __init__(self, on: bool = True):
+        self.on = on
 
     def __enter__(self):
         global _threads_users, _threads_saved
-        if self.small:
+        if self.on:
             with _threads_lock:
                 if _threads_users == 0:
                     _threads_saved = torch.get_num_threads()
@@ -66,11 +63,23 @@ class cpu_threads_for:
 
     def __exit__(self, *exc):
         global _threads_users
-        if self.small:
+        if self.on:
             with _threads_lock:
                 _threads_users -= 1
                 if _threads_users == 0:
                     torch.set_num_threads(_threads_saved)
+
+
+def cpu_threads_for(model) -> single_thread:
+    """One thread for a small model on the CPU (generation, re-merge);
+    larger models and GPUs keep torch's setting."""
+    small = False
+    try:
+        dev = next(model.parameters()).device.type
+        small = dev == "cpu" and sum(p.numel() for p in model.parameters()) <= _SMALL_MODEL_PARAMS
+    except (StopIteration, AttributeError, TypeError):
+        pass
+    return single_thread(small)
 
 
 def quantization_status() -> dict[str, str]:

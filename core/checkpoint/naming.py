@@ -43,3 +43,23 @@ def tensor_order(name: str) -> tuple:
     if layer is None:
         return (0 if module_of(name) == "embed" else 2, 0, name)
     return (1, layer, name)
+
+
+# Points: one per place in the forward pass where ACM measures activations
+# and the per-layer figures put a value -- the embedding, each decoder layer,
+# the final norm, the lm_head. Every tensor of decoder layer k belongs to
+# "layer k"; the others to the point of their module.
+OUTSIDE_POINTS = {"embed": "embed", "final_norm": "norm", "head": "lm_head"}   # module kind -> point
+
+
+def point_names(n_layers: int) -> list[str]:
+    """The points of a model, in forward order."""
+    return ["embed"] + [f"layer {k}" for k in range(n_layers)] + ["norm", "lm_head"]
+
+
+def point_of(name: str) -> str | None:
+    """The point a tensor belongs to (None: none, e.g. a rotary buffer)."""
+    layer = layer_of(name)
+    if layer is not None:
+        return f"layer {layer}"
+    return OUTSIDE_POINTS.get(module_of(name))

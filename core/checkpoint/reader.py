@@ -1,4 +1,4 @@
-"""Reading weights one tensor at a time."""
+"""Reading weights one tensor at a time (the one reader)."""
 from __future__ import annotations
 
 import os
@@ -8,53 +8,17 @@ import torch
 from ..errors import UserError, quoted
 from .headers import ModelInfo, torch_dtype_of
 
-class TensorReader:
-    """Per-tensor access to a model's weights, memory-mapped.
+class Reader:
+    """The one reader of weights: one tensor (or some of its rows) at a time,
+    with pread, into a buffer the caller owns or into a fresh tensor.
 
-    Opening a shard is cheap (safetensors mmaps it); ``get`` materialises one
-    tensor. Readers are reused across tensors so each file is opened once.
-    """
-
-    def __init__(self, info: ModelInfo):
-        from safetensors import safe_open
-        self.info = info
-        self._open = {}
-        self._safe_open = safe_open
-
-    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
-        meta = self.info.tensors[name]
-        h = self._open.get(meta.file)
-        if h is None:
-            try:
-                h = self._safe_open(meta.file, framework="pt", device="cpu")
-            except Exception as exc:
-                raise UserError(f"Cannot read {quoted(meta.file)} ({exc}).")
-            self._open[meta.file] = h
-        try:
-            t = h.get_tensor(name)
-        except Exception as exc:
-            raise UserError(f"Tensor {quoted(name)} of {quoted(self.info.ref)} could not be read; the file may be corrupt ({exc}).")
-        return t.to(dtype) if dtype is not None else t
-
-    def close(self) -> None:
-        self._open.clear()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
-class FileReader:
-    """Reads one tensor at a time with pread into a buffer the caller owns.
-
-    Why not the memory map of models.TensorReader: safetensors hands out
-    views of its private map, so every page read stays mapped (and counts
-    in the resident size) until the file is closed -- a 0.5B merge would
-    hold all its inputs resident -- and a write into such a view changes
-    what the next read returns. pread copies straight from the page cache
-    into a reused buffer: no page faults on fresh memory, nothing aliased.
+    Why not safetensors' memory map: it hands out views of its private map,
+    so every page read stays mapped (and counts in the resident size) until
+    the file is closed -- a 0.5B merge would hold all its inputs resident --
+    and a write into such a view changes what the next read returns. pread
+    copies straight from the page cache into a reused buffer: no page
+    faults on fresh memory, nothing aliased. Where each tensor lies comes
+    from the header inspect read (TensorMeta.offset); nothing parses it again.
     """
 
     def __init__(self, info: ModelInfo):
@@ -96,7 +60,18 @@ class FileReader:
             done += got
         return raw.view(torch_dtype_of(meta.dtype)).view(((b - a),) + shape[1:] if shape else shape)
 
+    def get(self, name: str, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A fresh tensor the caller may keep, as stored or converted to ``dtype``."""
+        t = self.read(name)
+        return t.to(dtype) if dtype is not None else t
+
     def close(self) -> None:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

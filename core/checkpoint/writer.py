@@ -1,12 +1,23 @@
-"""Writing merged weights: safetensors shards streamed as they are computed."""
+"""The one writer of model folders: safetensors shards streamed as they are
+computed, the side files (config, generation config, tokenizer, recipe,
+model card), all in a hidden temp folder renamed into place at the end, so
+a failure or Ctrl-C leaves nothing behind."""
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import os
+import shutil
+import uuid
+from typing import Mapping
 
 import torch
 
-from .headers import DTYPE_BYTES
+from ..errors import UserError, quoted
+from .headers import DTYPE_BYTES, TOKENIZER_FILES
+
+TOOL_NAME = "merge explorer"
+DEFAULT_SHARD_SIZE = 2 * 1024**3
 
 _ST_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
              torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
@@ -95,3 +106,168 @@ def _numel(shape) -> int:
     for s in shape:
         n *= int(s)
     return n
+
+
+# ------------------------------------------------------------ the folder
+def check_target(out_dir: str, force: bool) -> None:
+    """Refuse an output folder that exists (unless ``force``), is a file, or
+    sits where nothing may be written; before any work is done."""
+    if os.path.exists(out_dir):
+        if not os.path.isdir(out_dir):
+            raise UserError(f"{quoted(out_dir)} exists and is a file; choose a folder name for the merged model.")
+        if not force:
+            raise UserError(f"The output folder {quoted(out_dir)} already exists; choose another or use --force to replace it.")
+    parent = os.path.dirname(out_dir)
+    probe = parent
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    if not probe or not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"Cannot write to {quoted(parent)}; choose an output folder you may write to.")
+
+
+class Folder:
+    """An output folder written atomically (a context manager).
+
+    Everything is written to ``.<name>.partial-<pid>-<random>`` next to the
+    target; ``commit`` renames it into place (swapping an old folder out
+    only then). Leaving the block by an exception removes the temp folder;
+    an OSError becomes one sentence. The pid in the name lets a later
+    merge tell a folder left by a killed process (SIGKILL skips every
+    cleanup) from one still being written. Callers in one process must not
+    write the same target at once (the engine holds its lock).
+    """
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+        self.parent, self.name = os.path.dirname(out_dir), os.path.basename(out_dir)
+        self.tmp = os.path.join(self.parent, f".{self.name}.partial-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+        self._shards: ShardWriter | None = None
+
+    def __enter__(self) -> "Folder":
+        try:
+            os.makedirs(self.parent, exist_ok=True)
+        except OSError as exc:
+            raise UserError(f"Cannot create the folder {quoted(self.parent)} ({exc.strerror}).")
+        clean_stale(self.parent, self.name)
+        try:
+            os.makedirs(self.tmp)
+        except OSError as exc:
+            self._fail(exc)
+        return self
+
+    def shards(self, layout: list[tuple[str, str, tuple[int, ...]]], shard_size: int = DEFAULT_SHARD_SIZE
+               ) -> "ShardWriter":
+        self._shards = ShardWriter(self.tmp, layout, shard_size)
+        return self._shards
+
+    def side_files(self, *, config: dict, dtype: str, source_dir: str, tokenizer_dir: str, recipe_yaml: str,
+                   card: str) -> None:
+        """config.json (with the output dtype), generation_config.json from
+        ``source_dir``, the tokenizer files of ``tokenizer_dir``, the recipe
+        and the model card."""
+        config = dict(config)
+        config["dtype"] = dtype
+        if "torch_dtype" in config:
+            config["torch_dtype"] = dtype
+        with open(os.path.join(self.tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+        gen = os.path.join(source_dir, "generation_config.json")
+        if os.path.isfile(gen):
+            shutil.copyfile(gen, os.path.join(self.tmp, "generation_config.json"))
+        for fn in TOKENIZER_FILES:
+            path = os.path.join(tokenizer_dir, fn)
+            if os.path.isfile(path):
+                shutil.copyfile(path, os.path.join(self.tmp, fn))
+        with open(os.path.join(self.tmp, "merge_recipe.yaml"), "w", encoding="utf-8") as f:
+            f.write(recipe_yaml)
+        with open(os.path.join(self.tmp, "README.md"), "w", encoding="utf-8") as f:
+            f.write(card)
+
+    def commit(self) -> None:
+        if os.path.exists(self.out_dir):   # force: swap the old folder out only now
+            old = os.path.join(self.parent, f".{self.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(self.out_dir, old)
+            os.replace(self.tmp, self.out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(self.tmp, self.out_dir)
+
+    def _fail(self, exc: OSError):
+        self._cleanup()
+        raise UserError(f"Could not write the merged model to {quoted(self.out_dir)} ({exc.strerror or exc}); "
+                        "nothing was kept.")
+
+    def _cleanup(self) -> None:
+        if self._shards is not None:
+            self._shards.abort()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            return False
+        if issubclass(exc_type, OSError):
+            self._fail(exc)
+        self._cleanup()
+        return False
+
+
+def clean_stale(parent: str, base: str) -> None:
+    """Remove ``.<base>.partial-<pid>-*`` folders whose process is gone.
+
+    A merge killed with SIGKILL (or by the OOM killer) cannot clean up after
+    itself; its hidden temp folder is removed by the next merge to the same
+    output. Folders of this process are stale too: one process writes one
+    target at a time (see Folder).
+    """
+    prefix = f".{base}.partial-"
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for entry in names:
+        if not entry.startswith(prefix):
+            continue
+        pid = entry[len(prefix):].split("-", 1)[0]
+        if not pid.isdigit():
+            continue
+        if int(pid) != os.getpid():
+            try:
+                os.kill(int(pid), 0)
+                continue            # still running: another process is writing it
+            except ProcessLookupError:
+                pass
+            except OSError:         # exists but is not ours to signal
+                continue
+        shutil.rmtree(os.path.join(parent, entry), ignore_errors=True)
+
+
+def model_card(*, title: str | None, method: str, label: str, summary: str, dtype: str, base: str | None,
+               parents: list[tuple[str, Mapping]], params: Mapping, notes: list[str], recipe_yaml: str) -> str:
+    """A short Hugging Face model card saying how the model was made.
+
+    ``base``: the base model's reference when the recipe names one;
+    ``parents``: (reference, parameters) of every model that brought a task
+    vector; ``params``: the method's global parameters.
+    """
+    import yaml
+    refs = ([base] if base else []) + [r for r, _ in parents if r != base]
+    front = {"library_name": "transformers", "tags": ["merge", TOOL_NAME.replace(" ", "-"), method],
+             "base_model": [r for r in refs if not r.startswith("zoo:") and not os.path.isabs(r)] or None}
+    front = {k: v for k, v in front.items() if v}
+    lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
+             f"# {title or 'Merged model'}", "",
+             f"Made with {TOOL_NAME} on {_dt.date.today().isoformat()} by **{label}** (`{method}`) in {dtype}.", ""]
+    if summary:
+        lines += [summary, ""]
+    lines += ["## Parents", ""]
+    if base:
+        lines.append(f"* base: `{base}`")
+    for ref, mp in parents:
+        kv = ", ".join(f"{k}={v}" for k, v in mp.items())
+        lines.append(f"* `{ref}`" + (f" ({kv})" if kv else ""))
+    if params:
+        lines += ["", "## Parameters", ""] + [f"* {k}: {v}" for k, v in params.items()]
+    if notes:
+        lines += ["", "## Notes", ""] + [f"* {n}" for n in notes]
+    lines += ["", "## Recipe", "", "```yaml", recipe_yaml.strip(), "```", ""]
+    return "\n".join(lines)

@@ -18,15 +18,13 @@ few seconds on CPU.
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
 import time
 from typing import Callable
 
 import torch
 
-from .. import PROBES_DIR
+from .. import PROBES_DIR, userfiles
 from . import scorers
 from ..errors import UserError, quoted
 
@@ -47,67 +45,50 @@ Progress = Callable[[float, str], None]
 
 
 # ---------------------------------------------------------------- loading
+WHAT = "probe file"
+
+
 def _read_text(path: str) -> str:
-    from ..policy import read_user_text
-    return read_user_text(path, "probe file")
+    # the app picks probe files itself (built-in suites, uploads): no Space allow-list here
+    return userfiles.read_text(path, WHAT, space_check=False)
 
 
 def load_jsonl(path: str) -> list[dict]:
     """Rows of a JSONL file; each needs a non-empty string ``prompt``."""
     rows = []
-    for i, line in enumerate(_read_text(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except (ValueError, RecursionError):   # RecursionError: a line of 1000+ '[' (fuzzing found it)
-            raise UserError(f"Line {i} of {quoted(path)} is not valid JSON.")
+    for no, row in userfiles.json_lines(path, WHAT, _read_text(path)):
         if not isinstance(row, dict) or not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
-            raise UserError(f"Line {i} of {quoted(path)} needs a non-empty string field 'prompt'.")
+            raise UserError(f"Line {no} of the {WHAT} {quoted(path)} needs a non-empty string field 'prompt'.")
         rows.append(row)
     if not rows:
-        raise UserError(f"The probe file {quoted(path)} has no prompts.")
+        raise UserError(f"The {WHAT} {quoted(path)} has no prompts.")
     return rows
 
 
 def load_csv(path: str) -> list[dict]:
     """AdvBench (goal,target) or HarmBench (Behavior[,ContextString]) rows."""
-    text = _read_text(path)
-    try:
-        reader = csv.DictReader(text.splitlines())
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        if "goal" in header:
-            col, kind = "goal", "AdvBench"
-        elif "Behavior" in header:
-            col, kind = "Behavior", "HarmBench"
-        else:
-            raise UserError(f"{quoted(path)} has neither a 'goal' column (AdvBench) nor a 'Behavior' column (HarmBench).")
-        rows = []
-        for i, rec in enumerate(reader, 2):
-            if None in rec or None in rec.values():
-                if not any((v or "").strip() for v in rec.values() if isinstance(v, str)) and None not in rec:
-                    continue   # blank line
-                raise UserError(f"Row {i} of {quoted(path)} has a different number of fields than the header.")
-            rec = {k.strip(): v for k, v in rec.items()}
-            value = (rec.get(col) or "").strip()
-            if not value:
-                if not any((v or "").strip() for v in rec.values() if isinstance(v, str)):
-                    continue   # blank line
-                raise UserError(f"Row {i} of {quoted(path)} has an empty {quoted(col)} ({kind} format).")
-            prompt = value
-            ctx = (rec.get("ContextString") or "").strip() if kind == "HarmBench" else ""
-            if ctx:
-                prompt = f"{ctx}\n\n---\n\n{value}"
-            row = {"prompt": prompt}
-            if kind == "AdvBench" and rec.get("target"):
-                row["target"] = rec["target"]
-            if kind == "HarmBench" and rec.get("BehaviorID"):
-                row["id"] = rec["BehaviorID"]
-            rows.append(row)
-    except csv.Error as exc:
-        raise UserError(f"{quoted(path)} is not a valid CSV file ({exc}).")
+    header, records = userfiles.csv_rows(path, WHAT, _read_text(path))
+    if "goal" in header:
+        col, kind = "goal", "AdvBench"
+    elif "Behavior" in header:
+        col, kind = "Behavior", "HarmBench"
+    else:
+        raise UserError(f"The {WHAT} {quoted(path)} has neither a 'goal' column (AdvBench) nor a 'Behavior' "
+                        "column (HarmBench).")
+    rows = []
+    for no, rec in records:
+        value = rec.get(col, "")
+        if not value:
+            raise UserError(f"Row {no} of the {WHAT} {quoted(path)} has an empty {quoted(col)} ({kind} format).")
+        ctx = rec.get("ContextString", "") if kind == "HarmBench" else ""
+        row = {"prompt": f"{ctx}\n\n---\n\n{value}" if ctx else value}
+        if kind == "AdvBench" and rec.get("target"):
+            row["target"] = rec["target"]
+        if kind == "HarmBench" and rec.get("BehaviorID"):
+            row["id"] = rec["BehaviorID"]
+        rows.append(row)
     if not rows:
-        raise UserError(f"The probe file {quoted(path)} has no prompts.")
+        raise UserError(f"The {WHAT} {quoted(path)} has no prompts.")
     return rows
 
 

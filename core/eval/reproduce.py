@@ -202,7 +202,7 @@ class Evaluator:
     def expert(self, ref: str) -> dict[str, list[bool]]:
         if ref not in self.cache:
             info = M.inspect(ref)
-            with M.TensorReader(info) as rd, torch.no_grad():
+            with M.Reader(info) as rd, torch.no_grad():
                 state = self.live.state_dict()
                 for name in info.tensors:
                     state[name].copy_(rd.get(name, state[name].dtype))

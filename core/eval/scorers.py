@@ -29,6 +29,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 
+from .. import userfiles
 from ..errors import UserError, quoted
 
 REFUSAL_START = (
@@ -77,12 +78,10 @@ def _norm(text: str) -> str:
 def load_phrases(path: str) -> RefusalPhrases:
     """A JSON file {"start": [...], "anywhere": [...], "exceptions": [...], "window": N};
     a key left out keeps the default list, so a file may only add exceptions."""
+    text = userfiles.read_text(path, "refusal phrase file", space_check=False)   # a command-line option
     try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except OSError:
-        raise UserError(f"Cannot read the refusal phrase file {quoted(path)}.")
-    except (ValueError, UnicodeDecodeError):
+        data = json.loads(text)
+    except (ValueError, RecursionError):
         raise UserError(f"The refusal phrase file {quoted(path)} is not valid JSON.")
     if not isinstance(data, dict) or not set(data) <= {"start", "anywhere", "exceptions", "window"}:
         raise UserError(f"The refusal phrase file {quoted(path)} must be a JSON object with keys start, anywhere, exceptions, window.")

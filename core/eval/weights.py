@@ -1,7 +1,7 @@
 """Per-layer numbers the UI draws: task-vector norms and cosines, and where
 the merged weights came from.
 
-Both read the weights one tensor at a time (safetensors, memory-mapped), so
+Both read the weights one tensor at a time (checkpoint.reader), so
 they work on any model size the engine can merge, and return plain
 JSON-able values (lists of floats, None where a value does not exist) so
 the UI only plots.
@@ -39,22 +39,14 @@ from ..errors import UserError, quoted
 
 Progress = Callable[[float, str], None]
 
-_FLOAT = ("F64", "F32", "F16", "BF16")
 _CACHE: dict[tuple, dict] = {}
 _CACHE_MAX = 8
 _LOCK = threading.Lock()
 
 
 def point_of(name: str) -> str:
-    """ACM's point for a tensor (embed, layer k, norm, lm_head), 'other' if none."""
-    layer = M.layer_of(name)
-    if layer is not None:
-        return f"layer {layer}"
-    return {"embed": "embed", "final_norm": "norm", "head": "lm_head"}.get(M.module_of(name), "other")
-
-
-def points_for(n_layers: int) -> list[str]:
-    return ["embed"] + [f"layer {k}" for k in range(n_layers)] + ["norm", "lm_head"]
+    """The tensor's point (checkpoint.naming), 'other' if none."""
+    return M.point_of(name) or "other"
 
 
 def _infos(base: str | M.ModelInfo, experts: list) -> tuple[M.ModelInfo, list[M.ModelInfo]]:
@@ -70,7 +62,7 @@ def _infos(base: str | M.ModelInfo, experts: list) -> tuple[M.ModelInfo, list[M.
 
 def _names(base: M.ModelInfo) -> list[str]:
     from ..checkpoint.naming import tensor_order
-    return sorted((n for n, t in base.tensors.items() if t.dtype in _FLOAT), key=tensor_order)
+    return sorted((n for n, t in base.tensors.items() if t.is_float), key=tensor_order)
 
 
 def _grid(base: M.ModelInfo, names: list[str]) -> tuple[list[str], list[str]]:
@@ -123,7 +115,7 @@ def task_vectors(base, experts: list, progress: Progress | None = None) -> dict:
         return _relabel(hit, [e.ref for e in es])
     names = _names(b)
     layers, modules = _grid(b, names)
-    points = points_for(b.n_layers) if b.n_layers > 0 else []
+    points = M.point_names(b.n_layers) if b.n_layers > 0 else []
     n = len(es)
     pairs = list(itertools.combinations(range(n), 2))
     # accumulators per group: base ‖θ₀‖², ‖τᵢ‖², ⟨τᵢ, τⱼ⟩
@@ -133,7 +125,7 @@ def task_vectors(base, experts: list, progress: Progress | None = None) -> dict:
         a = acc.setdefault(group, np.zeros(1 + n + len(pairs)))
         a += np.array([sq0, *sq, *dots])
 
-    readers = [M.TensorReader(x) for x in [b, *es]]
+    readers = [M.Reader(x) for x in [b, *es]]
     try:
         for i, name in enumerate(names):
             shape = b.tensors[name].shape
@@ -252,7 +244,7 @@ def provenance(base, experts: list, merged, progress: Progress | None = None) ->
     if missing:
         raise UserError(f"The merged model has no tensor {quoted(missing[0])}, so it was not merged from this base.")
     layers, modules = _grid(b, names)
-    points = points_for(b.n_layers) if b.n_layers > 0 else []
+    points = M.point_names(b.n_layers) if b.n_layers > 0 else []
     n = len(es)
     acc: dict[Any, np.ndarray] = {}
 
@@ -263,7 +255,7 @@ def provenance(base, experts: list, merged, progress: Progress | None = None) ->
         else:
             a += vec
 
-    readers = [M.TensorReader(x) for x in [b, *es]]
+    readers = [M.Reader(x) for x in [b, *es]]
     try:
         with torch.no_grad():
             for i, name in enumerate(names):

@@ -12,7 +12,6 @@ from ..checkpoint.refs import builtin_name
 from ..checkpoint.writer import _ST_NAMES
 from ..errors import UserError, quoted
 
-_FLOAT_ST = ("F64", "F32", "F16", "BF16")
 
 
 @dataclass
@@ -112,7 +111,7 @@ def build(recipe: R.Recipe, infos=None) -> Plan:
 def _out_meta(p: Plan, name: str, dtype: torch.dtype) -> tuple[str, tuple[int, ...]]:
     """(safetensors dtype, shape) of one output tensor, known before computing it."""
     meta = p.base.tensors[name]
-    if meta.dtype not in _FLOAT_ST:
+    if not meta.is_float:
         return meta.dtype, meta.shape
     shape = meta.shape
     if p.grow_from is not None and M.is_vocab_tensor(name):

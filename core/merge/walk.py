@@ -1,7 +1,6 @@
 """The walk over tensors: read inputs, call the method, hand results to a sink."""
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from typing import Callable
 
@@ -9,10 +8,10 @@ import torch
 
 from .. import checkpoint as M
 from .. import policy
-from ..checkpoint.reader import FileReader
+from ..checkpoint.reader import Reader
 from ..errors import UserError, quoted
 from ..methods.base import TensorContext
-from .plan import _FLOAT_ST, _out_meta, Plan
+from .plan import Plan, _out_meta
 from .result import MergeResult, TensorStats
 
 Progress = Callable[[float, str], None]
@@ -27,27 +26,6 @@ Progress = Callable[[float, str], None]
 CHUNK_ELEMS = 1 << 18
 
 
-@contextlib.contextmanager
-def _one_thread(on: bool):
-    """torch on one thread while row blocks are merged.
-
-    A block is ~1 MB, so splitting each of its ~30 passes across threads is
-    mostly synchronisation, and on a busy machine a thread that waits for a
-    descheduled partner spins: on the shared 2-core box (load 5) the 0.5B
-    TIES merge took 258 s on 2 threads and 29 s on one. The setting is
-    process-wide, so it is restored as soon as the walk ends.
-    """
-    old = torch.get_num_threads()
-    if not on or old == 1:
-        yield
-        return
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
-
-
 def elementwise(spec) -> bool:
     """The spec says so itself (MethodSpec.elementwise, off by default)."""
     return bool(getattr(spec, "elementwise", False))
@@ -55,7 +33,7 @@ def elementwise(spec) -> bool:
 
 def _chunked(p: Plan, name: str) -> bool:
     meta = p.base.tensors[name]
-    return (elementwise(p.spec) and p.spec.prepare is None and meta.dtype in _FLOAT_ST
+    return (elementwise(p.spec) and p.spec.prepare is None and meta.is_float
             and len(meta.shape) >= 1 and meta.numel > CHUNK_ELEMS)
 
 
@@ -66,7 +44,7 @@ class _Buffers:
     tensor that is not fed in row blocks."""
 
     def __init__(self, p: Plan, n_readers: int, device: str, dtype: torch.dtype):
-        floats = [n for n in p.names if p.base.tensors[n].dtype in _FLOAT_ST]
+        floats = [n for n in p.names if p.base.tensors[n].is_float]
         self.chunked = {n for n in floats if _chunked(p, n)}
         whole = [n for n in floats if n not in self.chunked]
         infos = [p.base] + list(p.sources)
@@ -105,55 +83,42 @@ class _Inputs:
     def __init__(self, p: Plan, device: str, cache: bool):
         self.key = _inputs_key(p, device)
         self.device = device
-        self.base_reader = FileReader(p.base)
-        self.readers = [FileReader(s) for s in (p.sources[1:] if p.zero_first else p.sources)]
+        self.base_reader = Reader(p.base)
+        self.readers = [Reader(s) for s in (p.sources[1:] if p.zero_first else p.sources)]
         self.cache_on = cache
         self._cache: dict[str, tuple] = {}
 
-    def _load(self, reader: FileReader, name: str, dst: torch.Tensor | None, bufs: _Buffers | None,
-              rows: int | None = None, minus: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(float32 tensor cut to ``rows``, less ``minus`` if given; float32 extra rows or None).
+    def block(self, name: str, a: int, b: int, base_buf: torch.Tensor | None, delta_bufs: list | None,
+              staging: list | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(θ₀, [τᵢ]) of rows [a, b) in float32: views of the given buffers
+        (valid until the next call), else fresh tensors. An expert's rows
+        past the base's (a grown vocabulary) are never part of a block.
 
-        Written into ``dst`` when given. Convert first, then subtract in
-        place: torch's mixed-dtype ``sub(out=)`` allocates hidden temporaries
-        and measured 2.5x slower.
-        """
-        raw = reader.read(name, bufs.staging if bufs is not None else None)
-        extra = None
-        if rows is not None and raw.shape[0] > rows:
-            extra = raw[rows:].to(torch.float32, copy=True)   # kept past the staging buffer's reuse
-            raw = raw[:rows]
-        if dst is None:
-            t = raw.to(self.device, torch.float32, copy=True)
-            return (t.sub_(minus) if minus is not None else t), extra
-        dst.copy_(raw)
-        return (dst.sub_(minus) if minus is not None else dst), extra
-
-    def get(self, name: str, n_rows: int | None, bufs: _Buffers | None = None
-            ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor | None]]:
-        """(θ₀ float32, [τᵢ] cut to the base's rows, [extra vocab rows of each expert or None]).
-
-        With ``bufs`` the tensors are views of the reused buffers, valid
-        until the next call. Cached tensors are cloned on the way out:
-        methods are meant to be pure, but one that works in place must not
-        poison the next re-merge.
+        Convert first, then subtract in place: torch's mixed-dtype
+        ``sub(out=)`` allocates hidden temporaries and measured 2.5x slower.
+        Whole tensors of small models are cached as float32 and cloned on
+        the way out: methods are meant to be pure, but one that works in
+        place must not poison the next re-merge.
         """
         hit = self._cache.get(name)
         if hit is not None:
-            b, ds, xs = hit
-            return b.clone(), [d.clone() for d in ds], xs
+            return hit[0].clone(), [d.clone() for d in hit[1]]
         shape = self.base_reader.info.tensors[name].shape
-        use = bufs if not self.cache_on else None
-        base, _ = self._load(self.base_reader, name, _slot(use.base, shape) if use else None, use)
-        deltas, extras = [], []
-        for i, r in enumerate(self.readers):
-            t, extra = self._load(r, name, _slot(use.deltas[i], shape) if use else None, use, n_rows, base)
-            deltas.append(t)
-            extras.append(extra)
+        cshape = (b - a,) + tuple(shape[1:]) if shape else ()
+
+        def load(reader: Reader, i: int, dst: torch.Tensor | None) -> torch.Tensor:
+            raw = reader.read_rows(name, a, b, staging[i] if staging is not None else None)
+            if dst is None:
+                return raw.to(self.device, torch.float32, copy=True)
+            return _slot(dst, cshape).copy_(raw)
+
+        base = load(self.base_reader, 0, base_buf)
+        deltas = [load(r, i + 1, delta_bufs[i] if delta_bufs is not None else None).sub_(base)
+                  for i, r in enumerate(self.readers)]
         if self.cache_on:
-            self._cache[name] = (base, deltas, extras)
-            return base.clone(), [d.clone() for d in deltas], extras
-        return base, deltas, extras
+            self._cache[name] = (base, deltas)
+            return base.clone(), [d.clone() for d in deltas]
+        return base, deltas
 
     def culprit(self, name: str) -> None:
         """Name the model whose tensor holds NaN/Inf (called only after a norm was not finite)."""
@@ -166,8 +131,6 @@ class _Inputs:
         for r in self.readers:
             r.close()
         self._cache.clear()
-
-
 
 
 _LAST_INPUTS: _Inputs | None = None
@@ -209,53 +172,6 @@ def _numel(shape) -> int:
 
 
 
-def _merge_rows(p: Plan, inputs: _Inputs, name: str, bufs: _Buffers, dtype: torch.dtype,
-                ctx: TensorContext) -> tuple[torch.Tensor, list[float], float]:
-    """An elementwise method fed row blocks; returns (output, ‖τᵢ‖, ‖τ‖)."""
-    meta = p.base.tensors[name]
-    shape = tuple(meta.shape)
-    rows = shape[0]
-    per = max(1, bufs.block // (meta.numel // rows))
-    out = _slot(bufs.out, _out_meta(p, name, dtype)[1])
-    norm = torch.linalg.vector_norm
-    ssq = [0.0] * len(inputs.readers)
-    merged = 0.0
-    row = meta.numel // rows
-    if getattr(p.spec, "delta_stats", None) is not None:
-        ctx = dataclasses.replace(ctx, aux={**ctx.aux, "delta_stats": _delta_stats(p, inputs, name, bufs, per)})
-    for a in range(0, rows, per):
-        b = min(rows, a + per)
-        cshape = (b - a,) + shape[1:]
-        base = _slot(bufs.cbase, cshape).copy_(inputs.base_reader.read_rows(name, a, b, bufs.cstaging[0]))
-        deltas = []
-        for i, r in enumerate(inputs.readers):
-            d = _slot(bufs.cdeltas[i], cshape).copy_(r.read_rows(name, a, b, bufs.cstaging[i + 1])).sub_(base)
-            ssq[i] += float(norm(d)) ** 2
-            deltas.append(d)
-        if p.zero_first:
-            deltas = [_slot(bufs.czero, cshape).zero_()] + deltas
-        delta = p.spec.fn(base, deltas, p.model_params, p.global_params, dataclasses.replace(ctx, offset=a * row))
-        if tuple(delta.shape) != cshape:
-            raise RuntimeError(f"{p.spec.name} returned shape {list(delta.shape)} for a block of {name} {list(cshape)}")
-        if delta.dtype != torch.float32 or delta.device != base.device:
-            delta = delta.to(base.device, torch.float32)
-        merged += float(norm(delta)) ** 2
-        if delta.is_contiguous() and delta.untyped_storage().data_ptr() != base.untyped_storage().data_ptr():
-            out[a:b].copy_(delta.add_(base))
-        else:
-            out[a:b].copy_(torch.add(base, delta))
-    if M.is_vocab_tensor(name) and p.grow_from is not None:
-        r = inputs.readers[p.grow_index]
-        total = r.info.tensors[name].shape[0]
-        for a in range(rows, total, per):
-            b = min(total, a + per)
-            raw = r.read_rows(name, a, b, bufs.cstaging[0])
-            if _has_nonfinite(raw.to(torch.float32)):
-                inputs.culprit(name)
-            out[a:b].copy_(raw)
-    return out, [x ** 0.5 for x in ssq], merged ** 0.5
-
-
 def _delta_stats(p: Plan, inputs: _Inputs, name: str, bufs: _Buffers, per: int) -> list:
     """The spec's delta_stats of every task vector of ``name``, one at a time.
 
@@ -295,80 +211,111 @@ def _check_range(out: torch.Tensor, dtype: torch.dtype, method: str, name: str) 
                         f"tensor {quoted(name)}; nothing was written (merge in float32 or bfloat16).")
 
 
+def _merge_tensor(p: Plan, inputs: _Inputs, name: str, dtype: torch.dtype, ctx: TensorContext,
+                  bufs: _Buffers | None) -> tuple[torch.Tensor, list[float], float]:
+    """One tensor through the method; returns (output in ``dtype``, ‖τᵢ‖, ‖τ‖).
+
+    An elementwise method gets a large tensor in row blocks (``bufs.chunked``),
+    any other tensor comes as one block. Per block: θ₀ and the task vectors
+    in float32, the method's τ, θ₀ + τ into the output. A grown vocabulary's
+    extra rows are copied from the expert that brings them, as stored.
+    """
+    meta = p.base.tensors[name]
+    shape = tuple(meta.shape)
+    rows = shape[0] if shape else 1
+    row = meta.numel // rows if rows else 0
+    chunked = bufs is not None and name in bufs.chunked and not inputs.cache_on
+    per = max(1, bufs.block // row) if chunked else max(1, rows)
+    if chunked and getattr(p.spec, "delta_stats", None) is not None:
+        ctx = dataclasses.replace(ctx, aux={**ctx.aux, "delta_stats": _delta_stats(p, inputs, name, bufs, per)})
+    if chunked:
+        base_buf, delta_bufs, zero_buf, staging = bufs.cbase, bufs.cdeltas, bufs.czero, bufs.cstaging
+    elif bufs is not None:
+        base_buf, delta_bufs, zero_buf, staging = bufs.base, bufs.deltas, bufs.zero, [bufs.staging] * (1 + len(bufs.deltas))
+    else:
+        base_buf = delta_bufs = zero_buf = staging = None
+    out_shape = _out_meta(p, name, dtype)[1]
+    total = out_shape[0] if out_shape else 1
+    # one block, nothing to append, no reused output buffer to fill: the
+    # method's result is the output (no copy)
+    whole = per >= rows and total == rows and (dtype == torch.float32 or bufs is None)
+    out = None if whole else (_slot(bufs.out, out_shape) if bufs is not None and bufs.out is not None
+                              else torch.empty(out_shape, dtype=dtype, device=inputs.device))
+    norm = torch.linalg.vector_norm
+    norms: list[list[float]] = [[] for _ in inputs.readers]
+    merged: list[float] = []
+    for a in range(0, rows, per) if rows else [0]:   # an empty tensor is one empty block
+        b = min(rows, a + per)
+        base, deltas = inputs.block(name, a, b, base_buf, delta_bufs, staging)
+        for i, d in enumerate(deltas):
+            norms[i].append(float(norm(d)))
+        # NaN/Inf in any input makes a task-vector norm non-finite (a NaN
+        # base poisons them all), so the norms double as the input check,
+        # before the method sees the values
+        if not inputs.readers or not all(_finite_norm(x[-1]) for x in norms):
+            inputs.culprit(name)
+        if p.zero_first:
+            zero = _slot(zero_buf, base.shape).zero_() if zero_buf is not None else torch.zeros_like(base)
+            deltas = [zero] + deltas
+        delta = p.spec.fn(base, deltas, p.model_params, p.global_params, dataclasses.replace(ctx, offset=a * row))
+        if tuple(delta.shape) != tuple(base.shape):
+            raise RuntimeError(f"{p.spec.name} returned shape {list(delta.shape)} for rows {a}:{b} of {name} "
+                               f"{list(base.shape)}")
+        if delta.dtype != torch.float32 or delta.device != base.device:
+            delta = delta.to(base.device, torch.float32)
+        merged.append(float(norm(delta)))
+        if not _finite_norm(merged[-1]):
+            raise UserError(f"The {p.spec.name} merge produced NaN or Inf in tensor {quoted(name)}; nothing was written.")
+        if delta.is_contiguous() and delta.untyped_storage().data_ptr() != base.untyped_storage().data_ptr():
+            merged_rows = delta.add_(base)   # the method's result is ours unless it shares memory with θ₀
+        else:
+            merged_rows = torch.add(base, delta)
+        del delta, deltas, base
+        if whole:
+            out = merged_rows
+        else:
+            # into the output: torch's add(out=) to another dtype allocates a float32 temporary anyway
+            out[a:b].copy_(merged_rows)
+    if total > rows:
+        r = inputs.readers[p.grow_index]
+        for a in range(rows, total, per):
+            b = min(total, a + per)
+            raw = r.read_rows(name, a, b, staging[0] if staging is not None else None)
+            if _has_nonfinite(raw.to(torch.float32)):
+                inputs.culprit(name)
+            out[a:b].copy_(raw)
+    if out.dtype != dtype:
+        out = out.to(dtype)
+
+    def combined(parts: list[float]) -> float:
+        """A tensor's norm from its blocks' norms (the norm itself for one block)."""
+        return parts[0] if len(parts) == 1 else sum(x * x for x in parts) ** 0.5
+    return out, [combined(x) for x in norms], combined(merged)
+
+
 def _walk(p: Plan, inputs: _Inputs, dtype: torch.dtype, emit: Callable[[str, torch.Tensor], None],
           progress: Progress | None, prepared, result: MergeResult, bar=None, bufs: _Buffers | None = None) -> None:
     """The hot loop: one tensor name at a time through the method.
 
-    With ``bufs`` the emitted tensor is a view of a reused buffer, so the
+    With ``bufs`` the emitted tensor may be a view of a reused buffer, so the
     sink must consume it at once (the shard writer does); without, every
     emitted tensor is freshly allocated and may be kept.
     """
-    spec = p.spec
     n = len(p.names)
     every = max(1, n // 200)  # the UI need not hear about every tiny norm vector
-    norm = torch.linalg.vector_norm
     for i, name in enumerate(p.names):
         meta = p.base.tensors[name]
-        layer, module = M.layer_of(name), M.module_of(name)
-        if meta.dtype not in _FLOAT_ST:
+        if not meta.is_float:
             # integer buffers (position ids ...) are not weights: keep the base's
             emit(name, inputs.base_reader.read(name))
-            continue
-        vocab = M.is_vocab_tensor(name)
-        aux = prepared.aux(name) if prepared is not None else {}
-        ctx = TensorContext(name, layer, module, p.seed, aux if aux is not None else {})
-        if bufs is not None and name in bufs.chunked and not inputs.cache_on:
-            out, norms, merged_norm = _merge_rows(p, inputs, name, bufs, dtype, ctx)
-            # NaN/Inf in any input makes a task-vector norm non-finite
-            if not all(_finite_norm(x) for x in norms) or not inputs.readers:
-                inputs.culprit(name)
-            if not _finite_norm(merged_norm):
-                raise UserError(f"The {spec.name} merge produced NaN or Inf in tensor {quoted(name)}; nothing was written.")
-            result.stats[name] = TensorStats(layer, module, merged_norm, ([0.0] if p.zero_first else []) + norms)
-            _check_range(out, dtype, spec.name, name)
-            emit(name, out)
-            if bar is not None:
-                bar.update(1)
-            if progress is not None and (i % every == 0 or i == n - 1):
-                progress((i + 1) / n, f"merged tensor {i + 1} of {n}: {name}")
-            continue
-        base, deltas, extras = inputs.get(name, meta.shape[0] if vocab else None, bufs)
-        norms = [float(norm(d)) for d in deltas]
-        # NaN/Inf in any input makes a task-vector norm non-finite (a NaN
-        # base poisons them all), so the norms double as the input check
-        if not all(_finite_norm(x) for x in norms) or not deltas:
-            inputs.culprit(name)
-        for x in extras:
-            if x is not None and _has_nonfinite(x):
-                inputs.culprit(name)
-        if p.zero_first:
-            zero = _slot(bufs.zero, meta.shape).zero_() if bufs is not None else torch.zeros_like(base)
-            deltas, norms = [zero] + deltas, [0.0] + norms
-        delta = spec.fn(base, deltas, p.model_params, p.global_params, ctx)
-        if tuple(delta.shape) != tuple(base.shape):
-            raise RuntimeError(f"{spec.name} returned shape {list(delta.shape)} for {name} {list(base.shape)}")
-        if delta.dtype != torch.float32 or delta.device != base.device:
-            delta = delta.to(base.device, torch.float32)
-        merged_norm = float(norm(delta))
-        if not _finite_norm(merged_norm):
-            raise UserError(f"The {spec.name} merge produced NaN or Inf in tensor {quoted(name)}; nothing was written.")
-        result.stats[name] = TensorStats(layer, module, merged_norm, norms)
-        grow = vocab and p.grow_from is not None and extras[p.grow_index] is not None
-        if delta.is_contiguous() and delta.untyped_storage().data_ptr() != base.untyped_storage().data_ptr():
-            out = delta.add_(base)   # the method's result is ours unless it shares memory with θ₀
         else:
-            out = torch.add(base, delta)
-        del delta, deltas, base
-        if grow:
-            out = torch.cat([out, extras[p.grow_index].to(out.device)], 0)
-        elif bufs is not None and bufs.out is not None and dtype != torch.float32:
-            # into a reused buffer: torch's add(out=) to another dtype
-            # allocates a float32 temporary anyway
-            out = _slot(bufs.out, out.shape).copy_(out)
-        if out.dtype != dtype:
-            out = out.to(dtype)
-        _check_range(out, dtype, spec.name, name)
-        emit(name, out)
+            layer, module = M.layer_of(name), M.module_of(name)
+            aux = prepared.aux(name) if prepared is not None else {}
+            ctx = TensorContext(name, layer, module, p.seed, aux if aux is not None else {})
+            out, norms, merged_norm = _merge_tensor(p, inputs, name, dtype, ctx, bufs)
+            result.stats[name] = TensorStats(layer, module, merged_norm, ([0.0] if p.zero_first else []) + norms)
+            _check_range(out, dtype, p.spec.name, name)
+            emit(name, out)
         if bar is not None:
             bar.update(1)
         if progress is not None and (i % every == 0 or i == n - 1):

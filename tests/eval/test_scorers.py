@@ -80,7 +80,7 @@ def test_malformed_phrase_file_is_one_sentence(tmp_path, content, words):
 
 
 def test_missing_phrase_file(tmp_path):
-    with pytest.raises(UserError, match="Cannot read"):
+    with pytest.raises(UserError, match="The refusal phrase file '.*none.json' does not exist."):
         S.load_phrases(str(tmp_path / "none.json"))
 
 

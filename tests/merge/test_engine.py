@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 
 from core.merge import engine, walk
 from core.checkpoint.naming import tensor_order
+from core.checkpoint import writer
+from core.checkpoint.reader import Reader
 from core.merge.plan import build
 from core import methods as registry
 from core import ZOO_DIR
@@ -193,7 +195,7 @@ def test_tiny_shard_size_writes_an_index_and_the_same_tensors(family, tmp_path):
 @pytest.mark.parametrize("exc", [OSError(28, "No space left on device"), KeyboardInterrupt()])
 def test_failure_while_writing_leaves_no_folder(family, tmp_path, monkeypatch, exc):
     calls = []
-    real = engine.ShardWriter.add
+    real = writer.ShardWriter.add
 
     def flaky(self, name, t):
         calls.append(name)
@@ -201,7 +203,7 @@ def test_failure_while_writing_leaves_no_folder(family, tmp_path, monkeypatch, e
             raise exc
         return real(self, name, t)
 
-    monkeypatch.setattr(engine.ShardWriter, "add", flaky)
+    monkeypatch.setattr(writer.ShardWriter, "add", flaky)
     with pytest.raises((UserError, KeyboardInterrupt)) as err:
         engine.run_merge(ta(family), out_dir=str(tmp_path / "m"), shard_size=10_000)
     if isinstance(exc, OSError):
@@ -223,7 +225,7 @@ def test_cli_merge_ok_and_failure_mid_write(family, tmp_path, monkeypatch, capsy
     assert "already exists" in capsys.readouterr().err
     assert main(["merge", str(rec), "--out", str(tmp_path / "ok"), "--force"]) == 0
 
-    real = engine.ShardWriter.add
+    real = writer.ShardWriter.add
     seen = []
 
     def flaky(self, name, t):
@@ -232,7 +234,7 @@ def test_cli_merge_ok_and_failure_mid_write(family, tmp_path, monkeypatch, capsy
             raise OSError(5, "Input/output error")
         return real(self, name, t)
 
-    monkeypatch.setattr(engine.ShardWriter, "add", flaky)
+    monkeypatch.setattr(writer.ShardWriter, "add", flaky)
     capsys.readouterr()
     assert main(["merge", str(rec), "--out", str(tmp_path / "bad")]) == 2
     # stderr also carries the progress bar; the error itself is one line
@@ -300,7 +302,7 @@ def test_vocab_growth_keeps_the_experts_extra_rows(family, tmp_path):
 def test_incompatible_expert_is_refused_before_any_weight(family, tmp_path, monkeypatch):
     def no_reading(*a, **k):
         raise AssertionError("a weight was read")
-    monkeypatch.setattr(engine.M.TensorReader, "get", no_reading)
+    monkeypatch.setattr(Reader, "_locate", no_reading)
     with pytest.raises(UserError, match="has 3 layers but the base has 2"):
         engine.run_merge(ta(family, experts=("safety", "deep")), out_dir=str(tmp_path / "m"))
     with pytest.raises(UserError, match="'weight' of .* is 5; it must be between 0 and 2"):

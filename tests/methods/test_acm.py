@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 import core
+from core.checkpoint.naming import point_of
 from core.methods.acm import activations as A
 from core import service
 from core.merge import engine
@@ -88,11 +89,11 @@ def test_select_even_spreads_over_clusters():
 
 
 def test_point_of_maps_zoo_tensors():
-    assert A.point_of("model.embed_tokens.weight") == "embed"
-    assert A.point_of("model.layers.3.mlp.down_proj.weight") == "layer 3"
-    assert A.point_of("model.layers.0.input_layernorm.weight") == "layer 0"
-    assert A.point_of("model.norm.weight") == "norm"
-    assert A.point_of("lm_head.weight") == "lm_head"
+    assert point_of("model.embed_tokens.weight") == "embed"
+    assert point_of("model.layers.3.mlp.down_proj.weight") == "layer 3"
+    assert point_of("model.layers.0.input_layernorm.weight") == "layer 0"
+    assert point_of("model.norm.weight") == "norm"
+    assert point_of("lm_head.weight") == "lm_head"
 
 
 # --------------------------------------------------------- calibration file
@@ -110,7 +111,7 @@ def test_read_jsonl_accepts_text_and_prompt_and_refuses_malformed(tmp_path):
     (tmp_path / "empty.jsonl").write_text("\n")
     with pytest.raises(UserError, match="holds no samples"):
         A.read_jsonl(str(tmp_path / "empty.jsonl"))
-    with pytest.raises(UserError, match="Cannot read"):
+    with pytest.raises(UserError, match="The calibration file '.*missing.jsonl' does not exist."):
         A.read_jsonl(str(tmp_path / "missing.jsonl"))
 
 
@@ -155,7 +156,7 @@ def test_acm_ta_is_one_coefficient_per_layer_and_expert(cache_dir, calib):
     n = len(EXPERTS)
     seen = set()
     for point in info["layers"]:
-        names = sorted(k for k in base if A.point_of(k) == point)
+        names = sorted(k for k in base if point_of(k) == point)
         if not names:
             continue
         seen.add(point)

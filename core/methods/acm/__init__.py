@@ -13,7 +13,7 @@ always means a smaller λ, across experts too) keeps the exponent finite
 for any t; t (``temperature``, default 0.7) sets how strongly MI
 differences spread the coefficients. Every tensor of decoder layer k uses
 layer k's λ; the embedding, the final norm and the lm_head use their own
-points' (activations.point_of); a tensor tied to no point takes the
+points' (checkpoint.naming.point_of); a tensor tied to no point takes the
 mean of the expert's coefficients.
 
 * ACM-TA (``base_method: task_arithmetic``): θ^k = θ₀^k + (1/N) Σ_i λ_i^k τ_i^k,
@@ -64,7 +64,7 @@ class Prepared:
         self._fallback = [sum(coef[e]) / len(coef[e]) for e in experts]
 
     def aux(self, name: str) -> dict:
-        from .activations import point_of
+        from ...checkpoint.naming import point_of
         p = point_of(name)
         return {"coeffs": list(self._by_point.get(p, self._fallback)), "point": p}
 

@@ -50,17 +50,15 @@ at most n x points x MAX_PAIRS bytes (about 0.2 GB for 100 samples on a
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
-import threading
-import uuid
 from typing import Callable, Iterable
 
 import torch
 
 from ... import checkpoint as M
+from ... import userfiles
+from ...scores import Cache
 from ...errors import UserError, quoted
 
 Progress = Callable[[float, str], None]
@@ -74,8 +72,7 @@ ESTIMATOR = f"rank-histogram-mm/bins={BINS}/pairs={MAX_PAIRS}/v1"   # part of ev
 # forward passes run by this module, for tests and the UI's "was it cached?"
 STATS = {"forward_batches": 0}
 
-_MEMORY: dict[str, dict] = {}     # cache file name -> its contents
-_MEM_LOCK = threading.Lock()
+CACHE = Cache("acm", ESTIMATOR)    # files under CACHE_DIR/acm, memory in front
 
 
 # ------------------------------------------------------------ estimator
@@ -133,18 +130,6 @@ def max_mi(n: int, bins: int = BINS) -> float:
 
 
 # --------------------------------------------------------------- points
-def point_names(n_layers: int) -> list[str]:
-    return ["embed"] + [f"layer {k}" for k in range(n_layers)] + ["norm", "lm_head"]
-
-
-def point_of(tensor_name: str) -> str | None:
-    """The point whose coefficient a weight tensor takes (None: not tied to one)."""
-    layer = M.layer_of(tensor_name)
-    if layer is not None:
-        return f"layer {layer}"
-    return {"embed": "embed", "final_norm": "norm", "head": "lm_head"}.get(M.module_of(tensor_name))
-
-
 def _parts(model):
     """(embedding module, decoder layers, final norm) of a causal LM."""
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
@@ -161,7 +146,7 @@ class _Hooks:
 
     def __init__(self, model):
         embed, layers, norm = _parts(model)
-        self.names = point_names(len(layers))
+        self.names = M.point_names(len(layers))
         self.out: dict[str, torch.Tensor] = {}
         mods = [embed] + layers + [norm]
         self._handles = [m.register_forward_hook(self._keep(n)) for n, m in zip(self.names, mods)]
@@ -345,27 +330,12 @@ def format_prompts(tokenizer, rows: list[dict]) -> list[str]:
 
 def read_jsonl(path: str) -> list[dict]:
     """Rows of a calibration JSONL: each line {"text": ...} or {"prompt": ...}."""
-    from ... import policy
-    full = os.path.abspath(os.path.expanduser(path))
-    policy.check_local_path(full, path)
-    try:
-        with open(full, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError:
-        raise UserError(f"The calibration file {quoted(path)} is not UTF-8 text.")
-    except OSError:
-        raise UserError(f"Cannot read the calibration file {quoted(path)}.")
+    what = "calibration file"
     rows = []
-    for no, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except ValueError:
-            obj = None
+    for no, obj in userfiles.json_lines(path, what, userfiles.read_text(path, what)):
         key = next((k for k in ("text", "prompt") if isinstance(obj, dict) and k in obj), None)
         if key is None or not isinstance(obj[key], str) or not obj[key].strip():
-            raise UserError(f"Line {no} of the calibration file {quoted(path)} is not a JSON object with a "
+            raise UserError(f"Line {no} of the {what} {quoted(path)} is not a JSON object with a "
                             "non-empty 'text' or 'prompt' string.")
         rows.append({key: obj[key]})
     if not rows:
@@ -374,70 +344,38 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 # ------------------------------------------------------------------ cache
-def _cache_dir() -> str:
-    import core
-    return os.path.join(core.CACHE_DIR, "acm")
-
-
-# the files that decide how a row becomes token ids (the chat template included)
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
-                    "tokenizer.model", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
-
-
 def data_hash(rows: list[dict], tokenizer_dir: str | None = None, **knobs) -> str:
-    """Identity of the calibration data as the models see it: the rows, the
-    base's tokenizer files and the knobs. Hashed from files rather than from
-    tokenized text so a cache hit needs no tokenizer (no transformers import
-    on the command line)."""
-    h = hashlib.sha256(ESTIMATOR.encode())
-    h.update(json.dumps(knobs, sort_keys=True).encode())
-    for name in _TOKENIZER_FILES if tokenizer_dir else ():
-        path = os.path.join(tokenizer_dir, name)
-        if os.path.isfile(path):
-            with open(path, "rb") as f:
-                h.update(name.encode() + b"\x00" + hashlib.sha256(f.read()).digest())
-    for r in rows:
-        h.update(b"\x00" + json.dumps(r, sort_keys=True, ensure_ascii=False).encode("utf-8"))
-    return h.hexdigest()[:16]
+    """Identity of the calibration data as the models see it (scores.Cache.data_hash)."""
+    return CACHE.data_hash(rows, tokenizer_dir, **knobs)
 
 
 def _load_entry(key: str) -> dict:
-    with _MEM_LOCK:
-        hit = _MEMORY.get(key)
+    hit = CACHE.remembered(key)
     if hit is not None:
         return hit
-    path = os.path.join(_cache_dir(), key + ".json")
     entry: dict = {}
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(CACHE.path(key, ".json"), encoding="utf-8") as f:
             entry = json.load(f)
         if not isinstance(entry, dict) or entry.get("estimator") != ESTIMATOR:
             entry = {}
     except (OSError, ValueError):
         entry = {}   # absent or corrupt: recomputed and rewritten
-    with _MEM_LOCK:
-        _MEMORY[key] = entry
-    return entry
+    return CACHE.remember(key, entry)
 
 
 def _store_entry(key: str, entry: dict) -> None:
     entry["estimator"] = ESTIMATOR
-    with _MEM_LOCK:
-        _MEMORY[key] = entry
-    folder = _cache_dir()
-    try:
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{key}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
+    CACHE.remember(key, entry)
+
+    def write(tmp: str) -> None:
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(entry, f)
-        os.replace(tmp, os.path.join(folder, key + ".json"))
-    except OSError:
-        pass   # a read-only cache only costs a recomputation next time
+    CACHE.write(key, ".json", write)
 
 
 def clear_memory_cache() -> None:
-    with _MEM_LOCK:
-        _MEMORY.clear()
+    CACHE.clear_memory()
 
 
 def layer_mi(base: M.ModelInfo, experts: list[M.ModelInfo], rows: list[dict], *, n_calibration: int,

@@ -18,7 +18,7 @@ def analyse(plan, progress=None) -> dict:
     experts = [e.ref for e in plan.experts]
     n_layers = max(0, plan.base.n_layers)
     names = [n for n in sorted(plan.base.tensors)
-             if plan.base.tensors[n].dtype in ("F64", "F32", "F16", "BF16")]
+             if plan.base.tensors[n].is_float]
     modules = [m for m in M.MODULE_KINDS if any(M.layer_of(n) is not None and M.module_of(n) == m for n in names)]
     if any(M.layer_of(n) is not None and M.module_of(n) not in M.MODULE_KINDS for n in names):
         modules.append("other")

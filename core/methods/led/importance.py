@@ -38,19 +38,16 @@ passes so tests can prove a cache hit runs none.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
-import io
-import json
 import os
 import sys
-import threading
-import uuid
 from typing import Callable
 
 import torch
 
 from ... import checkpoint as M
+from ... import userfiles
+from ...scores import Cache
 from ...errors import UserError, quoted
 
 Progress = Callable[[float, str], None]
@@ -68,55 +65,11 @@ STATS = {"backward": 0, "forward": 0}
 # per tensor from their cache file instead
 MEMORY_BYTES = int(os.environ.get("MERGE_EXPLORER_SCORE_CACHE_MB", "1024")) * 2**20
 
-_MEMORY: dict[str, "Scores"] = {}
-_LOCK = threading.RLock()
+CACHE = Cache("led", VERSION)   # files under CACHE_DIR/led
 
 
 # ------------------------------------------------------------------ data
-def _read_text(path: str) -> str:
-    from ... import policy
-    full = os.path.abspath(os.path.expanduser(path))
-    policy.check_local_path(full, path)
-    return policy.read_user_text(full, "location data file")
-
-
-def _jsonl_rows(text: str, path: str) -> list[dict]:
-    rows = []
-    for no, line in enumerate(text.splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except (ValueError, RecursionError):
-            raise UserError(f"Line {no} of the location data file {quoted(path)} is not valid JSON.")
-        if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) and obj[k].strip()
-                                                for k in ("prompt", "response")):
-            raise UserError(f"Line {no} of the location data file {quoted(path)} needs non-empty string fields "
-                            "'prompt' and 'response'.")
-        rows.append({"prompt": obj["prompt"], "response": obj["response"]})
-    return rows
-
-
-def _csv_rows(text: str, path: str) -> list[dict]:
-    try:
-        reader = csv.DictReader(io.StringIO(text))
-        header = [(h or "").strip() for h in (reader.fieldnames or [])]
-        if "goal" not in header or "target" not in header:
-            raise UserError(f"The location data file {quoted(path)} needs the AdvBench columns 'goal' and 'target'.")
-        rows = []
-        for no, rec in enumerate(reader, 2):
-            if None in rec or None in rec.values():
-                raise UserError(f"Row {no} of the location data file {quoted(path)} has a different number of fields "
-                                "than the header.")
-            rec = {(k or "").strip(): (v or "").strip() for k, v in rec.items()}
-            if not any(rec.values()):
-                continue   # a blank line
-            if not rec["goal"] or not rec["target"]:
-                raise UserError(f"Row {no} of the location data file {quoted(path)} has an empty 'goal' or 'target'.")
-            rows.append({"prompt": rec["goal"], "response": rec["target"]})
-    except csv.Error as exc:
-        raise UserError(f"The location data file {quoted(path)} is not a valid CSV file ({exc}).")
-    return rows
+WHAT = "location data file"
 
 
 def read_location_data(path: str) -> list[dict]:
@@ -125,14 +78,26 @@ def read_location_data(path: str) -> list[dict]:
     The format follows the extension (.csv; .jsonl/.json/.ndjson); any other
     file is read as JSONL when its first non-blank character is '{'.
     """
-    text = _read_text(path)
+    text = userfiles.read_text(path, WHAT)
     ext = os.path.splitext(path)[1].lower()
+    rows = []
     if ext == ".csv" or (ext not in (".jsonl", ".json", ".ndjson") and not text.lstrip().startswith("{")):
-        rows = _csv_rows(text, path)
+        header, records = userfiles.csv_rows(path, WHAT, text)
+        if "goal" not in header or "target" not in header:
+            raise UserError(f"The {WHAT} {quoted(path)} needs the AdvBench columns 'goal' and 'target'.")
+        for no, rec in records:
+            if not rec["goal"] or not rec["target"]:
+                raise UserError(f"Row {no} of the {WHAT} {quoted(path)} has an empty 'goal' or 'target'.")
+            rows.append({"prompt": rec["goal"], "response": rec["target"]})
     else:
-        rows = _jsonl_rows(text, path)
+        for no, obj in userfiles.json_lines(path, WHAT, text):
+            if not isinstance(obj, dict) or not all(isinstance(obj.get(k), str) and obj[k].strip()
+                                                    for k in ("prompt", "response")):
+                raise UserError(f"Line {no} of the {WHAT} {quoted(path)} needs non-empty string fields "
+                                "'prompt' and 'response'.")
+            rows.append({"prompt": obj["prompt"], "response": obj["response"]})
     if not rows:
-        raise UserError(f"The location data file {quoted(path)} holds no samples.")
+        raise UserError(f"The {WHAT} {quoted(path)} holds no samples.")
     return rows
 
 
@@ -343,7 +308,7 @@ class _LazyScores(Scores):
 
     def __init__(self, key: str, info: M.ModelInfo, keep: bool):
         self.key, self.info, self.keep = key, info, keep
-        self._reader = M.TensorReader(info)
+        self._reader = M.Reader(info)
         self._memo: dict[str, torch.Tensor] = {}
 
     def _compute(self, name: str) -> torch.Tensor:
@@ -384,40 +349,9 @@ class RandomScores(_LazyScores):
 
 
 # ------------------------------------------------------------------ cache
-def _cache_dir() -> str:
-    import core
-    return os.path.join(core.CACHE_DIR, "led")
-
-
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "chat_template.json",
-                    "tokenizer.model", "vocab.json", "merges.txt", "special_tokens_map.json", "added_tokens.json")
-_FILE_DIGESTS: dict[tuple, bytes] = {}
-
-
-def _file_digest(path: str) -> bytes:
-    st = os.stat(path)
-    k = (path, st.st_size, st.st_mtime_ns)
-    d = _FILE_DIGESTS.get(k)
-    if d is None:
-        with open(path, "rb") as f:
-            d = hashlib.sha256(f.read()).digest()
-        _FILE_DIGESTS[k] = d
-    return d
-
-
 def data_hash(rows: list[dict], tokenizer_dir: str | None, **knobs) -> str:
-    """Identity of the location data as a model sees it: the rows, the
-    tokenizer files (chat template included) and the knobs. Hashed from
-    files so a cache hit needs no tokenizer and no transformers import."""
-    h = hashlib.sha256(VERSION.encode())
-    h.update(json.dumps(knobs, sort_keys=True).encode())
-    for name in _TOKENIZER_FILES if tokenizer_dir else ():
-        path = os.path.join(tokenizer_dir, name)
-        if os.path.isfile(path):
-            h.update(name.encode() + b"\x00" + _file_digest(path))
-    for r in rows:
-        h.update(b"\x00" + json.dumps([r["prompt"], r["response"]], ensure_ascii=False).encode("utf-8"))
-    return h.hexdigest()[:16]
+    """Identity of the location data as a model sees it (scores.Cache.data_hash)."""
+    return CACHE.data_hash(([r["prompt"], r["response"]] for r in rows), tokenizer_dir, **knobs)
 
 
 def cache_key(info: M.ModelInfo, method: str, rows: list[dict] | None, *, tokenizer_dir: str | None = None,
@@ -431,11 +365,10 @@ def cache_key(info: M.ModelInfo, method: str, rows: list[dict] | None, *, tokeni
 
 def cached(key: str) -> Scores | None:
     """The scores under ``key`` from memory, else from disk (then kept in memory); None if absent."""
-    with _LOCK:
-        hit = _MEMORY.get(key)
+    hit = CACHE.remembered(key)
     if hit is not None:
         return hit
-    path = os.path.join(_cache_dir(), key + ".safetensors")
+    path = CACHE.path(key, ".safetensors")
     if not os.path.isfile(path):
         return None
     try:
@@ -454,8 +387,7 @@ def cached(key: str) -> Scores | None:
             scores = FileScores(key, path)
     except Exception:
         return None   # corrupt or unreadable: recomputed and rewritten
-    _remember(scores)
-    return scores
+    return CACHE.remember(key, scores)
 
 
 def _numel(shape) -> int:
@@ -466,47 +398,25 @@ def _numel(shape) -> int:
 
 
 def _room() -> int:
-    with _LOCK:
-        used = sum(s.nbytes() for s in _MEMORY.values())
-    return MEMORY_BYTES - used
-
-
-def _remember(scores: Scores) -> None:
-    with _LOCK:
-        _MEMORY[scores.key] = scores
+    return MEMORY_BYTES - sum(s.nbytes() for s in CACHE.values())
 
 
 def store(key: str, tensors: dict[str, torch.Tensor], meta: dict) -> Scores:
-    """Write scores to the disk cache (temp file, then rename) and remember them.
-
-    A read-only cache folder only costs a recomputation next time.
-    """
+    """Write scores to the disk cache and remember them."""
     from safetensors.torch import save_file
-    folder = _cache_dir()
-    path = os.path.join(folder, key + ".safetensors")
-    written = False
-    try:
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, f".{key}.{os.getpid()}-{uuid.uuid4().hex[:8]}.tmp")
-        try:
-            # tied weights are one tensor under two names; safetensors wants distinct storage
-            save_file({k: v.contiguous().clone() if _shared(v, tensors, k) else v.contiguous()
-                       for k, v in tensors.items()}, tmp,
-                      metadata={"version": VERSION, **{k: str(v) for k, v in meta.items()}})
-            os.replace(tmp, path)
-            written = True
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    except OSError:
-        pass
+
+    def write(tmp: str) -> None:
+        # tied weights are one tensor under two names; safetensors wants distinct storage
+        save_file({k: v.contiguous().clone() if _shared(v, tensors, k) else v.contiguous()
+                   for k, v in tensors.items()}, tmp,
+                  metadata={"version": VERSION, **{k: str(v) for k, v in meta.items()}})
+    written = CACHE.write(key, ".safetensors", write)
     total = sum(t.numel() * 4 for t in tensors.values())
     if total <= _room() or not written:
         scores: Scores = DictScores(key, tensors)
     else:
-        scores = FileScores(key, path)
-    _remember(scores)
-    return scores
+        scores = FileScores(key, CACHE.path(key, ".safetensors"))
+    return CACHE.remember(key, scores)
 
 
 def _shared(v: torch.Tensor, tensors: dict, k: str) -> bool:
@@ -515,8 +425,7 @@ def _shared(v: torch.Tensor, tensors: dict, k: str) -> bool:
 
 
 def clear_memory_cache() -> None:
-    with _LOCK:
-        _MEMORY.clear()
+    CACHE.clear_memory()
 
 
 # ------------------------------------------------------------- front door
@@ -553,14 +462,12 @@ def compute(jobs: list[Job], method: str = "snip", *, seed: int = 0, device: str
     if method in ("magnitude", "random"):
         for i, j in enumerate(jobs):
             key = cache_key(j.info, method, None, seed=seed)
-            with _LOCK:
-                hit = _MEMORY.get(key)
-                if hit is None:
-                    keep = j.info.n_params * 4 <= _room()
-                    hit = (MagnitudeScores(key, j.info, keep) if method == "magnitude"
-                           else RandomScores(key, j.info, keep, seed))
-                    _MEMORY[key] = hit
-            out[i] = hit
+
+            def make(key=key, info=j.info):
+                keep = info.n_params * 4 <= _room()
+                return (MagnitudeScores(key, info, keep) if method == "magnitude"
+                        else RandomScores(key, info, keep, seed))
+            out[i] = CACHE.remember_new(key, make)
         return out, True
     keys = []
     for j in jobs:
