@@ -120,7 +120,7 @@ def led_analysis(recipe, progress=None) -> dict:
     over the samples; not comparable across location methods). With
     ``disjoint`` on, the "taken" fractions of one cell sum to at most 1.
     """
-    from .methods.led import analysis as led
+    from .methods import led
     recipe = _as_recipe(recipe)
     if recipe.merge_method != "led":
         raise UserError(f"LED analysis needs merge_method: led, not {quoted(recipe.merge_method)}.")

@@ -358,11 +358,13 @@ def look_refresh(*args, request: gr.Request = None):
                 sess.figures["prov"] = pv
             else:
                 notes.append("merge first to see where the merged weights came from")
-    if recipe["merge_method"] == "led" and hasattr(service, "led_analysis"):
-        a = service.led_analysis(recipe)
-        out["importance"], out["elected"], out["overlap"] = led_figures(a)
-    if recipe["merge_method"] == "acm" and hasattr(service, "acm_analysis"):
-        out["acm"] = acm_figure(service.acm_analysis(recipe), tasks)
+    # the merge that made the live model brought its method's pictures along
+    with sess.lock:
+        merged = sess.result.analysis if sess.result is not None and sess.merged_recipe == recipe else None
+    if recipe["merge_method"] == "led":
+        out["importance"], out["elected"], out["overlap"] = led_figures(merged or service.led_analysis(recipe))
+    if recipe["merge_method"] == "acm":
+        out["acm"] = acm_figure(merged or service.acm_analysis(recipe), tasks)
     status = "Pictures updated." + (f" ({'; '.join(notes)})" if notes else "")
     return [out[k] for k in LOOK_OUTPUTS] + [status]
 

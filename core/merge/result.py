@@ -21,6 +21,10 @@ class MergeResult:
     notes: list[str] = field(default_factory=list)
     experts: list[str] = field(default_factory=list)          # refs, order of expert_norms
     stats: dict[str, TensorStats] = field(default_factory=dict)
+    # the method's own pictures of this merge (LED's masks summary, ACM's
+    # coefficients; schemas in core.service.led_analysis / acm_analysis), so
+    # drawing them prepares nothing again; None for methods without prepare
+    analysis: dict | None = None
 
     def layer_norms(self) -> dict:
         """{layer or module name: {"merged": n, ref: n, ...}} with n the L2 norm over the layer.

@@ -320,3 +320,5 @@ def _walk(p: Plan, inputs: _Inputs, dtype: torch.dtype, emit: Callable[[str, tor
             bar.update(1)
         if progress is not None and (i % every == 0 or i == n - 1):
             progress((i + 1) / n, f"merged tensor {i + 1} of {n}: {name}")
+    if prepared is not None:
+        result.analysis = prepared.summary()

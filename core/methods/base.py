@@ -115,9 +115,11 @@ class MethodSpec:
     max_models: int | None = None
     mergekit_name: str | None = None   # same YAML gives same tensors as mergekit
     summary: str = ""             # one sentence for the UI
-    # prepare(plan, progress) -> Prepared with .aux(name) -> dict, given the merge plan
-    # (core.merge.plan.Plan, built once per merge; a method never plans again);
-    # used by methods that need whole-model work first (LED scores, ACM MI)
+    # prepare(plan, progress) -> Prepared, given the merge plan (core.merge.plan.Plan,
+    # built once per merge; a method never plans again), for methods that need
+    # whole-model work first (LED scores, ACM MI). Prepared.aux(name) -> dict is
+    # handed to fn as ctx.aux, once per tensor in walk order; Prepared.summary()
+    # -> dict | None is what the UI draws for the merge (MergeResult.analysis)
     prepare: Callable | None = None
     # fn may be fed row blocks (see the module docstring); off by default so
     # a new method is always given whole tensors unless it says otherwise

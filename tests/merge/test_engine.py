@@ -340,6 +340,9 @@ def test_prepare_runs_once_and_feeds_aux_per_tensor(family, monkeypatch):
         def aux(self, name):
             return {"tag": name.upper()}
 
+        def summary(self):
+            return {"tags": "seen"}
+
     def prepare(plan, progress):
         prepared_with.append((plan.recipe.merge_method, sorted(plan.infos), progress))
         progress(0.5, "preparing")
@@ -348,7 +351,8 @@ def test_prepare_runs_once_and_feeds_aux_per_tensor(family, monkeypatch):
     monkeypatch.setitem(registry.REGISTRY, "mean_test", _mean_spec(calls, prepare))
     recipe = Recipe("mean_test", family["base"], [ModelEntry(family["safety"]), ModelEntry(family["math"])])
     seen = []
-    merged, _ = engine.merge_state_dict(recipe, progress=lambda f, msg: seen.append((f, msg)))
+    merged, res = engine.merge_state_dict(recipe, progress=lambda f, msg: seen.append((f, msg)))
+    assert res.analysis == {"tags": "seen"}      # what the method summarised comes back with the merge
     assert len(prepared_with) == 1
     method, refs, cb = prepared_with[0]
     assert refs == sorted([family["base"], family["safety"], family["math"]])

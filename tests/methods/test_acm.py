@@ -149,8 +149,9 @@ def _weights(ref: str) -> dict:
 @pytest.mark.slow   # the cold run of the family (~6 s on a busy 2-core box); later tests reuse its cache
 def test_acm_ta_is_one_coefficient_per_layer_and_expert(cache_dir, calib):
     recipe = _recipe(calib)
-    merged, _ = engine.merge_state_dict(recipe)
+    merged, res = engine.merge_state_dict(recipe)
     info = service.acm_analysis(recipe)
+    assert res.analysis["coef"] == info["coef"]     # the merge brings the coefficients it used
     base = _weights("zoo:base")
     taus = [{k: v - base[k] for k, v in _weights(e).items()} for e in EXPERTS]
     n = len(EXPERTS)

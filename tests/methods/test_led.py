@@ -21,6 +21,7 @@ from core import checkpoint as M
 from core import recipe as R
 from core import service
 from core.errors import UserError
+from core.merge import engine
 from core.merge.plan import build
 from core.methods import REGISTRY, led
 
@@ -329,6 +330,15 @@ def test_analysis_schema_and_exact_fractions(cache):
     # importance under magnitude is the mean |θ| of the expert's own tensor
     w = _load(M.zoo_path("math"))["model.layers.1.mlp.down_proj.weight"]
     assert a["importance"]["zoo:math"][1][6] == pytest.approx(float(w.abs().mean()), rel=1e-5)
+
+
+def test_a_merge_carries_the_pictures_the_analysis_draws(cache):
+    d = fam_recipe(location="magnitude", election="10", disjoint=False)
+    _, res = engine.merge_state_dict(R.from_dict(d))
+    a = service.led_analysis(d)
+    assert res.analysis == a
+    q_numel = M.inspect("zoo:base").tensors["model.layers.2.self_attn.q_proj.weight"].numel
+    assert res.analysis["elected"]["zoo:math"][2][0] == K.k_of(0.4, q_numel) / q_numel
 
 
 def test_analysis_with_disjoint_takes_at_most_one_expert_per_entry(cache):

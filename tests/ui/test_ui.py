@@ -197,6 +197,22 @@ def test_an_led_merge_from_the_ui_validates_once_and_reads_each_header_once(sess
     plan_counts.assert_once(["zoo:base", "zoo:safety", "zoo:math"])
 
 
+def test_the_look_tab_draws_an_led_merge_from_the_merge_result(session, monkeypatch):
+    """After a merge the Look tab draws LED's heatmaps from what the merge brought; it prepares nothing."""
+    led = {"merge_method": "led", "base_model": "zoo:base", "parameters": {"location": "magnitude"},
+           "models": [{"model": "zoo:safety", "task": "safety"}, {"model": "zoo:math", "task": "math"}]}
+    v = values(C.values_from_recipe(led))
+    A.do_merge(*v)
+
+    def no_second_prepare(*a, **k):
+        raise AssertionError("the Look tab prepared the merge again")
+    monkeypatch.setattr(service, "led_analysis", no_second_prepare)
+    monkeypatch.setattr(C.spec_of("led"), "prepare", no_second_prepare)
+    out = A.look_refresh(*v)
+    imp = out[A.LOOK_OUTPUTS.index("importance")]
+    assert len(imp.data) == 2 and out[-1].startswith("Pictures updated")
+
+
 # ------------------------------------------------------------- chat
 def test_chat_streams_merged_and_each_parent(merged):
     prompt = "What is 47 + 8?"

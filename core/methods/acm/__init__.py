@@ -54,14 +54,18 @@ def coefficients(mi: dict[str, list[float]], t: float) -> dict[str, list[float]]
 
 
 class Prepared:
-    """Per-tensor ``aux`` for the engine: {"coeffs": [λ_i for this tensor's point], "point": name}."""
+    """Per-tensor ``aux`` for the engine: {"coeffs": [λ_i for this tensor's point], "point": name};
+    ``summary()``: the analysis the coefficients came from (core.service.acm_analysis)."""
 
-    def __init__(self, points: list[str], experts: list[str], coef: dict[str, list[float]]):
-        self.points = points
-        self.experts = experts
-        self.coef = coef
+    def __init__(self, analysis: dict):
+        self.analysis = analysis
+        points, experts, coef = analysis["layers"], analysis["experts"], analysis["coef"]
+        self.points, self.experts, self.coef = points, experts, coef
         self._by_point = {p: [coef[e][j] for e in experts] for j, p in enumerate(points)}
         self._fallback = [sum(coef[e]) / len(coef[e]) for e in experts]
+
+    def summary(self) -> dict:
+        return self.analysis
 
     def aux(self, name: str) -> dict:
         from ...checkpoint.naming import point_of
@@ -100,8 +104,7 @@ def analyse(p, progress=None) -> dict:
 
 
 def prepare(plan, progress=None) -> Prepared:
-    a = analyse(plan, progress)
-    return Prepared(a["layers"], a["experts"], a["coef"])
+    return Prepared(analyse(plan, progress))
 
 
 def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,

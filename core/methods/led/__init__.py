@@ -105,32 +105,34 @@ class Setup:
 
 
 class Prepared:
-    """Per-tensor ``aux`` for the engine: {"masks": [mᵢ], "elected": [Eᵢ]}."""
+    """Per-tensor ``aux`` for the engine: {"masks": [mᵢ], "elected": [Eᵢ]};
+    ``summary()``: what the UI plots, gathered from the same masks."""
 
-    def __init__(self, plan: Setup, base_scores: list, expert_scores: list, cached: bool):
-        self.plan = plan
+    def __init__(self, setup: Setup, base_scores: list, expert_scores: list, cached: bool):
+        from .analysis import Summary
+        self.plan = setup
         self.base_scores, self.expert_scores = base_scores, expert_scores
         self.cached = cached
-        self.notes = plan.notes
-
-    def _scores(self, sets: list, name: str) -> list[torch.Tensor]:
-        rows = self.plan.base.tensors[name].shape[0] if self.plan.base.tensors[name].shape else None
-        out = []
-        for s in sets:
-            t = s.get(name)
-            if rows is not None and t.dim() >= 1 and t.shape[0] > rows:
-                t = t[:rows]   # a grown vocabulary: elect on the shared rows only
-            out.append(t)
-        return out
+        self.notes = setup.notes
+        self._summary = Summary(setup)
 
     def aux(self, name: str) -> dict:
         from . import masks
-        code = self.plan.election
-        n = len(self.plan.experts)
-        bs = self._scores(self.base_scores, name) if code in ("11", "10") else [None] * n
-        es = self._scores(self.expert_scores, name) if code in ("11", "01") else [None] * n
-        elected, final = masks.masks_for(bs, es, [e.ratio for e in self.plan.experts], code, self.plan.disjoint)
+        from .importance import shared_rows
+        setup = self.plan
+        shape = setup.base.tensors[name].shape
+        rows = shape[0] if shape else None   # a grown vocabulary: elect on the shared rows only
+        code, n = setup.election, len(setup.experts)
+        bs = [shared_rows(s.get(name), rows) for s in self.base_scores] if code in ("11", "10") else [None] * n
+        es = [shared_rows(s.get(name), rows) for s in self.expert_scores] if code in ("11", "01") else [None] * n
+        elected, final = masks.masks_for(bs, es, [e.ratio for e in setup.experts], code, setup.disjoint)
+        self._summary.add(name, [s.total(name, rows) for s in self.expert_scores],
+                          [s.total(name, rows) for s in self.base_scores], elected, final)
         return {"masks": final, "elected": elected}
+
+    def summary(self) -> dict:
+        """The schema of core.service.led_analysis, for the tensors ``aux`` has seen."""
+        return self._summary.to_dict(self.cached)
 
 
 def prepare(plan, progress=None) -> Prepared:
@@ -138,6 +140,15 @@ def prepare(plan, progress=None) -> Prepared:
     setup = Setup(plan)
     b, e, cached = setup.scores(progress)
     return Prepared(setup, b, e, cached)
+
+
+def analyse(plan, progress=None) -> dict:
+    """The UI's pictures without merging: every tensor's masks, summarised."""
+    prep = prepare(plan, progress)
+    for name in plan.names:
+        if plan.base.tensors[name].is_float:
+            prep.aux(name)
+    return prep.summary()
 
 
 def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,

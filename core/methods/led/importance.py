@@ -43,6 +43,7 @@ import os
 import sys
 from typing import Callable
 
+import numpy as np
 import torch
 
 from ... import checkpoint as M
@@ -270,6 +271,20 @@ class Scores:
 
     def nbytes(self) -> int:
         return 0
+
+    def total(self, name: str, rows: int | None = None) -> float:
+        """Σ of a tensor's scores (its first ``rows`` rows when given),
+        remembered with the scores: the UI's heatmaps after a re-merge need
+        no pass over them. numpy: one thread, no pool spinning on a busy CPU."""
+        memo = self.__dict__.setdefault("_totals", {})
+        if (name, rows) not in memo:
+            memo[(name, rows)] = float(shared_rows(self.get(name), rows).numpy().sum(dtype=np.float64))
+        return memo[(name, rows)]
+
+
+def shared_rows(t: torch.Tensor, rows: int | None) -> torch.Tensor:
+    """A grown vocabulary's scores cut to the rows the expert shares with the base."""
+    return t[:rows] if rows is not None and t.dim() >= 1 and t.shape[0] > rows else t
 
 
 class DictScores(Scores):
