@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {zoo,compat,merge,probe,reproduce,bench}``.
+"""Command line: ``python -m core {zoo,compat,merge,probe,reproduce}``.
 
 Every user error prints one sentence on stderr and exits 2; an unexpected
 failure prints one sentence, logs the traceback to the log file, exits 1.
@@ -12,7 +12,7 @@ import logging
 import os
 import sys
 
-from .errors import UserError, one_line, quoted
+from .errors import UserError, one_line
 
 log = logging.getLogger("core")
 
@@ -50,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="the paper-style table on the built-in family")
     r.add_argument("--json", action="store_true")
     r.add_argument("--quick", action="store_true", help="defaults only, no grid search")
-    r.add_argument("--write", default=None, help="markdown file to write the table to")
+    r.add_argument("--out", default=None, help="also write the table as markdown to this file "
+                   "(bench/reproduce.md holds the recorded run); nothing is written without it")
     return p
 
 
@@ -102,10 +103,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
-    handler = _CLI.get(args.cmd)
-    if handler is None:
-        raise UserError(f"The command {quoted(args.cmd)} is not available yet.")
-    return handler(args)
+    return _CLI[args.cmd](args)    # argparse admits only these commands
 
 
 def _cli_zoo(args) -> int:
@@ -169,19 +167,20 @@ def _cli_probe(args) -> int:
 def _cli_reproduce(args) -> int:
     from . import service
     from .eval import reproduce as rep
+    if args.out:
+        rep.check_out(args.out)     # before minutes of merging, not after
     _quiet_loading()
     res = service.reproduce(quick=args.quick, show_bar=True)
-    cmd = "python -m core reproduce" + (" --quick" if args.quick else "") + (" --json" if args.json else "")
-    path = rep.write_markdown(rep.markdown(res, cmd), args.write or rep.DEFAULT_MD)
+    cmd = "python -m core reproduce" + (" --quick" if args.quick else "") + (f" --out {args.out}" if args.out else "")
+    if args.out:
+        rep.write_markdown(rep.markdown(res, cmd), args.out)
     if args.json:
         print(json.dumps({"rows": [{k: r[k] for k in ("method", "settings", "selection", "refusal_rate",
                                                        "over_refusal_rate", "math_accuracy", "code_pass_rate")}
                                    for r in res["rows"]]}))
     else:
         print(rep.format_table(res))
-        for n in res["notes"]:
-            print("note:", n)
-        print(f"({res['seconds']:.0f} s; written to {path})")
+        print(f"({res['seconds']:.0f} s" + (f"; written to {args.out})" if args.out else ")"))
     return 0
 
 

@@ -203,8 +203,6 @@ def test_hand_picked_nasty_probe_files(data):
                                            "code=" + os.path.join(_DIR, "probe.jsonl"), "/", "nope.csv"]),
                           st.text(max_size=8)), max_size=4))
 def test_suite_lists_only_raise_user_errors(items):
-    if not hasattr(probes, "parse_suites"):
-        pytest.skip("core.eval.probes has no parse_suites")
     _write(b'{"prompt": "hi", "answer": 3}\n', ".jsonl")
     _write(b"goal,target\nx,y\n", ".csv")
     _only_user_errors(probes.parse_suites, ",".join(items))

@@ -319,9 +319,6 @@ def _with_method(fam, method: str, **kw) -> dict:
     ("acm", "global", {"temperature": 0}, ["'temperature' in parameters is 0", "between 0.01 and 10"]),
 ], ids=["lambda-high", "lambda-negative", "density", "slerp-t", "led-r", "acm-t"])
 def test_parameter_out_of_range(fam, tmp_path, capsys, method, where, value, needles):
-    from core.methods import REGISTRY
-    if method not in REGISTRY:
-        pytest.skip(f"{method} is not registered yet")
     d = _with_method(fam, method)
     if method == "slerp":
         d["models"] = d["models"][:1]

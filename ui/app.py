@@ -373,8 +373,6 @@ def look_refresh(*args, request: gr.Request = None):
 def led_pictures(*args, progress=gr.Progress(), request: gr.Request = None):
     """Importance, elected and overlap heatmaps for the current experts (LED
     scores: backward passes the first time, cached afterwards)."""
-    if not hasattr(service, "led_analysis") or "led" not in C.methods():
-        raise UserError("LED-Merging is not available in this build yet.")
     recipe = _led_recipe(_values(args))
     a = service.led_analysis(recipe, progress=_progress(progress))
     imp, el, ov = led_figures(a)
@@ -384,8 +382,6 @@ def led_pictures(*args, progress=gr.Progress(), request: gr.Request = None):
 
 @guard
 def acm_pictures(*args, progress=gr.Progress(), request: gr.Request = None):
-    if not hasattr(service, "acm_analysis") or "acm" not in C.methods():
-        raise UserError("ACM is not available in this build yet.")
     recipe = _acm_recipe(_values(args))
     tasks = {m["model"]: m.get("task", "custom") for m in recipe["models"]}
     a = service.acm_analysis(recipe, progress=_progress(progress))
@@ -704,8 +700,6 @@ def learn_recipe(step: str):
     if step == "ta":
         return C.values_from_recipe(L.TA_RECIPE) + [gr.Tabs(selected="merge")]
     if step == "led":
-        if "led" not in C.methods():
-            raise gr.Error("LED-Merging is not available in this build yet.", print_exception=False)
         return C.values_from_recipe(L.led_recipe(C.spec_of("led"))) + [gr.Tabs(selected="chat")]
     raise ValueError(step)
 

@@ -52,8 +52,7 @@ def method_choices() -> list[tuple[str, str]]:
 
 
 def default_method() -> str:
-    reg = methods()
-    return "led" if "led" in reg else "task_arithmetic"
+    return "led"
 
 
 def spec_of(name: str):

@@ -1,10 +1,11 @@
 """The paper-style table on the built-in family: every merge method, probed.
 
-``python -m core reproduce [--json] [--quick]`` merges the three experts
-(zoo:safety, zoo:math, zoo:code) into zoo:base with each registered method,
-live in memory (no files), probes each result, and prints one row per
-method at its default settings and one at the best setting of a small grid
-(the LED-Merging paper tuned r and λ by grid search).
+``python -m core reproduce [--json] [--quick] [--out FILE.md]`` merges the
+three experts (zoo:safety, zoo:math, zoo:code) into zoo:base with every
+method, live in memory (no files), probes each result, and prints one row
+per method at its default settings and one at the best setting of a small
+grid (the LED-Merging paper tuned r and λ by grid search). It writes only
+where ``--out`` says (bench/reproduce.md holds the recorded run).
 
 Selection without peeking. Every probe suite is split by position: prompts
 at even positions are the tuning half, odd positions the test half. The
@@ -21,8 +22,6 @@ TIES, DARE and Breadcrumbs: their registry default (1.0, mergekit's) keeps
 every entry, which would make them Task Arithmetic with a different sign
 rule rather than the methods as published. LED-Merging's defaults are the
 paper's reference values (the registry's per-task r, λ = 1).
-LED-Merging, ACM and the LED ablations appear only when those methods are
-registered (core/methods/led/, acm/).
 """
 from __future__ import annotations
 
@@ -39,7 +38,6 @@ from typing import Callable
 
 import torch
 
-from .. import ROOT
 from .. import checkpoint as M
 from . import probes
 from ..errors import UserError, quoted
@@ -120,34 +118,6 @@ def recipe_for(method: str, settings: dict):
     return R.Recipe(method, BASE, models, glob, "float32")
 
 
-def available_rows(registry=None) -> tuple[list[MethodRow], list[tuple[str, dict]], list[str]]:
-    """Method rows and LED ablations whose methods and parameters exist."""
-    if registry is None:
-        from ..methods import REGISTRY as registry
-    rows, notes = [], []
-    for r in METHODS:
-        spec = registry.get(r.method)
-        if spec is None:
-            notes.append(f"{r.label} is not in the table: the method {quoted(r.method)} is not registered yet.")
-            continue
-        missing = [k for k in {**r.fixed, **r.default, **r.grid} if spec.param(k) is None]
-        if missing:
-            notes.append(f"{r.label} is not in the table: {quoted(r.method)} has no parameter {missing[0]}.")
-            continue
-        rows.append(r)
-    ablations = []
-    led = registry.get("led")
-    if led is not None:
-        for label, change in LED_ABLATIONS:
-            (k, v), = change.items()
-            p = led.param(k)
-            if p is None or (p.choices and v not in p.choices):
-                notes.append(f"{label} is not in the table: LED has no {k}={v}.")
-                continue
-            ablations.append((label, change))
-    return rows, ablations, notes
-
-
 def grid_points(row: MethodRow) -> list[dict]:
     """Every grid point, keys in the order of default_settings."""
     axes = list(row.grid.items())
@@ -159,10 +129,8 @@ def default_settings(row: MethodRow) -> dict:
     """Fixed settings, the registry default of every grid axis, then the
     row's overrides: spelled like a grid point, so the default is found in
     the grid (and evaluated once) when the grid contains it."""
-    from ..methods import REGISTRY
-    spec = REGISTRY.get(row.method)
-    axes = {k: spec.param(k).default for k in row.grid if spec is not None and spec.param(k) is not None}
-    return {**row.fixed, **axes, **row.default}
+    spec = REGISTRY[row.method]
+    return {**row.fixed, **{k: spec.param(k).default for k in row.grid}, **row.default}
 
 
 # -------------------------------------------------------------- evaluation
@@ -231,9 +199,9 @@ def score(m: dict) -> float:
 
 def run(quick: bool = False, progress: Progress | None = None, show_bar: bool = False,
         limit: int | None = None) -> dict:
-    """The whole table: {"rows": [...], "notes": [...], "seconds", ...}."""
+    """The whole table: {"rows": [...], "seconds", ...}."""
     t0 = time.perf_counter()
-    methods, ablations, notes = available_rows()
+    methods, ablations = METHODS, LED_ABLATIONS
     jobs: list[tuple] = [("expert", label, ref) for label, ref in
                          [("base (no merge)", BASE)] + [(f"{t} expert alone", r) for t, r in EXPERTS.items()]]
     for r in methods:
@@ -241,8 +209,7 @@ def run(quick: bool = False, progress: Progress | None = None, show_bar: bool = 
         if default_settings(r) not in pts:
             pts.insert(0, default_settings(r))
         jobs += [("merge", r, p) for p in pts]
-    led = next((r for r in methods if r.method == "led"), None)
-    ablations = ablations if led is not None else []
+    led = next(r for r in methods if r.method == "led")
     for label, change in ablations:
         jobs.append(("merge", MethodRow(label, "led"), {**default_settings(led), **change}))
     ev = Evaluator(limit)
@@ -286,7 +253,7 @@ def run(quick: bool = False, progress: Progress | None = None, show_bar: bool = 
         rows.append(row(label, s, "default", results[(label, json.dumps(s, sort_keys=True))]))
     if progress:
         progress(1.0, "done")
-    return {"rows": rows, "notes": notes, "quick": quick, "n_test": ev.n_test(), "evaluations": len(jobs),
+    return {"rows": rows, "quick": quick, "n_test": ev.n_test(), "evaluations": len(jobs),
             "seconds": time.perf_counter() - t0, "merge_seconds": ev.merge_seconds,
             "probe_seconds": ev.probe_seconds}
 
@@ -345,11 +312,16 @@ def markdown(res: dict, command: str) -> str:
         lines.append(f"* {r.label} (`{r.method}`{', ' + _fmt_settings(r.fixed) if r.fixed else ''}): {axes}")
     lines += ["", "LED ablations change one setting from LED's defaults: " +
               "; ".join(label for label, _ in LED_ABLATIONS) + ".", ""]
-    if res["notes"]:
-        lines += ["## Not in this table", ""] + [f"* {x}" for x in res["notes"]] + [""]
     if res["quick"]:
         lines += ["(--quick: defaults only, no grid search.)", ""]
     return "\n".join(lines)
+
+
+def check_out(path: str) -> None:
+    """Refuse, before the run, a markdown target that could not be written."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"Cannot write the table to {quoted(path)}; give a file in a folder you may write to.")
 
 
 def write_markdown(text: str, path: str) -> str:
@@ -366,5 +338,3 @@ def write_markdown(text: str, path: str) -> str:
         raise UserError(f"Cannot write the table to {quoted(path)} ({exc.strerror}).")
     return path
 
-
-DEFAULT_MD = os.path.join(ROOT, "bench", "reproduce.md")

@@ -185,7 +185,7 @@ def test_probe_cli_errors_are_one_sentence(tmp_path):
 # -------------------------------------------------------------- reproduce
 def test_reproduce_recipes_are_valid_for_every_grid_point():
     from core import recipe as R
-    rows, ablations, notes = reproduce.available_rows()
+    rows, ablations = reproduce.METHODS, reproduce.LED_ABLATIONS
     assert any(r.method == "task_arithmetic" for r in rows)
     for r in rows:
         pts = reproduce.grid_points(r)
@@ -206,7 +206,7 @@ def test_reproduce_score_and_split():
 
 @pytest.mark.slow
 def test_reproduce_quick_runs_end_to_end(tmp_path):
-    p = _cli("reproduce", "--quick", "--json", "--write", str(tmp_path / "r.md"))
+    p = _cli("reproduce", "--quick", "--json", "--out", str(tmp_path / "r.md"))
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)["rows"]
     methods = [r["method"] for r in rows]
@@ -215,5 +215,14 @@ def test_reproduce_quick_runs_end_to_end(tmp_path):
     for r in rows:
         assert {"method", "settings", "refusal_rate", "over_refusal_rate", "math_accuracy", "code_pass_rate"} <= set(r)
     assert "| Task Arithmetic |" in (tmp_path / "r.md").read_text()
+    assert f"--out {tmp_path / 'r.md'}" in (tmp_path / "r.md").read_text()   # the command that made it
+
+
+def test_reproduce_writes_nothing_unless_told_and_refuses_a_bad_out_before_running(tmp_path):
+    p = _cli("reproduce", "--quick", "--out", str(tmp_path / "no" / "such" / "r.md"))
+    assert p.returncode == 2 and "Cannot write the table to" in p.stderr and "Traceback" not in p.stderr
+    assert "reproduce:" not in p.stderr          # refused before any model was merged
+    from core.cli import _parser
+    assert _parser().parse_args(["reproduce"]).out is None   # default: print only
 
 # The foundation thresholds on the committed family live in tests/test_zoo.py.

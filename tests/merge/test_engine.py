@@ -21,7 +21,6 @@ from core.checkpoint import writer
 from core.checkpoint.reader import Reader
 from core.merge.plan import build
 from core import methods as registry
-from core import ZOO_DIR
 from core.errors import UserError
 from core.methods.base import MethodSpec, Param
 from core.recipe import ModelEntry, Recipe
@@ -380,11 +379,6 @@ def test_out_dir_problems_are_sentences(family, tmp_path, monkeypatch):
     assert os.listdir(tmp_path) == ["afile"]
 
 
-ZOO = ZOO_DIR
-
-
-@pytest.mark.skipif(not all(os.path.isfile(os.path.join(ZOO, n, "model.safetensors"))
-                            for n in ("base", "safety", "math")), reason="built-in family not built")
 def test_zoo_task_arithmetic_end_to_end(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from core import service

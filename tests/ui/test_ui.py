@@ -76,8 +76,6 @@ def test_every_method_round_trips_through_the_controls():
 
 
 def test_method_change_starts_led_at_the_papers_ratios():
-    if "led" not in C.methods():
-        pytest.skip("LED-Merging not in this build")
     out = A.method_changed("led", "zoo:safety", "safety", "zoo:math", "math", "", "code")
     assert "LED-Merging" in out[0]
     lay = C.layout(C.spec_of("led"))
@@ -305,10 +303,9 @@ def test_walkthrough_steps_set_their_recipes():
     out = A.learn_recipe("ta")
     assert C.recipe_from_values(values(out[:-1])) == C.recipe_from_values(values(C.values_from_recipe(L.TA_RECIPE)))
     assert len(L.STEPS) == 5 and all(len(text.split(". ")) >= 2 for _, _, text in L.STEPS)
-    if "led" in C.methods():
-        r = C.recipe_from_values(values(A.learn_recipe("led")[:-1]))
-        assert r["merge_method"] == "led"
-        assert [m["parameters"]["mask_ratio"] for m in r["models"]] == [0.1, 0.4]
+    r = C.recipe_from_values(values(A.learn_recipe("led")[:-1]))
+    assert r["merge_method"] == "led"
+    assert [m["parameters"]["mask_ratio"] for m in r["models"]] == [0.1, 0.4]
 
 
 def test_build_demo_has_every_tab_and_the_public_api():
@@ -328,8 +325,6 @@ def test_clamping_slider_never_raises_on_a_stale_value():
 
 @pytest.mark.slow
 def test_led_importance_and_overlap_pictures(session):
-    if "led" not in C.methods():
-        pytest.skip("LED-Merging not in this build")
     v = values(C.values_from_recipe(recipe()))        # not LED: the pictures use LED's defaults
     imp, el, ov, status = A.led_pictures(*v)
     assert [a.text for a in ov.layout.annotations][0].startswith("safety ∩ math")
@@ -340,8 +335,6 @@ def test_led_importance_and_overlap_pictures(session):
 
 @pytest.mark.slow
 def test_acm_coefficients_picture(session):
-    if "acm" not in C.methods():
-        pytest.skip("ACM not in this build")
     v = values(C.values_from_recipe(recipe()))        # not ACM: the picture uses ACM's defaults
     fig, status = A.acm_pictures(*v)
     assert [t.name for t in fig.data] == ["safety", "math"] and status.startswith("ACM coefficients")
