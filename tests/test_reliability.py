@@ -26,12 +26,10 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from core import ROOT, ZOO_DIR, policy
-from core.checkpoint.reader import Reader
-from core.checkpoint import writer
-from core.merge import engine
+from core import ZOO_DIR, policy
 from core import checkpoint as M
-from core.cli import main
+from core.checkpoint import writer
+from core.checkpoint.reader import Reader
 from core.eval.chat import check_memory
 from core.errors import UserError
 
@@ -40,15 +38,6 @@ UP = "model.layers.1.mlp.up_proj.weight"
 Q0 = "model.layers.0.self_attn.q_proj.weight"
 EMBED = "model.embed_tokens.weight"
 HEAD = "lm_head.weight"
-SPACE_VARS = ("MERGE_EXPLORER_SPACE", "SPACE_ID", "MERGE_EXPLORER_ALLOWED_PATHS", "MERGE_EXPLORER_ALLOWED_MODELS",
-              "MERGE_EXPLORER_OUTPUT_ROOTS", "MERGE_EXPLORER_MEMORY_BUDGET_GB")
-
-
-@pytest.fixture(autouse=True)
-def _clean_env(monkeypatch):
-    """The guards read the environment at call time; a developer's shell must not leak in."""
-    for v in SPACE_VARS:
-        monkeypatch.delenv(v, raising=False)
 
 
 @pytest.fixture(scope="module")
@@ -97,56 +86,34 @@ def leftovers(out: str) -> list[str]:
     return [x for x in os.listdir(parent) if x == base or x.startswith(f".{base}.")]
 
 
-def one_sentence(stderr: str) -> str:
-    """The single ``error:`` line; tqdm's bar may precede it on stderr, nothing may follow."""
-    assert "Traceback" not in stderr
-    lines = [x for x in stderr.replace("\r", "\n").splitlines() if x.strip()]
-    errors = [x for x in lines if x.startswith("error: ")]
-    assert len(errors) == 1, stderr
-    assert lines[-1] == errors[0], stderr
-    sentence = errors[0][len("error: "):]
-    assert sentence.endswith((".", ")")) and len(sentence) < 400, sentence
-    return sentence
-
-
-def cli(argv, capsys) -> tuple[int, str, str]:
-    rc = main([str(a) for a in argv])
-    got = capsys.readouterr()
-    return rc, got.out, got.err
-
-
-def refused(argv, capsys, *needles, out: str | None = None, rc: int = 2) -> str:
-    code, _, err = cli(argv, capsys)
-    assert code == rc, err
-    sentence = one_sentence(err)
-    for n in needles:
-        assert n in sentence, (n, sentence)
+def refused(argv, cli, *needles, out: str | None = None, rc: int = 2) -> str:
+    sentence = cli.refused(argv, *needles, rc=rc)
     if out is not None:
         assert leftovers(out) == [], leftovers(out)
     return sentence
 
 
-def merge_refused(fam, tmp_path, capsys, d: dict, *needles) -> str:
+def merge_refused(fam, tmp_path, cli, d: dict, *needles) -> str:
     out = str(tmp_path / "merged")
-    return refused(["merge", recipe(tmp_path, d), "--out", out], capsys, *needles, out=out)
+    return refused(["merge", recipe(tmp_path, d), "--out", out], cli, *needles, out=out)
 
 
 # ------------------------------------------------------------- model pairs
-def test_different_architecture_is_refused(fam, tmp_path, capsys):
+def test_different_architecture_is_refused(fam, tmp_path, cli):
     e = variant(fam, tmp_path, "mistral", config={"architectures": ["MistralForCausalLM"], "model_type": "mistral"})
-    merge_refused(fam, tmp_path, capsys, ta(fam, e), "MistralForCausalLM", "LlamaForCausalLM", "one architecture")
-    refused(["compat", fam / "base", e], capsys, "only models of one architecture merge")
+    merge_refused(fam, tmp_path, cli, ta(fam, e), "MistralForCausalLM", "LlamaForCausalLM", "one architecture")
+    refused(["compat", fam / "base", e], cli, "only models of one architecture merge")
 
 
-def test_different_layer_count_is_refused(fam, tmp_path, capsys):
+def test_different_layer_count_is_refused(fam, tmp_path, cli):
     e = variant(fam, tmp_path, "short", config={"num_hidden_layers": 3},
                 edit=lambda sd: [sd.pop(k) for k in list(sd) if ".layers.3." in k])
-    merge_refused(fam, tmp_path, capsys, ta(fam, e), "has 3 layers but the base has 4")
+    merge_refused(fam, tmp_path, cli, ta(fam, e), "has 3 layers but the base has 4")
 
 
-def test_different_shape_is_refused(fam, tmp_path, capsys):
+def test_different_shape_is_refused(fam, tmp_path, cli):
     e = variant(fam, tmp_path, "narrow", edit=lambda sd: sd.__setitem__(Q0, sd[Q0][:64].clone()))
-    merge_refused(fam, tmp_path, capsys, ta(fam, e), Q0, "[64, 128]", "[128, 128]")
+    merge_refused(fam, tmp_path, cli, ta(fam, e), Q0, "[64, 128]", "[128, 128]")
 
 
 def _grow(sd, extra: int = 3):
@@ -155,10 +122,10 @@ def _grow(sd, extra: int = 3):
         sd[k] = torch.cat([sd[k], torch.randn(extra, sd[k].shape[1], generator=g)])
 
 
-def test_larger_vocab_is_merged_on_shared_rows_and_keeps_the_extra_rows(fam, tmp_path, capsys):
+def test_larger_vocab_is_merged_on_shared_rows_and_keeps_the_extra_rows(fam, tmp_path, cli):
     e = variant(fam, tmp_path, "grown", config={"vocab_size": 105}, edit=_grow)
     out = tmp_path / "merged"
-    code, stdout, err = cli(["merge", recipe(tmp_path, ta(fam, e, **{"lambda": 0.5})), "--out", out], capsys)
+    code, stdout, err = cli(["merge", recipe(tmp_path, ta(fam, e, **{"lambda": 0.5})), "--out", out])
     assert code == 0, err
     assert "adds 3 tokens to the vocabulary" in stdout
     got, base, exp = (load_file(str(p / ST)) for p in (out, fam / "base", tmp_path / "grown"))
@@ -169,57 +136,57 @@ def test_larger_vocab_is_merged_on_shared_rows_and_keeps_the_extra_rows(fam, tmp
     assert json.loads((out / "config.json").read_text())["vocab_size"] == 105
 
 
-def test_smaller_vocab_is_refused_naming_the_embedding(fam, tmp_path, capsys):
+def test_smaller_vocab_is_refused_naming_the_embedding(fam, tmp_path, cli):
     def shrink(sd):
         for k in (EMBED, HEAD):
             sd[k] = sd[k][:100].clone()
     e = variant(fam, tmp_path, "small", config={"vocab_size": 100}, edit=shrink)
-    merge_refused(fam, tmp_path, capsys, ta(fam, e), "smaller vocabulary than the base", "100 rows", "base has 102")
+    merge_refused(fam, tmp_path, cli, ta(fam, e), "smaller vocabulary than the base", "100 rows", "base has 102")
 
 
 # --------------------------------------------------------- broken folders
-def test_missing_folder(fam, tmp_path, capsys):
-    merge_refused(fam, tmp_path, capsys, ta(fam, str(tmp_path / "nope")), "does not exist")
-    refused(["compat", tmp_path / "nope", fam / "safety"], capsys, "nope", "does not exist")
+def test_missing_folder(fam, tmp_path, cli):
+    merge_refused(fam, tmp_path, cli, ta(fam, str(tmp_path / "nope")), "does not exist")
+    refused(["compat", tmp_path / "nope", fam / "safety"], cli, "nope", "does not exist")
 
 
-def test_missing_config(fam, tmp_path, capsys):
+def test_missing_config(fam, tmp_path, cli):
     e = variant(fam, tmp_path, "noconfig")
     os.remove(os.path.join(e, "config.json"))
-    merge_refused(fam, tmp_path, capsys, ta(fam, e), "no config.json")
+    merge_refused(fam, tmp_path, cli, ta(fam, e), "no config.json")
 
 
-def test_config_that_is_not_json(fam, tmp_path, capsys):
+def test_config_that_is_not_json(fam, tmp_path, cli):
     e = variant(fam, tmp_path, "badconfig")
     with open(os.path.join(e, "config.json"), "w") as f:
         f.write("{not json")
-    merge_refused(fam, tmp_path, capsys, ta(fam, e), "config.json", "not valid JSON")
+    merge_refused(fam, tmp_path, cli, ta(fam, e), "config.json", "not valid JSON")
 
 
-def test_empty_folder(fam, tmp_path, capsys):
+def test_empty_folder(fam, tmp_path, cli):
     (tmp_path / "empty").mkdir()
-    merge_refused(fam, tmp_path, capsys, ta(fam, str(tmp_path / "empty")), "is empty")
+    merge_refused(fam, tmp_path, cli, ta(fam, str(tmp_path / "empty")), "is empty")
 
 
-def test_truncated_safetensors(fam, tmp_path, capsys):
+def test_truncated_safetensors(fam, tmp_path, cli):
     e = variant(fam, tmp_path, "cut")
     path = os.path.join(e, ST)
     with open(path, "r+b") as f:
         f.truncate(os.path.getsize(path) // 2)
-    merge_refused(fam, tmp_path, capsys, ta(fam, e), "truncated or corrupt")
+    merge_refused(fam, tmp_path, cli, ta(fam, e), "truncated or corrupt")
 
 
 @pytest.mark.parametrize("garbage", [b"", b"abc", struct.pack("<Q", 10**12) + b"{}",
                                      struct.pack("<Q", 4) + b"\xff\xfe{}", struct.pack("<Q", 2) + b"[]"],
                          ids=["empty", "short", "huge-header", "not-utf8", "not-an-object"])
-def test_corrupt_safetensors_header(fam, tmp_path, capsys, garbage):
+def test_corrupt_safetensors_header(fam, tmp_path, cli, garbage):
     e = variant(fam, tmp_path, "garbled")
     with open(os.path.join(e, ST), "wb") as f:
         f.write(garbage)
-    merge_refused(fam, tmp_path, capsys, ta(fam, e), "is not a readable safetensors file")
+    merge_refused(fam, tmp_path, cli, ta(fam, e), "is not a readable safetensors file")
 
 
-def test_header_whose_shape_does_not_match_its_bytes(fam, tmp_path, capsys):
+def test_header_whose_shape_does_not_match_its_bytes(fam, tmp_path, cli):
     e = variant(fam, tmp_path, "lying")
     path = os.path.join(e, ST)
     raw = open(path, "rb").read()
@@ -231,14 +198,14 @@ def test_header_whose_shape_does_not_match_its_bytes(fam, tmp_path, capsys):
     assert len(new) == n
     with open(path, "wb") as f:
         f.write(raw[:8] + new + raw[8 + n:])
-    merge_refused(fam, tmp_path, capsys, ta(fam, e), "is corrupt", Q0)
+    merge_refused(fam, tmp_path, cli, ta(fam, e), "is corrupt", Q0)
 
 
-def test_only_pickled_weights_are_refused_unless_opted_in(fam, tmp_path, capsys):
+def test_only_pickled_weights_are_refused_unless_opted_in(fam, tmp_path, cli):
     e = variant(fam, tmp_path, "pickled")
     torch.save(load_file(os.path.join(e, ST)), os.path.join(e, "pytorch_model.bin"))
     os.remove(os.path.join(e, ST))
-    merge_refused(fam, tmp_path, capsys, ta(fam, e), "only pickled weights", "pytorch_model.bin", "opt in")
+    merge_refused(fam, tmp_path, cli, ta(fam, e), "only pickled weights", "pytorch_model.bin", "opt in")
 
 
 def test_opting_in_to_pickles_reads_a_safetensors_copy_and_still_runs_no_code(fam, tmp_path, monkeypatch):
@@ -272,34 +239,34 @@ def test_opting_in_to_pickles_reads_a_safetensors_copy_and_still_runs_no_code(fa
     assert not (tmp_path / "pwned").exists()
 
 
-def test_trust_remote_code_model_is_refused_unless_opted_in(fam, tmp_path, capsys):
+def test_trust_remote_code_model_is_refused_unless_opted_in(fam, tmp_path, cli):
     e = variant(fam, tmp_path, "remote", config={"auto_map": {"AutoModelForCausalLM": "modeling_x.XForCausalLM"}})
-    merge_refused(fam, tmp_path, capsys, ta(fam, e), "needs custom code", "trust_remote_code")
+    merge_refused(fam, tmp_path, cli, ta(fam, e), "needs custom code", "trust_remote_code")
     assert M.inspect(e, trust_remote_code=True).architecture == "LlamaForCausalLM"
 
 
 # ------------------------------------------------------------- NaN / Inf
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")], ids=["nan", "inf"])
-def test_expert_with_nan_or_inf_is_named_and_nothing_saved(fam, tmp_path, capsys, bad):
+def test_expert_with_nan_or_inf_is_named_and_nothing_saved(fam, tmp_path, cli, bad):
     e = variant(fam, tmp_path, "poisoned", edit=lambda sd: sd[UP].__setitem__((3, 5), bad))
-    s = merge_refused(fam, tmp_path, capsys, ta(fam, e), "contains NaN or Inf", UP, e)
+    s = merge_refused(fam, tmp_path, cli, ta(fam, e), "contains NaN or Inf", UP, e)
     assert s.endswith("nothing was written.")
 
 
-def test_merge_that_overflows_float32_is_detected_not_saved(fam, tmp_path, capsys):
+def test_merge_that_overflows_float32_is_detected_not_saved(fam, tmp_path, cli):
     # every input finite; base + 2·(2·τ) with τ ≈ 3e38 is +inf in float32
     e = variant(fam, tmp_path, "huge", edit=lambda sd: sd[UP].__setitem__((0, 0), 3e38))
     d = ta(fam, e, **{"lambda": 2.0})
     d["models"][0]["parameters"] = {"weight": 2.0}
-    merge_refused(fam, tmp_path, capsys, d, "produced NaN or Inf", UP, "nothing was written")
+    merge_refused(fam, tmp_path, cli, d, "produced NaN or Inf", UP, "nothing was written")
 
 
-def test_merge_that_overflows_float16_is_detected_not_saved(fam, tmp_path, capsys):
+def test_merge_that_overflows_float16_is_detected_not_saved(fam, tmp_path, cli):
     # 70000 is an ordinary float32 but past float16's 65504 (this used to be saved as inf)
     e = variant(fam, tmp_path, "big", edit=lambda sd: sd[UP].__setitem__((0, 0), 7e4))
     d = ta(fam, e)
     d["dtype"] = "float16"
-    merge_refused(fam, tmp_path, capsys, d, "too large for float16", UP, "nothing was written")
+    merge_refused(fam, tmp_path, cli, d, "too large for float16", UP, "nothing was written")
 
 
 # --------------------------------------------------------------- recipes
@@ -318,7 +285,7 @@ def _with_method(fam, method: str, **kw) -> dict:
     ("led", "model", {"mask_ratio": 1.2}, ["'mask_ratio'", "1.2", "between 0 and 1"]),
     ("acm", "global", {"temperature": 0}, ["'temperature' in parameters is 0", "between 0.01 and 10"]),
 ], ids=["lambda-high", "lambda-negative", "density", "slerp-t", "led-r", "acm-t"])
-def test_parameter_out_of_range(fam, tmp_path, capsys, method, where, value, needles):
+def test_parameter_out_of_range(fam, tmp_path, cli, method, where, value, needles):
     d = _with_method(fam, method)
     if method == "slerp":
         d["models"] = d["models"][:1]
@@ -326,7 +293,7 @@ def test_parameter_out_of_range(fam, tmp_path, capsys, method, where, value, nee
         d["parameters"] = value
     else:
         d["models"][0]["parameters"] = value
-    merge_refused(fam, tmp_path, capsys, d, *needles)
+    merge_refused(fam, tmp_path, cli, d, *needles)
 
 
 @pytest.mark.parametrize("text,needles", [
@@ -336,76 +303,76 @@ def test_parameter_out_of_range(fam, tmp_path, capsys, method, where, value, nee
     ("lambda: [1, 2]", ["must be a number"]),
     ("lambda: true", ["must be a number, not True"]),
 ])
-def test_non_numeric_yaml_values(fam, tmp_path, capsys, text, needles):
+def test_non_numeric_yaml_values(fam, tmp_path, cli, text, needles):
     path = tmp_path / "r.yaml"
     path.write_text(yaml.safe_dump(ta(fam, str(fam / "safety"))) + "parameters:\n  " + text + "\n")
     out = str(tmp_path / "merged")
-    refused(["merge", path, "--out", out], capsys, *needles, out=out)
+    refused(["merge", path, "--out", out], cli, *needles, out=out)
 
 
-def test_unknown_method_lists_the_known_ones(fam, tmp_path, capsys):
-    merge_refused(fam, tmp_path, capsys, _with_method(fam, "frankenmerge"),
+def test_unknown_method_lists_the_known_ones(fam, tmp_path, cli):
+    merge_refused(fam, tmp_path, cli, _with_method(fam, "frankenmerge"),
                   "Unknown merge method 'frankenmerge'", "task_arithmetic", "ties")
 
 
-def test_unknown_parameter_lists_the_known_ones(fam, tmp_path, capsys):
-    merge_refused(fam, tmp_path, capsys, ta(fam, str(fam / "safety"), densty=0.5),
+def test_unknown_parameter_lists_the_known_ones(fam, tmp_path, cli):
+    merge_refused(fam, tmp_path, cli, ta(fam, str(fam / "safety"), densty=0.5),
                   "'densty' in parameters is not a parameter of task_arithmetic", "known: lambda")
 
 
-def test_duplicate_experts(fam, tmp_path, capsys):
+def test_duplicate_experts(fam, tmp_path, cli):
     s = str(fam / "safety")
-    merge_refused(fam, tmp_path, capsys, ta(fam, s, s + "/"), "listed twice")
+    merge_refused(fam, tmp_path, cli, ta(fam, s, s + "/"), "listed twice")
 
 
-def test_zero_experts(fam, tmp_path, capsys):
-    merge_refused(fam, tmp_path, capsys, ta(fam), "lists no models")
-    merge_refused(fam, tmp_path, capsys, ta(fam, str(fam / "base")), "no models to merge besides the base")
+def test_zero_experts(fam, tmp_path, cli):
+    merge_refused(fam, tmp_path, cli, ta(fam), "lists no models")
+    merge_refused(fam, tmp_path, cli, ta(fam, str(fam / "base")), "no models to merge besides the base")
 
 
-def test_recipe_that_is_not_yaml_or_not_a_recipe(fam, tmp_path, capsys):
+def test_recipe_that_is_not_yaml_or_not_a_recipe(fam, tmp_path, cli):
     bad = tmp_path / "bad.yaml"
     bad.write_text("merge_method: [task_arithmetic\nmodels: x\n")
     out = str(tmp_path / "merged")
-    refused(["merge", bad, "--out", out], capsys, "not valid YAML at line", out=out)
+    refused(["merge", bad, "--out", out], cli, "not valid YAML at line", out=out)
     bad.write_text("- just\n- a list\n")
-    refused(["merge", bad, "--out", out], capsys, "must be a YAML mapping", out=out)
-    refused(["merge", tmp_path / "missing.yaml", "--out", out], capsys, "The recipe file", "does not exist", out=out)
+    refused(["merge", bad, "--out", out], cli, "must be a YAML mapping", out=out)
+    refused(["merge", tmp_path / "missing.yaml", "--out", out], cli, "The recipe file", "does not exist", out=out)
 
 
 # ----------------------------------------------------------- the output
-def test_output_folder_not_writable(fam, tmp_path, capsys):
+def test_output_folder_not_writable(fam, tmp_path, cli):
     # /proc refuses new folders even for root (chmod cannot stop root)
     out = "/proc/merge-explorer-test"
-    refused(["merge", recipe(tmp_path, ta(fam, str(fam / "safety"))), "--out", out], capsys,
+    refused(["merge", recipe(tmp_path, ta(fam, str(fam / "safety"))), "--out", out], cli,
             "Could not write the merged model", "nothing was kept")
     assert not os.path.exists(out)
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root may write into a read-only folder")
-def test_output_folder_in_a_read_only_folder(fam, tmp_path, capsys):
+def test_output_folder_in_a_read_only_folder(fam, tmp_path, cli):
     ro = tmp_path / "ro"
     ro.mkdir()
     ro.chmod(0o555)
     try:
         out = str(ro / "merged")
-        refused(["merge", recipe(tmp_path, ta(fam, str(fam / "safety"))), "--out", out], capsys,
+        refused(["merge", recipe(tmp_path, ta(fam, str(fam / "safety"))), "--out", out], cli,
                 "Cannot write to", out=out)
     finally:
         ro.chmod(0o755)
 
 
-def test_output_folder_exists_or_is_a_file(fam, tmp_path, capsys):
+def test_output_folder_exists_or_is_a_file(fam, tmp_path, cli):
     r = recipe(tmp_path, ta(fam, str(fam / "safety")))
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
-    refused(["merge", r, "--out", tmp_path / "taken"], capsys, "already exists", "--force")
+    refused(["merge", r, "--out", tmp_path / "taken"], cli, "already exists", "--force")
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
     (tmp_path / "afile").write_text("x")
-    refused(["merge", r, "--out", tmp_path / "afile"], capsys, "is a file")
+    refused(["merge", r, "--out", tmp_path / "afile"], cli, "is a file")
 
 
-def test_disk_full_mid_write_keeps_nothing(fam, tmp_path, capsys, monkeypatch):
+def test_disk_full_mid_write_keeps_nothing(fam, tmp_path, cli, monkeypatch):
     real, calls = writer.ShardWriter.add, []
 
     def add(self, name, t):
@@ -415,12 +382,12 @@ def test_disk_full_mid_write_keeps_nothing(fam, tmp_path, capsys, monkeypatch):
         real(self, name, t)
     monkeypatch.setattr(writer.ShardWriter, "add", add)
     out = str(tmp_path / "merged")
-    refused(["merge", recipe(tmp_path, ta(fam, str(fam / "safety"))), "--out", out], capsys,
+    refused(["merge", recipe(tmp_path, ta(fam, str(fam / "safety"))), "--out", out], cli,
             "No space left on device", "nothing was kept", out=out)
     assert len(calls) == 10
 
 
-def test_disk_full_with_force_keeps_the_old_folder(fam, tmp_path, capsys, monkeypatch):
+def test_disk_full_with_force_keeps_the_old_folder(fam, tmp_path, cli, monkeypatch):
     out = tmp_path / "merged"
     out.mkdir()
     (out / "old.txt").write_text("previous merge")
@@ -428,7 +395,7 @@ def test_disk_full_with_force_keeps_the_old_folder(fam, tmp_path, capsys, monkey
     def full(self, name, t):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     monkeypatch.setattr(writer.ShardWriter, "add", full)
-    refused(["merge", recipe(tmp_path, ta(fam, str(fam / "safety"))), "--out", out, "--force"], capsys,
+    refused(["merge", recipe(tmp_path, ta(fam, str(fam / "safety"))), "--out", out, "--force"], cli,
             "No space left on device")
     assert sorted(os.listdir(out)) == ["old.txt"]
     assert leftovers(str(out)) == ["merged"]
@@ -449,7 +416,7 @@ def test_interrupt_from_the_progress_callback_leaves_nothing(fam, tmp_path):
     assert leftovers(out) == []
 
 
-def test_ctrl_c_on_the_command_line(fam, tmp_path, capsys, monkeypatch):
+def test_ctrl_c_on_the_command_line(fam, tmp_path, cli, monkeypatch):
     real, n = writer.ShardWriter.add, []
 
     def add(self, name, t):
@@ -459,7 +426,7 @@ def test_ctrl_c_on_the_command_line(fam, tmp_path, capsys, monkeypatch):
         real(self, name, t)
     monkeypatch.setattr(writer.ShardWriter, "add", add)
     out = str(tmp_path / "merged")
-    refused(["merge", recipe(tmp_path, ta(fam, str(fam / "safety"))), "--out", out], capsys,
+    refused(["merge", recipe(tmp_path, ta(fam, str(fam / "safety"))), "--out", out], cli,
             "interrupted", "nothing was written", out=out, rc=130)
 
 
@@ -481,18 +448,11 @@ sys.exit(main(["merge", sys.argv[1], "--out", sys.argv[3]]))
 """
 
 
-def _env(**extra) -> dict:
-    env = {k: v for k, v in os.environ.items() if k not in SPACE_VARS}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.update(extra)
-    return env
-
-
 @pytest.mark.slow   # a second Python process with torch: ~7 s on a busy machine
-def test_sigkill_mid_merge_leaves_only_a_hidden_temp_folder_that_the_next_merge_removes(fam, tmp_path, capsys):
+def test_sigkill_mid_merge_leaves_only_a_hidden_temp_folder_that_the_next_merge_removes(fam, tmp_path, cli):
     r = recipe(tmp_path, ta(fam, str(fam / "safety")))
     out, marker = str(tmp_path / "merged"), str(tmp_path / "marker")
-    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, r, marker, out], env=_env(),
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, r, marker, out], env=cli.env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 60
@@ -508,7 +468,7 @@ def test_sigkill_mid_merge_leaves_only_a_hidden_temp_folder_that_the_next_merge_
     left = leftovers(out)
     assert left == [x for x in left if x.startswith(f".merged.partial-{proc.pid}-")] and len(left) == 1
     assert os.path.getsize(os.path.join(tmp_path, left[0], ST)) > 0   # half-written, and hidden
-    code, _, err = cli(["merge", r, "--out", out], capsys)
+    code, _, err = cli(["merge", r, "--out", out])
     assert code == 0, err
     assert leftovers(out) == ["merged"]
 
@@ -526,14 +486,14 @@ def test_a_live_merges_temp_folder_is_not_removed(tmp_path):
 
 
 # ---------------------------------------------------------- memory budget
-def test_merge_over_the_memory_budget_is_refused_before_loading(fam, tmp_path, capsys, monkeypatch):
+def test_merge_over_the_memory_budget_is_refused_before_loading(fam, tmp_path, cli, monkeypatch):
     monkeypatch.setenv("MERGE_EXPLORER_MEMORY_BUDGET_GB", "0.0001")   # 105 KB
     opened = []
     monkeypatch.setattr(Reader, "_locate", lambda self, name: opened.append(name))
     infos = [M.inspect(str(fam / n)) for n in ("base", "safety", "math")]
     need = policy.fmt_bytes(policy.merge_estimate(infos[0], infos[1:]))
     assert need == "1 MB"
-    merge_refused(fam, tmp_path, capsys, ta(fam, str(fam / "safety"), str(fam / "math")),
+    merge_refused(fam, tmp_path, cli, ta(fam, str(fam / "safety"), str(fam / "math")),
                   f"Merging 2 models into '{fam / 'base'}' needs about {need} of memory but only 105 KB is free",
                   "MERGE_EXPLORER_MEMORY_BUDGET_GB")
     assert opened == [], "weights were read before the refusal"
@@ -575,42 +535,42 @@ def test_budget_defaults_to_memavailable():
 
 
 # ------------------------------------------------------------- Space mode
-def test_space_mode_refuses_folders_outside_the_allow_list(fam, tmp_path, capsys, monkeypatch):
+def test_space_mode_refuses_folders_outside_the_allow_list(fam, tmp_path, cli, monkeypatch):
     monkeypatch.setenv("MERGE_EXPLORER_SPACE", "1")
-    s = merge_refused(fam, tmp_path, capsys, ta(fam, str(fam / "safety")), "outside the folders this Space may read")
+    s = merge_refused(fam, tmp_path, cli, ta(fam, str(fam / "safety")), "outside the folders this Space may read")
     assert str(fam / "base") in s
     # a folder that does not exist is refused the same way: no probing the disk
-    refused(["compat", "zoo:base", "/etc/nothing-here"], capsys, "outside the folders this Space may read")
-    refused(["compat", "zoo:base", "../../../etc"], capsys, "outside the folders this Space may read")
+    refused(["compat", "zoo:base", "/etc/nothing-here"], cli, "outside the folders this Space may read")
+    refused(["compat", "zoo:base", "../../../etc"], cli, "outside the folders this Space may read")
     # the built-in family always works
-    code, stdout, _ = cli(["compat", "zoo:base", "zoo:safety"], capsys)
+    code, stdout, _ = cli(["compat", "zoo:base", "zoo:safety"])
     assert code == 0 and "Compatible." in stdout
 
 
-def test_space_mode_allowed_paths_and_symlinks(fam, tmp_path, capsys, monkeypatch):
+def test_space_mode_allowed_paths_and_symlinks(fam, tmp_path, cli, monkeypatch):
     monkeypatch.setenv("MERGE_EXPLORER_SPACE", "1")
     monkeypatch.setenv("MERGE_EXPLORER_ALLOWED_PATHS", f"/nonexistent:{fam}")
-    code, stdout, err = cli(["compat", fam / "base", fam / "safety"], capsys)
+    code, stdout, err = cli(["compat", fam / "base", fam / "safety"])
     assert code == 0 and "Compatible." in stdout, err
     link = fam / "escape"
     if not link.exists():
         os.symlink(tmp_path, link)            # inside an allowed root, pointing outside it
     (tmp_path / "x").mkdir()
-    refused(["compat", fam / "base", link / "x"], capsys, "outside the folders this Space may read")
+    refused(["compat", fam / "base", link / "x"], cli, "outside the folders this Space may read")
     assert not policy._under(str(fam) + "-evil", policy.allowed_roots())   # a prefix of the name is not a parent
 
 
-def test_space_mode_hub_ids(monkeypatch, capsys):
+def test_space_mode_hub_ids(monkeypatch, cli):
     monkeypatch.setenv("MERGE_EXPLORER_SPACE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    refused(["compat", "zoo:base", "someone/evil-model"], capsys, "'someone/evil-model' is not on this Space's list",
+    refused(["compat", "zoo:base", "someone/evil-model"], cli, "'someone/evil-model' is not on this Space's list",
             "only the built-in models")
     monkeypatch.setenv("MERGE_EXPLORER_ALLOWED_MODELS", "Qwen/, HuggingFaceTB/SmolLM2-135M")
-    refused(["compat", "zoo:base", "someone/evil-model"], capsys, "(Qwen/, HuggingFaceTB/SmolLM2-135M)")
-    refused(["compat", "zoo:base", "HuggingFaceTB/SmolLM2-1.7B"], capsys, "not on this Space's list")
+    refused(["compat", "zoo:base", "someone/evil-model"], cli, "(Qwen/, HuggingFaceTB/SmolLM2-135M)")
+    refused(["compat", "zoo:base", "HuggingFaceTB/SmolLM2-1.7B"], cli, "not on this Space's list")
     # allowed ids pass the guard and go on to the Hub (offline here, so the next sentence is about that)
     for ok in ("qwen/Qwen2.5-0.5B", "HuggingFaceTB/SmolLM2-135M"):
-        refused(["compat", "zoo:base", ok], capsys, "Cannot reach the Hugging Face Hub")
+        refused(["compat", "zoo:base", ok], cli, "Cannot reach the Hugging Face Hub")
 
 
 def test_space_mode_refuses_opt_ins_and_foreign_output_folders(fam, tmp_path, monkeypatch):
@@ -631,23 +591,18 @@ def test_space_mode_refuses_opt_ins_and_foreign_output_folders(fam, tmp_path, mo
 
 
 # ------------------------------------------------- the process boundary
-def _run(args, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "core", *map(str, args)], cwd=ROOT, env=_env(**env),
-                          capture_output=True, text=True, timeout=120)
-
-
-def test_real_process_user_error_is_one_sentence_exit_2(fam, tmp_path):
+def test_real_process_user_error_is_one_sentence_exit_2(fam, tmp_path, cli):
     e = variant(fam, tmp_path, "cut")
     with open(os.path.join(e, ST), "r+b") as f:
         f.truncate(os.path.getsize(os.path.join(e, ST)) // 2)
     out = str(tmp_path / "merged")
-    p = _run(["merge", recipe(tmp_path, ta(fam, e)), "--out", out])
+    p = cli.process(["merge", recipe(tmp_path, ta(fam, e)), "--out", out], timeout=120)
     assert p.returncode == 2
-    assert "truncated or corrupt" in one_sentence(p.stderr)
+    assert "truncated or corrupt" in cli.sentence(p.stderr)
     assert leftovers(out) == []
 
 
-def test_real_process_internal_error_keeps_the_traceback_in_the_log(fam, tmp_path):
+def test_real_process_internal_error_keeps_the_traceback_in_the_log(fam, tmp_path, cli):
     code = ("import sys, core.merge.plan as p\n"
             "def boom(*a, **k): raise ZeroDivisionError('bug')\n"
             "p.build = boom\n"
@@ -655,11 +610,10 @@ def test_real_process_internal_error_keeps_the_traceback_in_the_log(fam, tmp_pat
             "sys.exit(main(sys.argv[1:]))\n")
     log = tmp_path / "cli.log"
     out = str(tmp_path / "merged")
-    p = subprocess.run([sys.executable, "-c", code, "merge", recipe(tmp_path, ta(fam, str(fam / "safety"))),
-                        "--out", out], cwd=ROOT, env=_env(MERGE_EXPLORER_LOG=str(log)),
-                       capture_output=True, text=True, timeout=120)
+    p = cli.process(["merge", recipe(tmp_path, ta(fam, str(fam / "safety"))), "--out", out], code=code,
+                    env={"MERGE_EXPLORER_LOG": str(log)}, timeout=120)
     assert p.returncode == 1
-    s = one_sentence(p.stderr)
+    s = cli.sentence(p.stderr)
     assert s == f"Internal error (ZeroDivisionError); details are in the log ({log})."
     assert "Traceback" in log.read_text() and "ZeroDivisionError: bug" in log.read_text()
     assert leftovers(out) == []
@@ -686,10 +640,10 @@ _SWEEP = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", _SWEEP, ids=[c[0] for c in _SWEEP])
-def test_sweep_as_real_processes(fam, tmp_path, case):
+def test_sweep_as_real_processes(fam, tmp_path, case, cli):
     _, build, env, needle = case
     argv = build(fam, tmp_path)
-    p = _run(argv, **env)
+    p = cli.process(argv, env=env, timeout=120)
     assert p.returncode == 2, p.stderr
-    assert needle in one_sentence(p.stderr)
+    assert needle in cli.sentence(p.stderr)
     assert leftovers(str(tmp_path / "merged")) == []

@@ -3,13 +3,9 @@ the foundation thresholds of the built-in family."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
-from core import ROOT
 from core.eval import probes, reproduce
 from core.errors import UserError
 
@@ -155,13 +151,8 @@ def test_limit_must_be_positive(base):
 
 
 # -------------------------------------------------------------------- CLI
-def _cli(*args):
-    return subprocess.run([sys.executable, "-m", "core", *args], capture_output=True, text=True, cwd=ROOT,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=300)
-
-
-def test_probe_cli_json_schema():
-    p = _cli("probe", "zoo:base", "--json", "--limit", "4")
+def test_probe_cli_json_schema(cli):
+    p = cli.process(["probe", "zoo:base", "--json", "--limit", "4"])
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert set(out) == {"model", "suites"} and out["model"] == "zoo:base"
@@ -173,12 +164,12 @@ def test_probe_cli_json_schema():
         assert 0.0 <= out["suites"][suite][key] <= 1.0
 
 
-def test_probe_cli_errors_are_one_sentence(tmp_path):
-    p = _cli("probe", "zoo:nothing", "--json")
+def test_probe_cli_errors_are_one_sentence(tmp_path, cli):
+    p = cli.process(["probe", "zoo:nothing", "--json"])
     assert p.returncode == 2 and p.stdout == ""
     assert p.stderr.strip().startswith("error: Unknown built-in model") and len(p.stderr.strip().splitlines()) == 1
     bad = _write(tmp_path, "bad.csv", "prompt\nx\n")
-    p = _cli("probe", "zoo:base", "--suites", f"harmful={bad}")
+    p = cli.process(["probe", "zoo:base", "--suites", f"harmful={bad}"])
     assert p.returncode == 2 and "neither a 'goal' column" in p.stderr
 
 
@@ -205,8 +196,8 @@ def test_reproduce_score_and_split():
 
 
 @pytest.mark.slow
-def test_reproduce_quick_runs_end_to_end(tmp_path):
-    p = _cli("reproduce", "--quick", "--json", "--out", str(tmp_path / "r.md"))
+def test_reproduce_quick_runs_end_to_end(tmp_path, cli):
+    p = cli.process(["reproduce", "--quick", "--json", "--out", str(tmp_path / "r.md")])
     assert p.returncode == 0, p.stderr
     rows = json.loads(p.stdout)["rows"]
     methods = [r["method"] for r in rows]
@@ -218,8 +209,8 @@ def test_reproduce_quick_runs_end_to_end(tmp_path):
     assert f"--out {tmp_path / 'r.md'}" in (tmp_path / "r.md").read_text()   # the command that made it
 
 
-def test_reproduce_writes_nothing_unless_told_and_refuses_a_bad_out_before_running(tmp_path):
-    p = _cli("reproduce", "--quick", "--out", str(tmp_path / "no" / "such" / "r.md"))
+def test_reproduce_writes_nothing_unless_told_and_refuses_a_bad_out_before_running(tmp_path, cli):
+    p = cli.process(["reproduce", "--quick", "--out", str(tmp_path / "no" / "such" / "r.md")])
     assert p.returncode == 2 and "Cannot write the table to" in p.stderr and "Traceback" not in p.stderr
     assert "reproduce:" not in p.stderr          # refused before any model was merged
     from core.cli import _parser

@@ -1,11 +1,9 @@
 """core.eval.weights: task-vector norms/cosines and merged-change provenance,
 checked against sums computed by hand on tiny models written in the test."""
-import json
 import math
 
 import pytest
 import torch
-from safetensors.torch import save_file
 
 from core.eval import weights as analysis
 from core.errors import UserError
@@ -13,15 +11,6 @@ from core.errors import UserError
 NAMES = ["model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight",
          "model.layers.0.mlp.up_proj.weight", "model.layers.1.self_attn.q_proj.weight",
          "model.layers.1.mlp.up_proj.weight", "model.norm.weight", "lm_head.weight"]
-
-
-def _write(folder, tensors, vocab=6):
-    folder.mkdir()
-    (folder / "config.json").write_text(json.dumps({
-        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "num_hidden_layers": 2,
-        "vocab_size": vocab, "hidden_size": 4}))
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(folder / "model.safetensors"))
-    return str(folder)
 
 
 def _shape(name, vocab=6):
@@ -33,12 +22,13 @@ def _shape(name, vocab=6):
 
 
 @pytest.fixture()
-def family(tmp_path):
+def family(tmp_path, write_model):
     g = torch.Generator().manual_seed(0)
     base = {n: torch.randn(_shape(n), generator=g) for n in NAMES}
     taus = [{n: torch.randn(_shape(n), generator=g) for n in NAMES} for _ in range(2)]
-    b = _write(tmp_path / "base", base)
-    e = [_write(tmp_path / f"e{i}", {n: base[n] + t[n] for n in NAMES}) for i, t in enumerate(taus)]
+    b = write_model(tmp_path / "base", base, vocab_size=6, hidden_size=4)
+    e = [write_model(tmp_path / f"e{i}", {n: base[n] + t[n] for n in NAMES}, vocab_size=6, hidden_size=4)
+         for i, t in enumerate(taus)]
     return b, e, base, taus
 
 
@@ -99,21 +89,21 @@ def test_provenance_zero_change_is_none_and_bad_merged_is_a_sentence(family):
         analysis.provenance(b, [e0], {NAMES[0]: base[NAMES[0]]})
 
 
-def test_extra_vocab_rows_are_compared_on_shared_rows(tmp_path, family):
+def test_extra_vocab_rows_are_compared_on_shared_rows(tmp_path, family, write_model):
     b, (e0, _), base, (t0, _) = family
     grown = {n: base[n] + t0[n] for n in NAMES}
     for n in ("model.embed_tokens.weight", "lm_head.weight"):
         grown[n] = torch.cat([grown[n], torch.ones(2, 4)])
-    e2 = _write(tmp_path / "grown", grown, vocab=8)
+    e2 = write_model(tmp_path / "grown", grown, vocab_size=8, hidden_size=4)
     tv = analysis.task_vectors(b, [e2])
     assert tv["point_norms"][e2][0] == pytest.approx(float(t0["model.embed_tokens.weight"].norm()), rel=1e-5)
     pv = analysis.provenance(b, [e2], {n: v * 1.0 for n, v in grown.items()})
     assert pv["coef"][e2][0] == pytest.approx(1.0, abs=1e-5)
 
 
-def test_incompatible_models_are_refused_with_a_sentence(tmp_path, family):
+def test_incompatible_models_are_refused_with_a_sentence(tmp_path, family, write_model):
     b, (e0, _), base, _ = family
-    other = _write(tmp_path / "other", {n: torch.zeros(3) for n in NAMES[:2]})
+    other = write_model(tmp_path / "other", {n: torch.zeros(3) for n in NAMES[:2]}, vocab_size=6, hidden_size=4)
     with pytest.raises(UserError):
         analysis.task_vectors(b, [other])
     with pytest.raises(UserError, match="at least one expert"):

@@ -1,8 +1,8 @@
 """The merge engine: streamed output, live re-merge, sharding, failures.
 
-Models are tiny Llamas made here (hidden 32, 2 layers, vocab 64) so every
-test runs in well under a second and does not depend on the built-in
-family being built.
+Models are the tiny Llamas of tests/conftest.py (tiny_family: hidden 32,
+2 layers, vocab 64) so every test runs in well under a second and does not
+depend on the built-in family.
 """
 from __future__ import annotations
 
@@ -25,71 +25,9 @@ from core.errors import UserError
 from core.methods.base import MethodSpec, Param
 from core.recipe import ModelEntry, Recipe
 
-VOCAB = 64
-
-
-def _config(vocab: int = VOCAB, layers: int = 2):
-    from transformers import LlamaConfig
-    return LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=vocab, max_position_embeddings=64,
-                       tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=None)
-
-
-def _tokenizer(vocab: int):
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-    words = {"<pad>": 0, "<eos>": 1, **{f"w{i}": i for i in range(2, vocab)}}
-    tok = Tokenizer(models.WordLevel(words, unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
-
-
-def _save(model, path, vocab: int = VOCAB) -> str:
-    model.save_pretrained(path)
-    _tokenizer(vocab).save_pretrained(path)
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def family(tmp_path_factory):
-    """base, two perturbed experts, a grown-vocab expert, a NaN expert, a 3-layer stranger."""
-    from transformers import LlamaForCausalLM
-    root = tmp_path_factory.mktemp("family")
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(_config())
-    paths = {"base": _save(base, root / "base")}
-    for i, name in enumerate(["safety", "math"]):
-        g = torch.Generator().manual_seed(100 + i)
-        m = LlamaForCausalLM(_config())
-        m.load_state_dict(base.state_dict())
-        with torch.no_grad():
-            for p in m.parameters():
-                p.add_(torch.randn(p.shape, generator=g) * 0.01)
-        paths[name] = _save(m, root / name)
-    # an instruct-style expert that added 6 tokens
-    g = torch.Generator().manual_seed(7)
-    big = LlamaForCausalLM(_config(VOCAB + 6))
-    sd = big.state_dict()
-    with torch.no_grad():
-        for k, v in base.state_dict().items():
-            if v.shape == sd[k].shape:
-                sd[k].copy_(v + torch.randn(v.shape, generator=g) * 0.01)
-            else:
-                sd[k][:VOCAB].copy_(v + torch.randn(v.shape, generator=g) * 0.01)
-    paths["grown"] = _save(big, root / "grown", VOCAB + 6)
-    bad = LlamaForCausalLM(_config())
-    bad.load_state_dict(base.state_dict())
-    with torch.no_grad():
-        bad.model.layers[1].mlp.up_proj.weight[3, 5] = float("nan")
-    paths["nan"] = _save(bad, root / "nan")
-    torch.manual_seed(1)
-    paths["deep"] = _save(LlamaForCausalLM(_config(layers=3)), root / "deep")
-    return paths
-
-
-def ta(family, w=(1.0, 1.0), lam=1.0, dtype="float32", experts=("safety", "math")) -> Recipe:
-    return Recipe("task_arithmetic", family["base"],
-                  [ModelEntry(family[e], {"weight": wi}) for e, wi in zip(experts, w)],
+def ta(tiny_family, w=(1.0, 1.0), lam=1.0, dtype="float32", experts=("safety", "math")) -> Recipe:
+    return Recipe("task_arithmetic", tiny_family["base"],
+                  [ModelEntry(tiny_family[e], {"weight": wi}) for e, wi in zip(experts, w)],
                   {"lambda": lam}, dtype)
 
 
@@ -105,11 +43,11 @@ def _leftovers(parent) -> list[str]:
     return [x for x in os.listdir(parent) if ".partial-" in x or ".old-" in x]
 
 
-def test_task_arithmetic_by_hand_on_one_tensor(family, tmp_path):
+def test_task_arithmetic_by_hand_on_one_tensor(tiny_family, tmp_path):
     out = tmp_path / "m"
-    res = engine.run_merge(ta(family, (0.7, 0.3), 0.5), out_dir=str(out))
+    res = engine.run_merge(ta(tiny_family, (0.7, 0.3), 0.5), out_dir=str(out))
     name = "model.layers.1.self_attn.q_proj.weight"
-    b, s, m = (load_file(os.path.join(family[k], "model.safetensors"))[name] for k in ("base", "safety", "math"))
+    b, s, m = (load_file(os.path.join(tiny_family[k], "model.safetensors"))[name] for k in ("base", "safety", "math"))
     want = b + 0.5 * (0.7 * (s - b) + 0.3 * (m - b))
     got = _tensors(out)[name]
     assert torch.allclose(got, want, atol=1e-6, rtol=0)
@@ -118,19 +56,19 @@ def test_task_arithmetic_by_hand_on_one_tensor(family, tmp_path):
     assert st.layer == 1 and st.module == "q"
     assert st.expert_norms == pytest.approx([float((s - b).norm()), float((m - b).norm())], rel=1e-5)
     assert st.merged_norm == pytest.approx(float((want - b).norm()), rel=1e-4)
-    assert res.experts == [family["safety"], family["math"]]
+    assert res.experts == [tiny_family["safety"], tiny_family["math"]]
     assert set(res.layer_norms()) == {0, 1, "embed", "head", "final_norm"}
 
 
-def test_streamed_output_equals_live_merge(family, tmp_path):
+def test_streamed_output_equals_live_merge(tiny_family, tmp_path):
     from transformers import AutoModelForCausalLM
     out = tmp_path / "m"
-    recipe = ta(family, (0.6, 1.2), 0.8)
+    recipe = ta(tiny_family, (0.6, 1.2), 0.8)
     engine.run_merge(recipe, out_dir=str(out))
     disk = _tensors(out)
-    live = AutoModelForCausalLM.from_pretrained(family["base"], dtype=torch.float32)
+    live = AutoModelForCausalLM.from_pretrained(tiny_family["base"], dtype=torch.float32)
     engine.run_merge(recipe, live_model=live)  # first call opens readers and fills the cache
-    live = AutoModelForCausalLM.from_pretrained(family["base"], dtype=torch.float32)
+    live = AutoModelForCausalLM.from_pretrained(tiny_family["base"], dtype=torch.float32)
     t0 = time.perf_counter()
     res = engine.run_merge(recipe, live_model=live)
     assert time.perf_counter() - t0 < 0.5
@@ -140,24 +78,24 @@ def test_streamed_output_equals_live_merge(family, tmp_path):
         assert torch.equal(sd[k], v), k
 
 
-def test_live_remerge_after_slider_move_changes_weights(family):
+def test_live_remerge_after_slider_move_changes_weights(tiny_family):
     """The UI's loop: same models, new λ, in place; the cache must not leak state."""
     from transformers import AutoModelForCausalLM
-    live = AutoModelForCausalLM.from_pretrained(family["base"], dtype=torch.float32)
+    live = AutoModelForCausalLM.from_pretrained(tiny_family["base"], dtype=torch.float32)
     name = "model.layers.0.mlp.down_proj.weight"
-    engine.run_merge(ta(family, lam=1.0), live_model=live)
+    engine.run_merge(ta(tiny_family, lam=1.0), live_model=live)
     one = live.state_dict()[name].clone()
-    engine.run_merge(ta(family, lam=0.0), live_model=live)
-    base = load_file(os.path.join(family["base"], "model.safetensors"))[name]
+    engine.run_merge(ta(tiny_family, lam=0.0), live_model=live)
+    base = load_file(os.path.join(tiny_family["base"], "model.safetensors"))[name]
     assert torch.equal(live.state_dict()[name], base)
-    engine.run_merge(ta(family, lam=1.0), live_model=live)
+    engine.run_merge(ta(tiny_family, lam=1.0), live_model=live)
     assert torch.equal(live.state_dict()[name], one)
 
 
-def test_output_folder_loads_and_generates(family, tmp_path):
+def test_output_folder_loads_and_generates(tiny_family, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     out = tmp_path / "merged"
-    res = engine.run_merge(ta(family, dtype="bfloat16"), out_dir=str(out))
+    res = engine.run_merge(ta(tiny_family, dtype="bfloat16"), out_dir=str(out))
     assert res.out_dir == str(out) and res.seconds > 0
     files = set(os.listdir(out))
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md", "merge_recipe.yaml"} <= files
@@ -166,7 +104,7 @@ def test_output_folder_loads_and_generates(family, tmp_path):
         assert f.get_tensor("model.norm.weight").dtype == torch.bfloat16
     assert json.load(open(out / "config.json"))["dtype"] == "bfloat16"
     card = (out / "README.md").read_text()
-    assert "task_arithmetic" in card and family["math"] in card and "merge explorer" in card
+    assert "task_arithmetic" in card and tiny_family["math"] in card and "merge explorer" in card
     model = AutoModelForCausalLM.from_pretrained(str(out))
     assert model.dtype == torch.bfloat16
     tok = AutoTokenizer.from_pretrained(str(out))
@@ -175,9 +113,9 @@ def test_output_folder_loads_and_generates(family, tmp_path):
     assert gen.shape[1] == ids.shape[1] + 4 or int(gen[0, -1]) == 1
 
 
-def test_tiny_shard_size_writes_an_index_and_the_same_tensors(family, tmp_path):
+def test_tiny_shard_size_writes_an_index_and_the_same_tensors(tiny_family, tmp_path):
     from transformers import AutoModelForCausalLM
-    recipe = ta(family, (0.5, 0.5))
+    recipe = ta(tiny_family, (0.5, 0.5))
     engine.run_merge(recipe, out_dir=str(tmp_path / "one"))
     engine.run_merge(recipe, out_dir=str(tmp_path / "many"), shard_size=20_000)
     shards = [f for f in os.listdir(tmp_path / "many") if f.endswith(".safetensors")]
@@ -192,7 +130,7 @@ def test_tiny_shard_size_writes_an_index_and_the_same_tensors(family, tmp_path):
 
 
 @pytest.mark.parametrize("exc", [OSError(28, "No space left on device"), KeyboardInterrupt()])
-def test_failure_while_writing_leaves_no_folder(family, tmp_path, monkeypatch, exc):
+def test_failure_while_writing_leaves_no_folder(tiny_family, tmp_path, monkeypatch, exc):
     calls = []
     real = writer.ShardWriter.add
 
@@ -204,25 +142,22 @@ def test_failure_while_writing_leaves_no_folder(family, tmp_path, monkeypatch, e
 
     monkeypatch.setattr(writer.ShardWriter, "add", flaky)
     with pytest.raises((UserError, KeyboardInterrupt)) as err:
-        engine.run_merge(ta(family), out_dir=str(tmp_path / "m"), shard_size=10_000)
+        engine.run_merge(ta(tiny_family), out_dir=str(tmp_path / "m"), shard_size=10_000)
     if isinstance(exc, OSError):
         assert "No space left" in str(err.value)
     assert len(calls) == 2
     assert os.listdir(tmp_path) == []
 
 
-def test_cli_merge_ok_and_failure_mid_write(family, tmp_path, monkeypatch, capsys):
-    from core.cli import main
+def test_cli_merge_ok_and_failure_mid_write(tiny_family, tmp_path, monkeypatch, cli):
     rec = tmp_path / "r.yaml"
-    rec.write_text(ta(family).to_yaml())
-    assert main(["merge", str(rec), "--out", str(tmp_path / "ok")]) == 0
-    out = capsys.readouterr().out
-    assert str(tmp_path / "ok") in out and " s" in out
+    rec.write_text(ta(tiny_family).to_yaml())
+    code, out, _ = cli(["merge", rec, "--out", tmp_path / "ok"])
+    assert code == 0 and str(tmp_path / "ok") in out and " s" in out
     assert os.path.isfile(tmp_path / "ok" / "model.safetensors")
     # exists -> refused without --force, replaced with it
-    assert main(["merge", str(rec), "--out", str(tmp_path / "ok")]) == 2
-    assert "already exists" in capsys.readouterr().err
-    assert main(["merge", str(rec), "--out", str(tmp_path / "ok"), "--force"]) == 0
+    cli.refused(["merge", rec, "--out", tmp_path / "ok"], "already exists")
+    assert cli(["merge", rec, "--out", tmp_path / "ok", "--force"])[0] == 0
 
     real = writer.ShardWriter.add
     seen = []
@@ -234,33 +169,27 @@ def test_cli_merge_ok_and_failure_mid_write(family, tmp_path, monkeypatch, capsy
         return real(self, name, t)
 
     monkeypatch.setattr(writer.ShardWriter, "add", flaky)
-    capsys.readouterr()
-    assert main(["merge", str(rec), "--out", str(tmp_path / "bad")]) == 2
     # stderr also carries the progress bar; the error itself is one line
-    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error:")]
-    assert len(errors) == 1 and "Input/output error" in errors[0] and "Traceback" not in errors[0]
+    cli.refused(["merge", rec, "--out", tmp_path / "bad"], "Input/output error")
     assert sorted(os.listdir(tmp_path)) == ["ok", "r.yaml"]
 
 
-def test_cli_bad_recipe_is_one_sentence(family, tmp_path, capsys):
-    from core.cli import main
+def test_cli_bad_recipe_is_one_sentence(tiny_family, tmp_path, cli):
     rec = tmp_path / "r.yaml"
-    rec.write_text(ta(family).to_yaml().replace("lambda: 1.0", "lambda: 7"))
-    assert main(["merge", str(rec), "--out", str(tmp_path / "x")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "'lambda' in parameters is 7; it must be between 0 and 2." in err
+    rec.write_text(ta(tiny_family).to_yaml().replace("lambda: 1.0", "lambda: 7"))
+    assert cli.refused(["merge", rec, "--out", tmp_path / "x"]) == "'lambda' in parameters is 7; it must be between 0 and 2."
     assert not os.path.exists(tmp_path / "x")
 
 
-def test_nan_in_an_expert_is_refused_by_name(family, tmp_path):
+def test_nan_in_an_expert_is_refused_by_name(tiny_family, tmp_path):
     with pytest.raises(UserError) as err:
-        engine.run_merge(ta(family, experts=("safety", "nan")), out_dir=str(tmp_path / "m"))
+        engine.run_merge(ta(tiny_family, experts=("safety", "nan")), out_dir=str(tmp_path / "m"))
     msg = str(err.value)
-    assert "model.layers.1.mlp.up_proj.weight" in msg and family["nan"] in msg and "NaN" in msg
+    assert "model.layers.1.mlp.up_proj.weight" in msg and tiny_family["nan"] in msg and "NaN" in msg
     assert os.listdir(tmp_path) == []
 
 
-def test_nan_produced_by_the_method_is_refused(family, tmp_path, monkeypatch):
+def test_nan_produced_by_the_method_is_refused(tiny_family, tmp_path, monkeypatch):
     def bad(base, deltas, mp, gp, ctx):
         out = deltas[0].clone()
         if ctx.name.endswith("norm.weight"):
@@ -270,42 +199,43 @@ def test_nan_produced_by_the_method_is_refused(family, tmp_path, monkeypatch):
                         MethodSpec("task_arithmetic", "bad", bad, [Param("weight", 1.0, 0, 2, per_model=True),
                                                                    Param("lambda", 1.0, 0, 2)]))
     with pytest.raises(UserError, match="produced NaN or Inf in tensor 'model.layers.0.input_layernorm.weight'"):
-        engine.run_merge(ta(family), out_dir=str(tmp_path / "m"))
+        engine.run_merge(ta(tiny_family), out_dir=str(tmp_path / "m"))
     assert os.listdir(tmp_path) == []
 
 
-def test_vocab_growth_keeps_the_experts_extra_rows(family, tmp_path):
+def test_vocab_growth_keeps_the_experts_extra_rows(tiny_family, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     out = tmp_path / "m"
-    res = engine.run_merge(ta(family, experts=("safety", "grown")), out_dir=str(out))
-    assert any("extra embedding rows" in n and family["grown"] in n for n in res.notes)
+    res = engine.run_merge(ta(tiny_family, experts=("safety", "grown")), out_dir=str(out))
+    assert any("extra embedding rows" in n and tiny_family["grown"] in n for n in res.notes)
     got = _tensors(out)
-    base = load_file(os.path.join(family["base"], "model.safetensors"))
-    grown = load_file(os.path.join(family["grown"], "model.safetensors"))
-    safety = load_file(os.path.join(family["safety"], "model.safetensors"))
+    base = load_file(os.path.join(tiny_family["base"], "model.safetensors"))
+    grown = load_file(os.path.join(tiny_family["grown"], "model.safetensors"))
+    safety = load_file(os.path.join(tiny_family["safety"], "model.safetensors"))
+    vocab = base["lm_head.weight"].shape[0]
     for name in ("model.embed_tokens.weight", "lm_head.weight"):
-        assert got[name].shape == (VOCAB + 6, 32)
-        assert torch.equal(got[name][VOCAB:], grown[name][VOCAB:])
+        assert got[name].shape == (vocab + 6, 32)
+        assert torch.equal(got[name][vocab:], grown[name][vocab:])
         b = base[name]
-        want = b + (safety[name] - b) + (grown[name][:VOCAB] - b)
-        assert torch.allclose(got[name][:VOCAB], want, atol=1e-6, rtol=0)
-    assert json.load(open(out / "config.json"))["vocab_size"] == VOCAB + 6
-    assert len(AutoTokenizer.from_pretrained(str(out))) == VOCAB + 6
+        want = b + (safety[name] - b) + (grown[name][:vocab] - b)
+        assert torch.allclose(got[name][:vocab], want, atol=1e-6, rtol=0)
+    assert json.load(open(out / "config.json"))["vocab_size"] == vocab + 6
+    assert len(AutoTokenizer.from_pretrained(str(out))) == vocab + 6
     AutoModelForCausalLM.from_pretrained(str(out))
     # the live path cannot resize a loaded model and says so
-    live = AutoModelForCausalLM.from_pretrained(family["base"])
+    live = AutoModelForCausalLM.from_pretrained(tiny_family["base"])
     with pytest.raises(UserError, match="vocabulary changes size"):
-        engine.run_merge(ta(family, experts=("safety", "grown")), live_model=live)
+        engine.run_merge(ta(tiny_family, experts=("safety", "grown")), live_model=live)
 
 
-def test_incompatible_expert_is_refused_before_any_weight(family, tmp_path, monkeypatch):
+def test_incompatible_expert_is_refused_before_any_weight(tiny_family, tmp_path, monkeypatch):
     def no_reading(*a, **k):
         raise AssertionError("a weight was read")
     monkeypatch.setattr(Reader, "_locate", no_reading)
     with pytest.raises(UserError, match="has 3 layers but the base has 2"):
-        engine.run_merge(ta(family, experts=("safety", "deep")), out_dir=str(tmp_path / "m"))
+        engine.run_merge(ta(tiny_family, experts=("safety", "deep")), out_dir=str(tmp_path / "m"))
     with pytest.raises(UserError, match="'weight' of .* is 5; it must be between 0 and 2"):
-        engine.run_merge(ta(family, (5.0, 1.0)), out_dir=str(tmp_path / "m"))
+        engine.run_merge(ta(tiny_family, (5.0, 1.0)), out_dir=str(tmp_path / "m"))
     assert os.listdir(tmp_path) == []
 
 
@@ -319,20 +249,20 @@ def _mean_spec(calls=None, prepare=None):
                       needs_base=False, min_models=2, prepare=prepare)
 
 
-def test_method_without_base_averages_only_the_listed_models(family, tmp_path, monkeypatch):
+def test_method_without_base_averages_only_the_listed_models(tiny_family, tmp_path, monkeypatch):
     monkeypatch.setitem(registry.REGISTRY, "mean_test", _mean_spec())
-    recipe = Recipe("mean_test", None, [ModelEntry(family["safety"], {"weight": 1.0}),
-                                        ModelEntry(family["math"], {"weight": 3.0})])
+    recipe = Recipe("mean_test", None, [ModelEntry(tiny_family["safety"], {"weight": 1.0}),
+                                        ModelEntry(tiny_family["math"], {"weight": 3.0})])
     merged, res = engine.merge_state_dict(recipe)
-    s = load_file(os.path.join(family["safety"], "model.safetensors"))
-    m = load_file(os.path.join(family["math"], "model.safetensors"))
+    s = load_file(os.path.join(tiny_family["safety"], "model.safetensors"))
+    m = load_file(os.path.join(tiny_family["math"], "model.safetensors"))
     for k in s:
         assert torch.allclose(merged[k], (s[k] + 3 * m[k]) / 4, atol=1e-6, rtol=0), k
-    assert res.experts == [family["safety"], family["math"]]
+    assert res.experts == [tiny_family["safety"], tiny_family["math"]]
     assert all(st.expert_norms[0] == 0.0 for st in res.stats.values())
 
 
-def test_prepare_runs_once_and_feeds_aux_per_tensor(family, monkeypatch):
+def test_prepare_runs_once_and_feeds_aux_per_tensor(tiny_family, monkeypatch):
     calls, prepared_with = [], []
 
     class Prepared:
@@ -348,34 +278,34 @@ def test_prepare_runs_once_and_feeds_aux_per_tensor(family, monkeypatch):
         return Prepared()
 
     monkeypatch.setitem(registry.REGISTRY, "mean_test", _mean_spec(calls, prepare))
-    recipe = Recipe("mean_test", family["base"], [ModelEntry(family["safety"]), ModelEntry(family["math"])])
+    recipe = Recipe("mean_test", tiny_family["base"], [ModelEntry(tiny_family["safety"]), ModelEntry(tiny_family["math"])])
     seen = []
     merged, res = engine.merge_state_dict(recipe, progress=lambda f, msg: seen.append((f, msg)))
     assert res.analysis == {"tags": "seen"}      # what the method summarised comes back with the merge
     assert len(prepared_with) == 1
     method, refs, cb = prepared_with[0]
-    assert refs == sorted([family["base"], family["safety"], family["math"]])
+    assert refs == sorted([tiny_family["base"], tiny_family["safety"], tiny_family["math"]])
     assert seen[0] == (0.5, "preparing") and seen[-1][0] == 1.0
     assert [c[0] for c in calls] == sorted(merged, key=tensor_order)
     assert all(aux == {"tag": name.upper()} and n == 2 for name, aux, n in calls)
 
 
-def test_walk_order_goes_through_the_network(family):
-    names = build(ta(family)).names
+def test_walk_order_goes_through_the_network(tiny_family):
+    names = build(ta(tiny_family)).names
     assert names[0] == "model.embed_tokens.weight"
     layers = [engine.M.layer_of(n) for n in names if engine.M.layer_of(n) is not None]
     assert layers == sorted(layers)
     assert names[-2:] == ["lm_head.weight", "model.norm.weight"]
 
 
-def test_out_dir_problems_are_sentences(family, tmp_path, monkeypatch):
+def test_out_dir_problems_are_sentences(tiny_family, tmp_path, monkeypatch):
     (tmp_path / "afile").write_text("x")
     with pytest.raises(UserError, match="is a file"):
-        engine.run_merge(ta(family), out_dir=str(tmp_path / "afile"))
+        engine.run_merge(ta(tiny_family), out_dir=str(tmp_path / "afile"))
     # root may write anywhere, so the permission answer is faked
     monkeypatch.setattr(engine.os, "access", lambda path, mode: False)
     with pytest.raises(UserError, match="Cannot write to"):
-        engine.run_merge(ta(family), out_dir=str(tmp_path / "ro" / "m"))
+        engine.run_merge(ta(tiny_family), out_dir=str(tmp_path / "ro" / "m"))
     assert os.listdir(tmp_path) == ["afile"]
 
 
@@ -399,8 +329,8 @@ def small_blocks(monkeypatch):
     monkeypatch.setattr(walk, "CHUNK_ELEMS", 100)
 
 
-def test_row_blocks_give_the_same_tensors_as_whole_tensors(family, tmp_path, small_blocks):
-    recipe = ta(family, (0.6, 1.2), 0.8)
+def test_row_blocks_give_the_same_tensors_as_whole_tensors(tiny_family, tmp_path, small_blocks):
+    recipe = ta(tiny_family, (0.6, 1.2), 0.8)
     engine.run_merge(recipe, out_dir=str(tmp_path / "m"))
     merged, whole = engine.merge_state_dict(recipe)          # the in-memory path never uses blocks
     disk = _tensors(tmp_path / "m")
@@ -413,24 +343,25 @@ def test_row_blocks_give_the_same_tensors_as_whole_tensors(family, tmp_path, sma
         assert st.expert_norms == pytest.approx(whole.stats[k].expert_norms, rel=1e-5)
 
 
-def test_row_blocks_with_vocab_growth_nan_and_no_base(family, tmp_path, small_blocks, monkeypatch):
+def test_row_blocks_with_vocab_growth_nan_and_no_base(tiny_family, tmp_path, small_blocks, monkeypatch):
     out = tmp_path / "g"
-    engine.run_merge(ta(family, experts=("safety", "grown")), out_dir=str(out))
+    engine.run_merge(ta(tiny_family, experts=("safety", "grown")), out_dir=str(out))
     got = _tensors(out)
-    grown = load_file(os.path.join(family["grown"], "model.safetensors"))
-    assert torch.equal(got["lm_head.weight"][VOCAB:], grown["lm_head.weight"][VOCAB:])
-    with pytest.raises(UserError, match=f"'model.layers.1.mlp.up_proj.weight' of '{family['nan']}'"):
-        engine.run_merge(ta(family, experts=("safety", "nan")), out_dir=str(tmp_path / "n"))
+    grown = load_file(os.path.join(tiny_family["grown"], "model.safetensors"))
+    vocab = got["lm_head.weight"].shape[0] - 6
+    assert torch.equal(got["lm_head.weight"][vocab:], grown["lm_head.weight"][vocab:])
+    with pytest.raises(UserError, match=f"'model.layers.1.mlp.up_proj.weight' of '{tiny_family['nan']}'"):
+        engine.run_merge(ta(tiny_family, experts=("safety", "nan")), out_dir=str(tmp_path / "n"))
     assert not os.path.exists(tmp_path / "n") and not _leftovers(tmp_path)
     spec = _mean_spec()
     spec.elementwise = True
     monkeypatch.setitem(registry.REGISTRY, "mean_test", spec)
-    recipe = Recipe("mean_test", None, [ModelEntry(family["safety"], {"weight": 1.0}),
-                                        ModelEntry(family["math"], {"weight": 3.0})])
+    recipe = Recipe("mean_test", None, [ModelEntry(tiny_family["safety"], {"weight": 1.0}),
+                                        ModelEntry(tiny_family["math"], {"weight": 3.0})])
     res = engine.run_merge(recipe, out_dir=str(tmp_path / "mean"))
     got = _tensors(tmp_path / "mean")
-    s = load_file(os.path.join(family["safety"], "model.safetensors"))
-    m = load_file(os.path.join(family["math"], "model.safetensors"))
+    s = load_file(os.path.join(tiny_family["safety"], "model.safetensors"))
+    m = load_file(os.path.join(tiny_family["math"], "model.safetensors"))
     for k in s:
         assert torch.allclose(got[k], (s[k] + 3 * m[k]) / 4, atol=1e-6, rtol=0), k
     assert all(st.expert_norms[0] == 0.0 and len(st.expert_norms) == 2 for st in res.stats.values())

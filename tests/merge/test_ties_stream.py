@@ -3,7 +3,6 @@ whole-tensor result, including which entries tied at the trim threshold
 survive. bf16 task vectors are full of exact ties, so they are used here."""
 from __future__ import annotations
 
-import json
 import os
 
 import pytest
@@ -76,28 +75,19 @@ def test_top_k_overwrite_scrambles_only_the_scratch_and_sums_l1():
     assert (top2.t, top2.ties_left) == (top.t, top.ties_left)
 
 
-def _write_model(folder, tensors: dict[str, torch.Tensor]) -> str:
-    from safetensors.torch import save_file
-    os.makedirs(folder)
-    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 16,
-           "intermediate_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 2,
-           "vocab_size": 50, "tie_word_embeddings": True, "dtype": "bfloat16"}
-    with open(os.path.join(folder, "config.json"), "w") as f:
-        json.dump(cfg, f)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, os.path.join(folder, "model.safetensors"),
-              metadata={"format": "pt"})
-    return str(folder)
+CONFIG = {"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 1, "num_attention_heads": 2,
+          "num_key_value_heads": 2, "vocab_size": 50, "tie_word_embeddings": True, "dtype": "bfloat16"}
 
 
 @pytest.fixture(scope="module")
-def bf16_family(tmp_path_factory):
+def bf16_family(tmp_path_factory, write_model):
     root = tmp_path_factory.mktemp("ties_family")
     g = torch.Generator().manual_seed(0)
     base = {n: torch.randn(s, generator=g).bfloat16() for n, s in SHAPES.items()}
-    paths = {"base": _write_model(root / "base", base)}
+    paths = {"base": write_model(root / "base", base, **CONFIG)}
     for e in ("a", "b", "c"):
-        paths[e] = _write_model(root / e, {n: (t.float() + 0.05 * torch.randn(t.shape, generator=g)).bfloat16()
-                                           for n, t in base.items()})
+        paths[e] = write_model(root / e, {n: (t.float() + 0.05 * torch.randn(t.shape, generator=g)).bfloat16()
+                                          for n, t in base.items()}, **CONFIG)
     return paths
 
 

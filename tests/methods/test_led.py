@@ -5,10 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 
-import numpy as np
 import pytest
 import torch
 import yaml
@@ -481,12 +478,10 @@ def test_grown_vocabulary_merges_shared_rows_and_keeps_the_extra_rows(cache, tmp
 
 # ------------------------------------------------------------------ CLI
 @pytest.mark.slow
-def test_cli_merge_runs_led(tmp_path):
+def test_cli_merge_runs_led(tmp_path, cli):
     rec = tmp_path / "led.yaml"
     rec.write_text(yaml.safe_dump(fam_recipe()))
-    env = dict(os.environ, MERGE_EXPLORER_CACHE=str(tmp_path / "cache"))
-    out = subprocess.run([sys.executable, "-m", "core", "merge", str(rec), "--out", str(tmp_path / "m")],
-                         cwd=core.ROOT, env=env, capture_output=True, text=True, timeout=300)
+    out = cli.process(["merge", rec, "--out", tmp_path / "m"], env={"MERGE_EXPLORER_CACHE": str(tmp_path / "cache")})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "Wrote" in out.stdout and os.path.isfile(tmp_path / "m" / "model.safetensors")
     assert [f for f in os.listdir(tmp_path / "cache" / "led") if f.endswith(".safetensors")]

@@ -350,43 +350,17 @@ def test_every_method_returns_a_finite_delta_of_the_base_shape(method, shape):
 
 
 # ------------------------------------------------------------- through the engine
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    """A 1-layer Llama base and two experts nudged from it, as safetensors folders."""
-    from tokenizers import Tokenizer, models as tmodels, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
-    cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=1, vocab_size=32, max_position_embeddings=32,
-                      tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, bos_token_id=None)
-    tok = Tokenizer(tmodels.WordLevel({"<pad>": 0, "<eos>": 1, **{f"w{i}": i for i in range(2, 32)}},
-                                      unk_token="<pad>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", eos_token="<eos>")
-    root = tmp_path_factory.mktemp("tiny")
-    torch.manual_seed(0)
-    base = LlamaForCausalLM(cfg)
-    paths, states = {}, {}
-    for i, name in enumerate(["base", "a", "b"]):
-        m = LlamaForCausalLM(cfg)
-        m.load_state_dict(base.state_dict())
-        if i:
-            g = torch.Generator().manual_seed(i)
-            with torch.no_grad():
-                for p in m.parameters():
-                    p.add_(torch.randn(p.shape, generator=g) * 0.05)
-        m.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        paths[name] = str(root / name)
-        states[name] = {k: v.detach().clone() for k, v in m.state_dict().items()}
-    return paths, states
+def _states(family, names) -> dict:
+    from safetensors.torch import load_file
+    return {n: load_file(family[n] + "/model.safetensors") for n in names}
 
 
 @pytest.mark.parametrize("method", MINE)
-def test_every_method_merges_a_real_model_through_the_engine(tiny, method):
+def test_every_method_merges_a_real_model_through_the_engine(tiny_family, method):
     from core.merge import engine
     from core.recipe import ModelEntry, Recipe
-    paths, states = tiny
-    experts = ["a"] if REGISTRY[method].max_models == 1 else ["a", "b"]
+    paths, states = tiny_family, _states(tiny_family, ["base", "safety", "math"])
+    experts = ["safety"] if REGISTRY[method].max_models == 1 else ["safety", "math"]
     recipe = Recipe(method, paths["base"], [ModelEntry(paths[e]) for e in experts],
                     {"seed": 1} if method.startswith("dare") else {})
     merged, _ = engine.merge_state_dict(recipe)
@@ -397,11 +371,12 @@ def test_every_method_merges_a_real_model_through_the_engine(tiny, method):
     close(merged[name], expect, atol=1e-6)
 
 
-def test_linear_without_base_averages_the_listed_models_through_the_engine(tiny):
+def test_linear_without_base_averages_the_listed_models_through_the_engine(tiny_family):
     from core.merge import engine
     from core.recipe import ModelEntry, Recipe
-    paths, states = tiny
-    recipe = Recipe("linear", None, [ModelEntry(paths["a"], {"weight": 0.5}), ModelEntry(paths["b"], {"weight": 1.5})])
+    paths, states = tiny_family, _states(tiny_family, ["safety", "math"])
+    recipe = Recipe("linear", None, [ModelEntry(paths["safety"], {"weight": 0.5}),
+                                     ModelEntry(paths["math"], {"weight": 1.5})])
     merged, _ = engine.merge_state_dict(recipe)
     for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.norm.weight"):
-        close(merged[name], (states["a"][name] + 3 * states["b"][name]) / 4, atol=1e-6)
+        close(merged[name], (states["safety"][name] + 3 * states["math"][name]) / 4, atol=1e-6)
