@@ -50,6 +50,7 @@ def main() -> None:
     import core
     from core import checkpoint as M, recipe as R, service
     from core.methods.led import importance as I
+    from core.methods.led import scoring as S
     from core.merge import engine
     from core.methods import led
     from transformers.utils import logging as hf_logging
@@ -64,20 +65,20 @@ def main() -> None:
 
     # 1. cold scoring
     for loc in ("snip", "wanda"):
-        b0, f0 = I.STATS["backward"], I.STATS["forward"]
+        b0, f0 = S.STATS["backward"], S.STATS["forward"]
         t = time.perf_counter()
         prep = led.prepare(R.from_dict(family(args.n, loc)))
         out[f"cold_{loc}_s"] = time.perf_counter() - t
-        out[f"cold_{loc}_backward"] = I.STATS["backward"] - b0
-        out[f"cold_{loc}_forward"] = I.STATS["forward"] - f0
+        out[f"cold_{loc}_backward"] = S.STATS["backward"] - b0
+        out[f"cold_{loc}_forward"] = S.STATS["forward"] - f0
         assert not prep.cached
     # 2. from disk
     I.clear_memory_cache()
-    b0 = I.STATS["backward"]
+    b0 = S.STATS["backward"]
     t = time.perf_counter()
     prep = led.prepare(R.from_dict(family(args.n)))
     out["disk_hit_s"] = time.perf_counter() - t
-    assert prep.cached and I.STATS["backward"] == b0
+    assert prep.cached and S.STATS["backward"] == b0
 
     # 3. re-merge loop into a loaded model
     live = M.load_model("zoo:base", device="cpu")
@@ -103,7 +104,7 @@ def main() -> None:
                 times.append(time.perf_counter() - t)
         return times
 
-    b0 = I.STATS["backward"]
+    b0 = S.STATS["backward"]
     for method in ("led", "task_arithmetic"):
         sweep(method, True)   # warm: readers opened, inputs cached
         for one in (True, False):
@@ -111,7 +112,7 @@ def main() -> None:
             tag = f"remerge_{method}_{'1thread' if one else 'default_threads'}"
             out[tag + "_median_s"] = statistics.median(ts)
             out[tag + "_max_s"] = max(ts)
-    out["remerge_backward"] = I.STATS["backward"] - b0
+    out["remerge_backward"] = S.STATS["backward"] - b0
 
     # 4. analysis from the cache
     ts = []

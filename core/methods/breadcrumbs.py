@@ -21,7 +21,7 @@ import torch
 
 from ._threshold import rank_window_mask
 from .base import MethodSpec, Param, TensorContext, register
-from .ties import combine, rescale_l1
+from .ties import rescale_l1, sparse_merge, sparse_params
 
 
 def outlier_window(delta: torch.Tensor, density: float, gamma: float, rescale: bool = False) -> torch.Tensor:
@@ -35,47 +35,27 @@ def outlier_window(delta: torch.Tensor, density: float, gamma: float, rescale: b
     return rescale_l1(delta, mask) if rescale else delta * mask
 
 
-def _kept(deltas: list, model_params: list, global_params: dict) -> list:
+def _kept(deltas: list, model_params: list, global_params: dict, ctx: TensorContext) -> list:
     rescale = global_params["rescale"]
     return [outlier_window(d, p["density"], p["gamma"], rescale)
             for d, p in zip(deltas, model_params)]
 
 
-def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
-          ctx: TensorContext) -> torch.Tensor:
-    return combine(_kept(deltas, model_params, global_params), [p["weight"] for p in model_params],
-                   consensus=False, normalize=global_params["normalize"],
-                   lam=global_params["lambda"])
-
-
-def merge_ties(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
-               ctx: TensorContext) -> torch.Tensor:
-    return combine(_kept(deltas, model_params, global_params), [p["weight"] for p in model_params],
-                   consensus=True, normalize=global_params["normalize"],
-                   lam=global_params["lambda"])
-
-
-def _params(normalize_help: str) -> list[Param]:
-    return [
-        Param("weight", 1.0, 0.0, 2.0, per_model=True, help="wᵢ: how much of this expert's task vector to add"),
-        Param("density", 1.0, 0.0, 1.0, per_model=True,
-              help="fraction of this expert's changes kept per tensor (1 keeps all and ignores γ)"),
-        Param("gamma", 0.01, 0.0, 1.0, per_model=True,
-              help="γ: fraction of the largest changes dropped as outliers"),
-        Param("lambda", 1.0, 0.0, 2.0, help="λ: global scale of the merged task vector"),
-        Param("rescale", False, kind="bool", help="scale the kept entries so each task vector keeps its L1 norm"),
-        Param("normalize", False, kind="bool", help=normalize_help),
-    ]
+merge = sparse_merge(_kept, consensus=False)
+merge_ties = sparse_merge(_kept, consensus=True)
+_DENSITY = "fraction of this expert's changes kept per tensor (1 keeps all and ignores γ)"
+_GAMMA = (Param("gamma", 0.01, 0.0, 1.0, per_model=True, help="γ: fraction of the largest changes dropped as outliers"),)
 
 
 SPEC = register(MethodSpec(
     name="breadcrumbs", label="Model Breadcrumbs", fn=merge, mergekit_name="breadcrumbs",
     summary="Drop each task vector's largest outliers and smallest changes, then add what remains.",
-    params=_params("divide by the sum of the weights"),
+    params=sparse_params(_DENSITY, "divide by the sum of the weights", rescale=False, extra=_GAMMA),
 ))
 
 SPEC_TIES = register(MethodSpec(
     name="breadcrumbs_ties", label="Breadcrumbs-TIES", fn=merge_ties, mergekit_name="breadcrumbs_ties",
     summary="Drop each task vector's outliers and smallest changes, then merge with TIES's sign vote.",
-    params=_params("divide each entry by the summed weights of the experts that agree with its sign"),
+    params=sparse_params(_DENSITY, "divide each entry by the summed weights of the experts that agree with its sign",
+                         rescale=False, extra=_GAMMA),
 ))

@@ -25,8 +25,8 @@ import hashlib
 
 import torch
 
-from .base import MethodSpec, Param, TensorContext, register
-from .ties import combine, rescale_l1
+from .base import MethodSpec, TensorContext, register
+from .ties import rescale_l1, sparse_merge, sparse_params
 
 
 def tensor_seed(seed: int, name: str) -> int:
@@ -50,42 +50,20 @@ def _dropped(deltas: list, model_params: list, global_params: dict, ctx: TensorC
     return [random_drop(d, p["density"], gen, rescale) for d, p in zip(deltas, model_params)]
 
 
-def merge_linear(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
-                 ctx: TensorContext) -> torch.Tensor:
-    return combine(_dropped(deltas, model_params, global_params, ctx),
-                   [p["weight"] for p in model_params], consensus=False,
-                   normalize=global_params["normalize"],
-                   lam=global_params["lambda"])
-
-
-def merge_ties(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
-               ctx: TensorContext) -> torch.Tensor:
-    return combine(_dropped(deltas, model_params, global_params, ctx),
-                   [p["weight"] for p in model_params], consensus=True,
-                   normalize=global_params["normalize"],
-                   lam=global_params["lambda"])
-
-
-def _params(normalize_help: str) -> list[Param]:
-    return [
-        Param("weight", 1.0, 0.0, 2.0, per_model=True, help="wᵢ: how much of this expert's task vector to add"),
-        Param("density", 1.0, 0.0, 1.0, per_model=True,
-              help="probability that each entry of this expert's task vector is kept (1 keeps all)"),
-        Param("lambda", 1.0, 0.0, 2.0, help="λ: global scale of the merged task vector"),
-        Param("rescale", True, kind="bool",
-              help="scale the kept entries so each task vector keeps its L1 norm"),
-        Param("normalize", False, kind="bool", help=normalize_help),
-    ]
+merge_linear = sparse_merge(_dropped, consensus=False)
+merge_ties = sparse_merge(_dropped, consensus=True)
+_DENSITY = "probability that each entry of this expert's task vector is kept (1 keeps all)"
 
 
 SPEC_LINEAR = register(MethodSpec(
     name="dare_linear", label="DARE (linear)", fn=merge_linear, mergekit_name="dare_linear",
     summary="Randomly drop task-vector entries, rescale the survivors, then add them up.",
-    params=_params("divide by the sum of the weights"),
+    params=sparse_params(_DENSITY, "divide by the sum of the weights", rescale=True),
 ))
 
 SPEC_TIES = register(MethodSpec(
     name="dare_ties", label="DARE-TIES", fn=merge_ties, mergekit_name="dare_ties",
     summary="Randomly drop task-vector entries, rescale the survivors, then merge them with TIES's sign vote.",
-    params=_params("divide each entry by the summed weights of the experts that agree with its sign"),
+    params=sparse_params(_DENSITY, "divide each entry by the summed weights of the experts that agree with its sign",
+                         rescale=True),
 ))

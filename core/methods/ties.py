@@ -105,6 +105,30 @@ def combine(deltas: list, weights: list[float], *, consensus: bool, normalize: b
                  lam=lam)
 
 
+def sparse_merge(sparsify, *, consensus: bool):
+    """The merge fn of a sparsify-then-combine method (DARE, Breadcrumbs):
+    ``sparsify(deltas, model_params, global_params, ctx)``, then ``combine``
+    with the weights, ``normalize`` and λ (TIES's sign vote when ``consensus``)."""
+    def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,
+              ctx: TensorContext) -> torch.Tensor:
+        return combine(sparsify(deltas, model_params, global_params, ctx), [p["weight"] for p in model_params],
+                       consensus=consensus, normalize=global_params["normalize"], lam=global_params["lambda"])
+    return merge
+
+
+def sparse_params(density_help: str, normalize_help: str, *, rescale: bool, extra: tuple = ()) -> list[Param]:
+    """The knobs of a sparsify-then-combine method, in the UI's order: weight,
+    density, ``extra`` per-model knobs, λ, rescale (default ``rescale``), normalize."""
+    return [
+        Param("weight", 1.0, 0.0, 2.0, per_model=True, help="wᵢ: how much of this expert's task vector to add"),
+        Param("density", 1.0, 0.0, 1.0, per_model=True, help=density_help),
+        *extra,
+        Param("lambda", 1.0, 0.0, 2.0, help="λ: global scale of the merged task vector"),
+        Param("rescale", rescale, kind="bool", help="scale the kept entries so each task vector keeps its L1 norm"),
+        Param("normalize", False, kind="bool", help=normalize_help),
+    ]
+
+
 def elect(weighted: list, weights: list[float], *, consensus: bool, normalize: bool, lam: float) -> torch.Tensor:
     """Sign election and (disjoint) mean of already weighted task vectors.
 

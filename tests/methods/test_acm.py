@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 import core
 from core.checkpoint.naming import point_of
 from core.methods.acm import activations as A
+from core.methods.acm import mi
 from core import service
 from core.merge import engine
 from core.errors import UserError
@@ -29,27 +30,27 @@ EXPERTS = ["zoo:safety", "zoo:math", "zoo:code"]
 def test_identical_signals_give_the_maximum():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(20000, generator=g)
-    assert A.mutual_information(x, x) == pytest.approx(A.max_mi(20000), abs=1e-9)
-    assert A.max_mi(20000) == pytest.approx(math.log(32), abs=1e-3)
+    assert mi.mutual_information(x, x) == pytest.approx(mi.max_mi(20000), abs=1e-9)
+    assert mi.max_mi(20000) == pytest.approx(math.log(32), abs=1e-3)
     # nothing else reaches it: a noisy copy is strictly below
-    assert A.mutual_information(x, x + 0.3 * torch.randn(20000, generator=g)) < A.max_mi(20000) - 0.5
+    assert mi.mutual_information(x, x + 0.3 * torch.randn(20000, generator=g)) < mi.max_mi(20000) - 0.5
 
 
 def test_independent_signals_give_about_zero():
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(20000, generator=g), torch.rand(20000, generator=g)
-    assert A.mutual_information(x, y) < 0.02
+    assert mi.mutual_information(x, y) < 0.02
 
 
 def test_monotone_transform_keeps_the_maximum_and_ranks_by_dependence():
     g = torch.Generator().manual_seed(2)
     x = torch.randn(20000, generator=g)
-    top = A.mutual_information(x, x)
+    top = mi.mutual_information(x, x)
     # ranks make MI invariant to monotone maps, outliers included
-    assert A.mutual_information(x, torch.exp(3 * x)) == pytest.approx(top, abs=1e-9)
-    assert A.mutual_information(x, -x ** 3) == pytest.approx(top, abs=1e-9)
+    assert mi.mutual_information(x, torch.exp(3 * x)) == pytest.approx(top, abs=1e-9)
+    assert mi.mutual_information(x, -x ** 3) == pytest.approx(top, abs=1e-9)
     noise = torch.randn(20000, generator=g)
-    mis = [A.mutual_information(x, x + s * noise) for s in (0.1, 0.5, 1.0, 3.0)]
+    mis = [mi.mutual_information(x, x + s * noise) for s in (0.1, 0.5, 1.0, 3.0)]
     assert mis == sorted(mis, reverse=True) and mis[-1] > 0.02
     # a Gaussian pair with correlation rho has MI -0.5 log(1 - rho^2); a
     # 32-bin histogram sees most of it

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 import core
 from core.methods.led import importance as I
+from core.methods.led import scoring as S
 from core.methods.led import masks as K
 from core import checkpoint as M
 from core import recipe as R
@@ -144,17 +145,17 @@ def tiny_model(seed: int = 0, bias: bool = False):
     return LlamaForCausalLM(cfg).eval()
 
 
-def tiny_samples() -> list[I.Sample]:
+def tiny_samples() -> list[S.Sample]:
     rows = [([3, 7, 1, 9, 4, 4, 2], [0, 0, 0, 1, 1, 1, 1]),
             ([5, 5, 6, 8, 2], [0, 0, 1, 1, 1]),
             ([11, 12, 13, 14, 15, 16, 17, 18], [0, 0, 0, 0, 0, 1, 1, 1])]
-    return [I.Sample(T(ids), T(ans, dtype=torch.bool)) for ids, ans in rows]
+    return [S.Sample(T(ids), T(ans, dtype=torch.bool)) for ids, ans in rows]
 
 
 def test_snip_equals_a_direct_autograd_computation():
     model = tiny_model()
     samples = tiny_samples()
-    got = I.snip(model, samples)
+    got = S.snip(model, samples)
     params = dict(model.named_parameters())
     acc = {n: torch.zeros_like(p) for n, p in params.items()}
     for s in samples:
@@ -175,14 +176,14 @@ def test_snip_equals_a_direct_autograd_computation():
     assert not torch.allclose(got["lm_head.weight"], params["lm_head.weight"].detach().abs() * total.abs())
     # the caller's requires_grad flags are left as they were
     model.requires_grad_(False)
-    I.snip(model, samples[:1])
+    S.snip(model, samples[:1])
     assert not any(p.requires_grad for p in model.parameters())
 
 
 def test_wanda_embedding_rows_follow_answer_token_counts():
     model = tiny_model(1)
     samples = tiny_samples()
-    got = I.wanda(model, samples)
+    got = S.wanda(model, samples)
     counts = torch.zeros(23)
     for s in samples:
         for t in s.ids[s.answer].tolist():
@@ -201,7 +202,7 @@ def test_wanda_bias_is_a_weight_on_a_constant_input():
     samples = tiny_samples()
     with torch.no_grad():
         model.model.layers[1].self_attn.k_proj.bias.normal_()
-    got = I.wanda(model, samples)
+    got = S.wanda(model, samples)
     n_answer = sum(int(s.answer.sum()) for s in samples)
     b = model.model.layers[1].self_attn.k_proj.bias.detach().abs()
     torch.testing.assert_close(got["model.layers.1.self_attn.k_proj.bias"], b * n_answer ** 0.5)
@@ -210,14 +211,14 @@ def test_wanda_bias_is_a_weight_on_a_constant_input():
 def test_encode_marks_the_answer_and_eos_as_targets():
     tok = M.load_tokenizer("zoo:base")
     rows = [{"prompt": "What is 2 + 3?", "response": "5."}]
-    s = I.encode(tok, rows)[0]
+    s = S.encode(tok, rows)[0]
     prompt = tok.apply_chat_template([{"role": "user", "content": rows[0]["prompt"]}], tokenize=False,
                                      add_generation_prompt=True)
     n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
     assert s.answer.tolist() == [False] * n_prompt + [True] * (len(s.ids) - n_prompt)
     assert tok.decode(s.ids[s.answer][:-1]) == "5." and int(s.ids[-1]) == tok.eos_token_id
     # cut so that no answer token is left: the sample is dropped
-    assert I.encode(tok, rows, max_length=n_prompt) == []
+    assert S.encode(tok, rows, max_length=n_prompt) == []
 
 
 # ------------------------------------------------------------------ cache
@@ -225,9 +226,9 @@ def test_a_cache_hit_runs_no_backward_pass(cache):
     base = M.inspect("zoo:base")
     rows = I.builtin_rows("math", 3, seed=11)
     jobs = [I.Job(base, rows, "base on math")]
-    before = I.STATS["backward"]
+    before = S.STATS["backward"]
     (first,), was_cached = I.compute(jobs, "snip")
-    assert not was_cached and I.STATS["backward"] == before + 3
+    assert not was_cached and S.STATS["backward"] == before + 3
     key = first.key
     path = os.path.join(str(cache), "led", key + ".safetensors")
     assert os.path.isfile(path)
@@ -235,27 +236,27 @@ def test_a_cache_hit_runs_no_backward_pass(cache):
     # from disk: memory cleared, the file is read, no backward pass
     I.clear_memory_cache()
     (again,), was_cached = I.compute(jobs, "snip")
-    assert was_cached and I.STATS["backward"] == before + 3
+    assert was_cached and S.STATS["backward"] == before + 3
     name = "model.layers.1.mlp.up_proj.weight"
     assert torch.equal(again.get(name), first.get(name))
     # from memory: even with the file gone
     os.remove(path)
     (third,), was_cached = I.compute(jobs, "snip")
-    assert was_cached and I.STATS["backward"] == before + 3 and third is again
+    assert was_cached and S.STATS["backward"] == before + 3 and third is again
     # other data is another key
     I.compute([I.Job(base, I.builtin_rows("math", 3, seed=12), "base on math")], "snip")
-    assert I.STATS["backward"] == before + 6
+    assert S.STATS["backward"] == before + 6
 
 
 def test_moving_r_re_merges_without_any_backward_pass(cache):
     from core.merge import engine
     rec = R.from_dict(fam_recipe())
     engine.merge_state_dict(rec)
-    before = dict(I.STATS)
+    before = dict(S.STATS)
     rec.models[0].parameters["mask_ratio"] = 0.3
     rec.parameters["election"] = "01"
     engine.merge_state_dict(rec)
-    assert I.STATS == before
+    assert S.STATS == before
 
 
 # ------------------------------------------------------------------ family
@@ -436,12 +437,12 @@ def test_custom_expert_scored_on_a_user_file(cache, tmp_path):
     data = tmp_path / "code.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     d = fam_recipe(models=[{"model": str(folder), "parameters": {"location_data": str(data), "mask_ratio": 0.2}}])
-    before = I.STATS["backward"]
+    before = S.STATS["backward"]
     plan = led.Setup(build(R.from_dict(d)))
     assert plan.experts[0].task == "custom" and plan.experts[0].rows == rows
     seen = []
     prep = led.prepare(build(R.from_dict(d)), lambda f, msg: seen.append((f, msg)))
-    assert I.STATS["backward"] == before + 6   # base and expert, 3 samples each
+    assert S.STATS["backward"] == before + 6   # base and expert, 3 samples each
     fracs = [f for f, _ in seen]
     assert fracs == sorted(fracs) and fracs[-1] == 1.0 and len(seen) >= 6
     assert any("SNIP scores of the base on custom data: sample 3 of 3" in m for _, m in seen)

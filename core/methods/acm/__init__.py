@@ -85,6 +85,7 @@ def _rows(glob: dict, n: int) -> list[dict]:
 def analyse(p, progress=None) -> dict:
     """MI, coefficients and everything the UI plots for a merge plan (see service.acm_analysis)."""
     from . import activations
+    from .mi import max_mi
     from ...errors import UserError
     glob = p.global_params
     if glob["base_method"] != "ties" and any(mp["density"] < 1 for mp in p.model_params):
@@ -98,7 +99,7 @@ def analyse(p, progress=None) -> dict:
     experts = [s.ref for s in p.sources]
     coef = coefficients(mi, t)
     return {"layers": points, "experts": experts, "mi": mi, "coef": coef, "temperature": t,
-            "base_method": glob["base_method"], "mi_max": activations.max_mi(activations.MAX_PAIRS),
+            "base_method": glob["base_method"], "mi_max": max_mi(activations.MAX_PAIRS),
             "units": "nats", "n_pool": details["n_pool"], "n_calibration": details["n_calibration"],
             "clusters": k, "cached": details["cached"]}
 
