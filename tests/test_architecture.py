@@ -163,3 +163,14 @@ def test_every_import_points_down_the_layers():
             if ld > lm or (ld == lm and pd != pm):
                 up.append(f"{m} -> {d}")
     assert up == []
+
+
+def test_the_knob_path_in_docs_architecture_names_real_functions():
+    import re
+    doc = open(os.path.join(ROOT, "docs", "ARCHITECTURE.md"), encoding="utf-8").read()
+    hops = re.findall(r"`((?:core|ui)/[\w/]+\.py):([\w.]+)`", doc.split("## A knob", 1)[1])
+    assert len(hops) >= 6
+    for path, name in hops:
+        source = open(os.path.join(ROOT, path), encoding="utf-8").read()
+        last = name.split(".")[-1]
+        assert re.search(rf"^\s*(def|class) {last}\b", source, re.M), f"{path} has no {name}"
