@@ -1,11 +1,13 @@
 """What the browser tests share: finding Debian's chromium (skip locally
-without it, fail in CI where MERGE_EXPLORER_REQUIRE_BROWSER is set) and a
-free port for an in-process demo."""
+without it, fail in CI where MERGE_EXPLORER_REQUIRE_BROWSER is set), an
+in-process demo on a free port, and choosing a method in the page."""
 from __future__ import annotations
 
 import os
 import shutil
 import socket
+import time
+import urllib.request
 
 import pytest
 
@@ -29,6 +31,20 @@ def free_port() -> int:
     port = s.getsockname()[1]
     s.close()
     return port
+
+
+def launch(demo, **options) -> str:
+    """Start ``demo`` on a free local port (in this process) and wait until it answers; its URL."""
+    port = free_port()
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **options)
+    url = f"http://127.0.0.1:{port}/"
+    for _ in range(100):
+        try:
+            urllib.request.urlopen(url + "gradio_api/info", timeout=2)
+            break
+        except OSError:
+            time.sleep(0.1)
+    return url
 
 
 def choose_method(page, label: str, merge_method: str) -> None:

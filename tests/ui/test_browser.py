@@ -7,12 +7,10 @@ screenshots go to tests/_artifacts/ for a person to look at.
 """
 import os
 import re
-import time
-import urllib.request
 
 import pytest
 
-from tests.ui._browser import choose_method, chromium as _chromium, free_port as _free_port, need as _need
+from tests.ui._browser import choose_method, chromium as _chromium, launch, need as _need
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -29,16 +27,7 @@ def url():
     os.environ["NO_PROXY"] = "127.0.0.1,localhost"
     from ui.app import build_demo, launch_options
     demo = build_demo()
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_options())
-    base = f"http://127.0.0.1:{port}/"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(base + "gradio_api/info", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield base
+    yield launch(demo, **launch_options())
     demo.close()
 
 

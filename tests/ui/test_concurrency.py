@@ -11,12 +11,11 @@ the server really runs.
 import re
 import threading
 import time
-import urllib.request
 from types import SimpleNamespace
 
 import pytest
 
-from tests.ui._browser import choose_method, chromium as _chromium, free_port as _free_port, need as _need
+from tests.ui._browser import choose_method, chromium as _chromium, launch, need as _need
 import torch
 
 from core import service
@@ -56,17 +55,7 @@ def _launch(monkeypatch, concurrency: int | None = None, queue: int | None = Non
     if queue is not None:
         monkeypatch.setenv("MERGE_EXPLORER_QUEUE", str(queue))
     demo = A.build_demo()
-    port = _free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                **A.launch_options())
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(url + "gradio_api/info", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.1)
-    return demo, url
+    return demo, launch(demo, **A.launch_options())
 
 
 def _reference(recipe: dict) -> tuple[str, dict]:
