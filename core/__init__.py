@@ -1,10 +1,10 @@
-"""Core of the merge explorer: models, scores, masks, methods, engine, probes.
+"""Core of the merge explorer: checkpoints, merge methods, the merge engine,
+probes and chat (docs/ARCHITECTURE.md has the tree and the arrows).
 
 core never imports ui or gradio; the UI and the command line both go
-through core.service.
+through core.service. This module holds only paths.
 """
 import os as _os
-import sys as _sys
 
 # transformers 5 imports fine without these; they keep a machine with no
 # network from trying (and waiting on) the Hub when a local folder is used.

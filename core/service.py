@@ -1,8 +1,9 @@
 """The one façade the UI and the command line call.
 
-No tensor math here: it sequences models -> scores -> masks -> engine ->
-probes, and turns CLI arguments into calls. Heavy modules are imported
-inside functions so `python -m core --help` and the app start fast.
+No tensor math here: it turns a recipe into a plan and a merge, and hands
+out probes, chat, analyses and the paper-style table (core.cli turns
+command-line arguments into these calls). Heavy modules are imported inside
+functions so `python -m core --help` and the app start fast.
 """
 from __future__ import annotations
 
