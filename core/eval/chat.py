@@ -35,7 +35,6 @@ from __future__ import annotations
 import gc
 import queue
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -383,31 +382,3 @@ class ChatSession:
             return True
         pending.discard(i)
         return False
-
-
-def stream_chat(session: ChatSession, prompt: str, **kw) -> Iterator[list[str]]:
-    """Function form of ``session.stream`` for callers that prefer it."""
-    return session.stream(prompt, **kw)
-
-
-def measure_modes(refs=("zoo:safety", "zoo:math", "zoo:code"), prompt: str = "What is 12 + 7?",
-                  max_new_tokens: int = 64) -> dict:
-    """Wall time, first-update time per model and update count for both
-    modes (used for the choice of default; see bench/README.md)."""
-    s = ChatSession(list(refs))
-    out = {}
-    for mode in ("turns", "parallel", "turns", "parallel"):
-        s.reset()
-        t0 = time.perf_counter()
-        first = [None] * len(refs)
-        updates = 0
-        last = [""] * len(refs)
-        for texts in s.stream(prompt, max_new_tokens=max_new_tokens, mode=mode):
-            updates += 1
-            for i, t in enumerate(texts):
-                if t and first[i] is None:
-                    first[i] = time.perf_counter() - t0
-            last = texts
-        out[mode] = {"seconds": time.perf_counter() - t0, "first_token_s": first, "updates": updates,
-                     "chars": [len(t) for t in last]}
-    return out
