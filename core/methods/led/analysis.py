@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 from ... import checkpoint as M
-from . import masks
 
 
 class Summary:
@@ -26,11 +25,19 @@ class Summary:
     def add(self, name: str, importance: list[float], importance_base: list[float], elected: list, final: list
             ) -> None:
         """One tensor: Σ scores of each expert and of the base on its data, and the elected and final masks."""
-        counts = [(int(np.count_nonzero(e.numpy())), int(np.count_nonzero(f.numpy()))) for e, f in zip(elected, final)]
+        # numpy counts (one thread); a mask not changed by Disjoint is counted once,
+        # and a union is |a| + |b| - |a ∩ b|, so each overlap costs one pass
+        counts = []
+        for e, f in zip(elected, final):
+            ce = int(np.count_nonzero(e.numpy()))
+            counts.append((ce, ce if f is e else int(np.count_nonzero(f.numpy()))))
         overlap = []
         if self.safety is not None:
-            overlap = [masks.jaccard_counts(elected[self.safety], elected[j])
-                       for j in range(len(elected)) if j != self.safety]
+            s = elected[self.safety].numpy()
+            for j in range(len(elected)):
+                if j != self.safety:
+                    inter = int(np.count_nonzero(np.logical_and(s, elected[j].numpy())))
+                    overlap.append((inter, counts[self.safety][0] + counts[j][0] - inter))
         self._tensors[name] = (importance, importance_base, counts, overlap)
 
     def to_dict(self, cached: bool) -> dict:
