@@ -10,7 +10,7 @@ Not a test. In one process, with a fresh score cache in a temp folder:
    values, each a full ``engine.run_merge`` into a loaded model (memory hit,
    no backward pass), timed; Task Arithmetic's re-merge of the same models
    is the reference measured in the same run. Both with the small model on
-   one torch thread (``models.cpu_threads_for``, as reproduce and the chat
+   one torch thread (``checkpoint.cpu_threads_for``, as reproduce and the chat
    use) and with torch's default threads;
 4. ``service.led_analysis`` from the cache.
 
@@ -52,6 +52,7 @@ def main() -> None:
     from core.methods.led import importance as I
     from core.methods.led import scoring as S
     from core.merge import engine
+    from core.merge.plan import build
     from core.methods import led
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
@@ -67,7 +68,7 @@ def main() -> None:
     for loc in ("snip", "wanda"):
         b0, f0 = S.STATS["backward"], S.STATS["forward"]
         t = time.perf_counter()
-        prep = led.prepare(R.from_dict(family(args.n, loc)))
+        prep = led.prepare(build(R.from_dict(family(args.n, loc))))
         out[f"cold_{loc}_s"] = time.perf_counter() - t
         out[f"cold_{loc}_backward"] = S.STATS["backward"] - b0
         out[f"cold_{loc}_forward"] = S.STATS["forward"] - f0
@@ -76,7 +77,7 @@ def main() -> None:
     I.clear_memory_cache()
     b0 = S.STATS["backward"]
     t = time.perf_counter()
-    prep = led.prepare(R.from_dict(family(args.n)))
+    prep = led.prepare(build(R.from_dict(family(args.n))))
     out["disk_hit_s"] = time.perf_counter() - t
     assert prep.cached and S.STATS["backward"] == b0
 
