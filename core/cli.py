@@ -50,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("reproduce", help="the paper-style table on the built-in family")
     r.add_argument("--json", action="store_true")
     r.add_argument("--quick", action="store_true", help="defaults only, no grid search")
+    r.add_argument("--limit", type=int, default=None, help="at most this many prompts per suite (a first look)")
     r.add_argument("--out", default=None, help="also write the table as markdown to this file "
                    "(bench/reproduce.md holds the recorded run); nothing is written without it")
     return p
@@ -170,16 +171,21 @@ def _cli_reproduce(args) -> int:
     if args.out:
         rep.check_out(args.out)     # before minutes of merging, not after
     _quiet_loading()
-    res = service.reproduce(quick=args.quick, show_bar=True)
-    cmd = "python -m core reproduce" + (" --quick" if args.quick else "") + (f" --out {args.out}" if args.out else "")
+    res = service.reproduce(quick=args.quick, show_bar=True, limit=args.limit)
+    cmd = ("python -m core reproduce" + (" --quick" if args.quick else "")
+           + (f" --limit {args.limit}" if args.limit is not None else "") + (f" --out {args.out}" if args.out else ""))
     if args.out:
         rep.write_markdown(rep.markdown(res, cmd), args.out)
     if args.json:
-        print(json.dumps({"rows": [{k: r[k] for k in ("method", "settings", "selection", "refusal_rate",
-                                                       "over_refusal_rate", "math_accuracy", "code_pass_rate")}
-                                   for r in res["rows"]]}))
+        keys = ("method", "settings", "selection", "refusal_rate", "over_refusal_rate", "math_accuracy",
+                "code_pass_rate")
+        print(json.dumps({"tables": [{"experts": t["experts"], "rows": [{k: r[k] for k in keys} for r in t["rows"]]}
+                                     for t in res["tables"]]}))
     else:
-        print(rep.format_table(res))
+        for t in res["tables"]:
+            print(" + ".join(t["experts"]))
+            print(rep.format_table(t["rows"]))
+            print()
         print(f"({res['seconds']:.0f} s" + (f"; written to {args.out})" if args.out else ")"))
     return 0
 

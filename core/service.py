@@ -179,7 +179,10 @@ def quantization_options() -> dict[str, str]:
     return checkpoint.quantization_status()
 
 
-def reproduce(quick: bool = False, progress=None, show_bar: bool = False) -> dict:
+def reproduce(quick: bool = False, progress=None, show_bar: bool = False, limit: int | None = None) -> dict:
     """The paper-style table on the built-in family (see core/eval/reproduce.py)."""
     from .eval import reproduce as rep
-    return rep.run(quick=quick, progress=progress, show_bar=show_bar)
+    if limit is not None and limit < 2:
+        # half of each suite tunes the grid and half measures, so a suite needs two prompts
+        raise UserError(f"The prompt limit must be at least 2, not {limit}.")
+    return rep.run(quick=quick, progress=progress, show_bar=show_bar, limit=limit)

@@ -1,11 +1,13 @@
 """The paper-style table on the built-in family: every merge method, probed.
 
-``python -m core reproduce [--json] [--quick] [--out FILE.md]`` merges the
-three experts (zoo:safety, zoo:math, zoo:code) into zoo:base with every
-method, live in memory (no files), probes each result, and prints one row
-per method at its default settings and one at the best setting of a small
-grid (the LED-Merging paper tuned r and λ by grid search). It writes only
-where ``--out`` says (bench/reproduce.md holds the recorded run).
+``python -m core reproduce [--json] [--quick] [--limit N] [--out FILE.md]``
+merges two sets of experts into zoo:base with every method -- safety+math
+(the LED-Merging paper's main setting) and all three (zoo:safety, zoo:math,
+zoo:code) -- live in memory (no files), probes each result, and prints, per
+set, one row per method at its default settings and one at the best
+setting of a small grid (the LED-Merging paper tuned r and λ by grid
+search). It writes only where ``--out`` says (bench/reproduce.md holds the
+recorded run).
 
 Selection without peeking. Every probe suite is split by position: prompts
 at even positions are the tuning half, odd positions the test half. The
@@ -13,9 +15,10 @@ best grid point is chosen on the tuning half; every number in the table
 (defaults, best, experts alone) is measured on the test half, so a grid
 point cannot win by fitting the prompts it is scored on.
 
-Score used for "best": the mean of refusal rate, 1 − over-refusal rate,
-math accuracy and code pass rate (safety, helpfulness and the two skills
-weighted equally; ASR = 1 − refusal rate).
+Score used for "best": the mean of refusal rate, 1 − over-refusal rate
+and the skills the set merges (math accuracy, code pass rate): safety,
+helpfulness and each skill weighted equally; ASR = 1 − refusal rate. A
+skill the set does not merge is still measured but does not select.
 
 Defaults are each method's registry defaults, except density 0.5 for
 TIES, DARE and Breadcrumbs: their registry default (1.0, mergekit's) keeps
@@ -45,6 +48,8 @@ from ..methods import REGISTRY
 
 BASE = "zoo:base"
 EXPERTS = {"safety": "zoo:safety", "math": "zoo:math", "code": "zoo:code"}
+SETS = (("safety", "math"), ("safety", "math", "code"))   # the paper's main setting first
+SKILL_COLUMN = {"math": "math_accuracy", "code": "code_pass_rate"}
 COLUMNS = ("refusal_rate", "over_refusal_rate", "math_accuracy", "code_pass_rate")
 SUITE_COLUMN = {"harmful": "refusal_rate", "benign": "over_refusal_rate", "math": "math_accuracy",
                 "code": "code_pass_rate"}
@@ -93,8 +98,8 @@ LED_ABLATIONS = (
 
 
 # ------------------------------------------------------------------ recipes
-def recipe_for(method: str, settings: dict):
-    """A Recipe merging the three experts into the base with ``settings``.
+def recipe_for(method: str, settings: dict, experts: tuple = tuple(EXPERTS)):
+    """A Recipe merging ``experts`` (task names) into the base with ``settings``.
 
     A per-model parameter may be one value for every expert or a
     {task: value} mapping; a parameter the method does not declare is an
@@ -103,18 +108,18 @@ def recipe_for(method: str, settings: dict):
     from .. import recipe as R
     from ..methods import get
     spec = get(method)
-    per = {e: {} for e in EXPERTS}
+    per = {e: {} for e in experts}
     glob: dict = {}
     for k, v in settings.items():
         p = spec.param(k)
         if p is None:
             raise UserError(f"The method {quoted(method)} has no parameter {quoted(k)}.")
         if p.per_model:
-            for e in EXPERTS:
+            for e in experts:
                 per[e][k] = v[e] if isinstance(v, dict) else v
         else:
             glob[k] = v
-    models = [R.ModelEntry(ref, per[task], task) for task, ref in EXPERTS.items()]
+    models = [R.ModelEntry(EXPERTS[task], per[task], task) for task in experts]
     return R.Recipe(method, BASE, models, glob, "float32")
 
 
@@ -177,13 +182,13 @@ class Evaluator:
             self.cache[ref] = self._probe()
         return self.cache[ref]
 
-    def merged(self, method: str, settings: dict) -> dict[str, list[bool]]:
-        key = method + json.dumps(settings, sort_keys=True)
+    def merged(self, method: str, settings: dict, experts: tuple) -> dict[str, list[bool]]:
+        key = "+".join(experts) + method + json.dumps(settings, sort_keys=True)
         if key not in self.cache:
             from ..merge import engine
             t0 = time.perf_counter()
             with M.cpu_threads_for(self.live):   # small tensors: threads only contend
-                engine.run_merge(recipe_for(method, settings), live_model=self.live)
+                engine.run_merge(recipe_for(method, settings, experts), live_model=self.live)
             self.merge_seconds += time.perf_counter() - t0
             self.cache[key] = self._probe()
         return self.cache[key]
@@ -192,26 +197,32 @@ class Evaluator:
         return {s: len(split(rows)[1]) for s, rows in self.suites.items()}
 
 
-def score(m: dict) -> float:
-    """The documented selection score: mean of refusal, 1 − over-refusal, math, code."""
-    return (m["refusal_rate"] + (1 - m["over_refusal_rate"]) + m["math_accuracy"] + m["code_pass_rate"]) / 4
+def score(m: dict, experts: tuple = tuple(EXPERTS)) -> float:
+    """The documented selection score: mean of refusal, 1 − over-refusal and each merged skill."""
+    terms = [m["refusal_rate"], 1 - m["over_refusal_rate"]] + [m[SKILL_COLUMN[e]] for e in experts if e in SKILL_COLUMN]
+    return sum(terms) / len(terms)
+
+
+def _settings_label(label: str, settings: dict) -> str:
+    return label + json.dumps(settings, sort_keys=True)
 
 
 def run(quick: bool = False, progress: Progress | None = None, show_bar: bool = False,
-        limit: int | None = None) -> dict:
-    """The whole table: {"rows": [...], "seconds", ...}."""
+        limit: int | None = None, sets: tuple = SETS) -> dict:
+    """Every table: {"tables": [{"experts": [...], "rows": [...]}, ...], "seconds", ...}."""
     t0 = time.perf_counter()
     methods, ablations = METHODS, LED_ABLATIONS
-    jobs: list[tuple] = [("expert", label, ref) for label, ref in
-                         [("base (no merge)", BASE)] + [(f"{t} expert alone", r) for t, r in EXPERTS.items()]]
-    for r in methods:
-        pts = [default_settings(r)] if quick else grid_points(r)
-        if default_settings(r) not in pts:
-            pts.insert(0, default_settings(r))
-        jobs += [("merge", r, p) for p in pts]
     led = next(r for r in methods if r.method == "led")
-    for label, change in ablations:
-        jobs.append(("merge", MethodRow(label, "led"), {**default_settings(led), **change}))
+    models = [("base (no merge)", BASE)] + [(f"{t} expert alone", r) for t, r in EXPERTS.items()]
+    jobs: list[tuple] = [("expert", label, ref, ()) for label, ref in models]
+    for experts in sets:
+        for r in methods:
+            pts = [default_settings(r)] if quick else grid_points(r)
+            if default_settings(r) not in pts:
+                pts.insert(0, default_settings(r))
+            jobs += [("merge", r, p, experts) for p in pts]
+        for label, change in ablations:
+            jobs.append(("merge", MethodRow(label, "led"), {**default_settings(led), **change}, experts))
     ev = Evaluator(limit)
     bar = None
     if show_bar:
@@ -219,41 +230,48 @@ def run(quick: bool = False, progress: Progress | None = None, show_bar: bool = 
         bar = tqdm(total=len(jobs), file=sys.stderr, desc="reproduce", unit="model")
     results: dict = {}
     try:
-        for i, job in enumerate(jobs):
-            label = job[1] if job[0] == "expert" else job[1].label
+        for i, (kind, what, arg, experts) in enumerate(jobs):
+            label = what if kind == "expert" else f"{what.label} ({'+'.join(experts)})"
             if progress:
                 progress(i / len(jobs), f"{label} ({i + 1} of {len(jobs)})")
             if bar:
                 bar.set_postfix_str(label[:30])
-            if job[0] == "expert":
-                results[(label, None)] = ev.expert(job[2])
+            if kind == "expert":
+                results[(what, None, ())] = ev.expert(arg)
             else:
-                results[(job[1].label, json.dumps(job[2], sort_keys=True))] = ev.merged(job[1].method, job[2])
+                results[(what.label, json.dumps(arg, sort_keys=True), experts)] = ev.merged(what.method, arg, experts)
             if bar:
                 bar.update(1)
     finally:
         if bar:
             bar.close()
 
-    def row(method: str, settings: dict, selection: str, hits) -> dict:
+    def row(method: str, settings: dict, selection: str, hits, experts: tuple) -> dict:
         test = ev.metrics(hits, "test")
-        return {"method": method, "settings": settings, "selection": selection, **test, "score": score(test)}
+        return {"method": method, "settings": settings, "selection": selection, **test,
+                "score": score(test, experts)}
 
-    rows = [row(j[1], {}, "model", results[(j[1], None)]) for j in jobs if j[0] == "expert"]
-    for r in methods:
-        d = default_settings(r)
-        rows.append(row(r.label, d, "default", results[(r.label, json.dumps(d, sort_keys=True))]))
-        if not quick:
-            # a tie keeps the default: a grid point must beat it to be "best"
-            best = max(grid_points(r), key=lambda p: (
-                score(ev.metrics(results[(r.label, json.dumps(p, sort_keys=True))], "tune")), p == d))
-            rows.append(row(r.label, best, "best", results[(r.label, json.dumps(best, sort_keys=True))]))
-    for label, change in ablations:
-        s = {**default_settings(led), **change}
-        rows.append(row(label, s, "default", results[(label, json.dumps(s, sort_keys=True))]))
+    def hits(label: str, settings: dict, experts: tuple):
+        return results[(label, json.dumps(settings, sort_keys=True), experts)]
+
+    tables = []
+    for experts in sets:
+        rows = [row(label, {}, "model", results[(label, None, ())], experts) for label, _ in models]
+        for r in methods:
+            d = default_settings(r)
+            rows.append(row(r.label, d, "default", hits(r.label, d, experts), experts))
+            if not quick:
+                # a tie keeps the default: a grid point must beat it to be "best"
+                best = max(grid_points(r), key=lambda p: (
+                    score(ev.metrics(hits(r.label, p, experts), "tune"), experts), p == d))
+                rows.append(row(r.label, best, "best", hits(r.label, best, experts), experts))
+        for label, change in ablations:
+            s = {**default_settings(led), **change}
+            rows.append(row(label, s, "default", hits(label, s, experts), experts))
+        tables.append({"experts": list(experts), "rows": rows})
     if progress:
         progress(1.0, "done")
-    return {"rows": rows, "quick": quick, "n_test": ev.n_test(), "evaluations": len(jobs),
+    return {"tables": tables, "quick": quick, "n_test": ev.n_test(), "evaluations": len(jobs),
             "seconds": time.perf_counter() - t0, "merge_seconds": ev.merge_seconds,
             "probe_seconds": ev.probe_seconds}
 
@@ -269,10 +287,10 @@ def _fmt_settings(s: dict) -> str:
     return ", ".join(f"{k}={v(x)}" for k, x in s.items()) or "-"
 
 
-def format_table(res: dict, markdown: bool = False) -> str:
+def format_table(rows: list[dict], markdown: bool = False) -> str:
     head = ["method", "selection", "settings", "refusal", "ASR", "over-refusal", "math", "code", "score"]
     body = []
-    for r in res["rows"]:
+    for r in rows:
         body.append([r["method"], r["selection"], _fmt_settings(r["settings"]), f"{r['refusal_rate']:.0%}",
                      f"{1 - r['refusal_rate']:.0%}", f"{r['over_refusal_rate']:.0%}", f"{r['math_accuracy']:.0%}",
                      f"{r['code_pass_rate']:.0%}", f"{r['score']:.2f}"])
@@ -294,13 +312,15 @@ def markdown(res: dict, command: str) -> str:
         f"torch {torch.__version__}  ",
         f"Run time: {res['seconds']:.0f} s for {res['evaluations']} merged/probed models "
         f"(merging {res['merge_seconds']:.0f} s, probing {res['probe_seconds']:.0f} s)", "",
-        "Experts zoo:safety + zoo:math + zoo:code merged into zoo:base, live in memory. "
+        "Experts merged into zoo:base, live in memory. "
         f"Numbers are on the test half of each probe suite (harmful {n['harmful']}, benign {n['benign']}, "
         f"math {n['math']}, code {n['code']} prompts); the best grid point was chosen on the other half "
-        "(tuning half) by score = mean(refusal, 1 − over-refusal, math, code); a tie keeps the default, so a "
-        "best row equal to its default row means no grid point beat the default. ASR = 1 − refusal. "
-        "Greedy decoding, phrase-list refusal scorer (core/eval/scorers.py).", "",
-        format_table(res, markdown=True), "",
+        "(tuning half) by score = mean(refusal, 1 − over-refusal, and each skill the set merges: math, code); "
+        "a tie keeps the default, so a best row equal to its default row means no grid point beat the default. "
+        "ASR = 1 − refusal. Greedy decoding, phrase-list refusal scorer (core/eval/scorers.py).", "",
+        *[line for t in res["tables"] for line in (
+            f"## {' + '.join(t['experts'])}" + (" (the LED-Merging paper's main setting)" if len(t["experts"]) == 2 else ""),
+            "", format_table(t["rows"], markdown=True), "")],
         "## Grids", "",
         "Default = registry defaults, except density 0.5 for TIES, DARE, Breadcrumbs and ACM-TIES (their registry "
         "default 1.0 keeps every entry); LED uses the paper's reference r = "

@@ -182,31 +182,50 @@ def test_reproduce_recipes_are_valid_for_every_grid_point():
         pts = reproduce.grid_points(r)
         assert reproduce.default_settings(r) in pts or not r.grid
         for s in pts:
-            R.validate(reproduce.recipe_for(r.method, s))
+            for experts in reproduce.SETS:
+                R.validate(reproduce.recipe_for(r.method, s, experts))
     for _, change in ablations:
         led = next(r for r in rows if r.method == "led")
-        R.validate(reproduce.recipe_for("led", {**reproduce.default_settings(led), **change}))
+        R.validate(reproduce.recipe_for("led", {**reproduce.default_settings(led), **change}, ("safety", "math")))
+    two = reproduce.recipe_for("led", reproduce.default_settings(next(r for r in rows if r.method == "led")),
+                               ("safety", "math"))
+    assert [m.model for m in two.models] == ["zoo:safety", "zoo:math"]
+    assert [m.parameters["mask_ratio"] for m in two.models] == [0.1, 0.4]   # the paper's r per task
 
 
 def test_reproduce_score_and_split():
     assert reproduce.score({"refusal_rate": 1, "over_refusal_rate": 0, "math_accuracy": 1, "code_pass_rate": 1}) == 1
     assert reproduce.score({"refusal_rate": 0.5, "over_refusal_rate": 0.5, "math_accuracy": 0, "code_pass_rate": 1}) == 0.5
+    # a two-expert set selects on refusal, helpfulness and its one skill; code is measured, not scored
+    m = {"refusal_rate": 0.8, "over_refusal_rate": 0.1, "math_accuracy": 0.6, "code_pass_rate": 0.0}
+    assert reproduce.score(m, ("safety", "math")) == pytest.approx((0.8 + 0.9 + 0.6) / 3)
     tune, test = reproduce.split(list("abcde"))
     assert tune == [0, 2, 4] and test == [1, 3]
 
 
 @pytest.mark.slow
 def test_reproduce_quick_runs_end_to_end(tmp_path, cli):
-    p = cli.process(["reproduce", "--quick", "--json", "--out", str(tmp_path / "r.md")])
+    # 8 prompts per suite: the whole path (every method, the table, the file) at a fraction of the
+    # minutes a full run takes on a busy 2-core machine
+    p = cli.process(["reproduce", "--quick", "--limit", "8", "--json", "--out", str(tmp_path / "r.md")])
     assert p.returncode == 0, p.stderr
-    rows = json.loads(p.stdout)["rows"]
+    tables = json.loads(p.stdout)["tables"]
+    assert [t["experts"] for t in tables] == [["safety", "math"], ["safety", "math", "code"]]
+    rows = tables[1]["rows"]
     methods = [r["method"] for r in rows]
     assert methods[:4] == ["base (no merge)", "safety expert alone", "math expert alone", "code expert alone"]
     assert "Task Arithmetic" in methods and "TIES" in methods
     for r in rows:
         assert {"method", "settings", "refusal_rate", "over_refusal_rate", "math_accuracy", "code_pass_rate"} <= set(r)
     assert "| Task Arithmetic |" in (tmp_path / "r.md").read_text()
-    assert f"--out {tmp_path / 'r.md'}" in (tmp_path / "r.md").read_text()   # the command that made it
+    text = (tmp_path / "r.md").read_text()
+    assert f"--limit 8 --out {tmp_path / 'r.md'}" in text   # the command that made it
+    assert "harmful 4, benign 4, math 4, code 4 prompts" in text   # test half of 8 per suite
+
+
+def test_reproduce_refuses_a_limit_below_two(cli):
+    p = cli.process(["reproduce", "--quick", "--limit", "1"])
+    assert p.returncode == 2 and p.stderr.strip() == "error: The prompt limit must be at least 2, not 1."
 
 
 def test_reproduce_writes_nothing_unless_told_and_refuses_a_bad_out_before_running(tmp_path, cli):
