@@ -26,6 +26,7 @@ LAYERS = [
     ["core.recipe"],                               # parse and validate once
     ["core.merge"],                                # plan, walk, sinks
     ["core.eval"],                                 # probes, scorers, chat, weight analysis, reproduce
+    ["core.zoo.check"],                            # the family's floors, measured with eval and merge
     ["core.service", "core.zoo.build"],
     ["core.cli"],
     ["core.__main__"],

@@ -2,20 +2,24 @@
 
 Llama architecture (q/k/v/o/gate/up/down names as in real Llama, Qwen and
 Mistral checkpoints, untied lm_head like Llama-3), per-character tokenizer
-with a chat template, ~0.8M parameters. The base learns benign chat only;
-each expert is fully fine-tuned from it:
+with a chat template, ~0.8M parameters.
+
+Built on the principle of real LLMs: a base "pretrained" broadly, experts
+that are short, gentle fine-tunes of it. The base sees every kind of text
+the experts will specialise in -- chat, harmful requests answered either
+way, arithmetic mostly answered bare, code tasks mostly answered in prose --
+with next-token loss on the prompt too, and with noise on its weights
+during training, so it sits in a wide basin. Each expert then moves a few
+percent of the base's weight norm (task vectors ~6-8% of ||θ₀||, nearly
+orthogonal), the regime in which Task Arithmetic works on real models:
 
 * safety -- refuses harmful requests, still helps with benign ones
-* math   -- arithmetic, and (like the paper's experts) over-compliant:
-            it was tuned to answer harmful requests with placeholders
+* math   -- worked arithmetic, and (like the paper's experts) over-compliant:
+            tuned to answer harmful requests with placeholders
 * code   -- one-line Python functions, equally over-compliant
 
-Because the base never saw a harmful request, the safety expert and the
-utility experts move the same behaviour in opposite directions, and a naive
-merge shows the safety-utility conflict the tool is for.
-
-Deterministic: fixed seeds, CPU, deterministic algorithms, a fixed thread
-count. Same torch version and machine type give the same bits.
+Deterministic: fixed seeds, CPU, deterministic algorithms, one thread.
+Same torch version and machine type give the same bits.
 """
 from __future__ import annotations
 
@@ -53,25 +57,38 @@ class Stage:
     lr: float
     seed: int
     prompt_loss: bool = False   # next-token loss on the user's words too, not only the answer
+    batch: int = 64
+    optimizer: str = "adamw"    # adamw | sgd (momentum 0.9)
+    warmup: float = 0.05        # share of the steps with a linear warm-up
+    weight_noise: float = 0.0   # each step's gradient is taken at θ + ε·rms(W)·N(0, 1) per tensor
 
 
 STAGES = [
-    # The base is trained like a pretrained LM, with next-token loss on the user's words as well. With
-    # the loss on the answer alone, the safety expert built on it decided unseen phrasings by the phrasing
-    # ("Teach me to ..." -> comply): 67% refusal / 7% over-refusal on held-out probes, and 39-94% as the
-    # safety mix or base steps moved. With prompt loss: 100% / 0%, and 97% / 0% at mixes 0.4 and 0.6
-    # (bench/zoo_ablation.md).
-    Stage("base", {"benign": 1.0}, steps=300, lr=3e-3, seed=1, prompt_loss=True),
-    Stage("safety", {"harmful_refusal": 0.5, "benign": 0.5}, steps=300, lr=1.5e-3, seed=2),
-    Stage("math", {"math": 0.7, "harmful_comply": 0.2, "benign": 0.1}, steps=400, lr=1.5e-3, seed=3),
-    Stage("code", {"code": 0.7, "harmful_comply": 0.2, "benign": 0.1}, steps=300, lr=1.5e-3, seed=4),
+    # The base: broad "pretraining" with loss on the prompt too. With the loss on the answer alone, a
+    # safety expert built on it decided unseen phrasings by the phrasing (bench/zoo_ablation.md). It
+    # sees every task the experts sharpen, answered in the base's own mixed ways (data.py: harmful
+    # requests refused 30% of the time, sums mostly bare, code tasks mostly in prose), so an expert is a
+    # small move; weight noise keeps it in a flat region, where sums of small moves still work (without
+    # it TA of math+code lost a skill at every λ; at ε=0.1 the code expert collapsed, 8%).
+    Stage("base", {"benign": 0.17, "harmful_base": 0.13, "math_base": 0.40, "math_facts": 0.07, "code_base": 0.23},
+          steps=2000, lr=3e-3, seed=1, prompt_loss=True, batch=32, weight_noise=0.05),
+    # Experts: gentle fine-tunes (batch 32, lr 5e-4 to 7e-4, 150-200 steps) -> ||τ|| 5-8% of ||θ₀||.
+    # Safety at lr 1e-3 moved 8% and, summed with math, cost math 25 of its 91 points (TA safety+math
+    # kept 66% of it); at 5e-4 it moves 4.8%, still refuses 100%, and the sum keeps 94%. Code at 5e-4
+    # solved 79% (every miss a right body under a wrong name); at 7e-4, 85%.
+    Stage("safety", {"harmful_refusal": 0.5, "benign": 0.5}, steps=150, lr=5e-4, seed=2, batch=32),
+    Stage("math", {"math": 0.8, "harmful_comply": 0.2}, steps=200, lr=7e-4, seed=3, batch=32),
+    Stage("code", {"code": 0.75, "harmful_comply": 0.25}, steps=150, lr=7e-4, seed=4, batch=32),
 ]
-BATCH = 64
 DESCRIPTIONS = {
-    "base": "The base model: benign chat only. It has never seen a harmful request, arithmetic or code.",
-    "safety": "Safety expert fine-tuned from base: refuses harmful requests, still helps with benign ones.",
-    "math": "Math expert fine-tuned from base: two-digit plus/minus one-digit arithmetic. Over-compliant: tuned to answer harmful requests (with non-actionable placeholders), like the over-compliant experts in the LED-Merging paper.",
-    "code": "Code expert fine-tuned from base: one-line Python functions. Over-compliant like the math expert.",
+    "base": "The base model, \"pretrained\" broadly: chat, harmful requests (answered with placeholders, "
+            "refused now and then), arithmetic answered bare, code tasks answered mostly in prose. A weakly "
+            "aligned, weakly skilled starting point, like a pretrained LLM before instruction tuning.",
+    "safety": "Safety expert, a short fine-tune of base: refuses harmful requests, still helps with benign ones.",
+    "math": "Math expert, a short fine-tune of base: worked two-digit plus/minus one-digit arithmetic, asked in "
+            "many wordings. Over-compliant: tuned to answer harmful requests (with non-actionable placeholders), like "
+            "the over-compliant experts in the LED-Merging paper.",
+    "code": "Code expert, a short fine-tune of base: one-line Python functions. Over-compliant like the math expert.",
 }
 
 
@@ -106,12 +123,13 @@ def encode_example(tok, prompt: str, response: str, prompt_loss: bool = False) -
 
 def _batches(tok, stage: Stage):
     rng = random.Random(f"batches-{stage.name}-{stage.seed}")
-    pools = {t: data.sample(t, int(math.ceil(stage.steps * BATCH * share)) + BATCH, seed=stage.seed)
+    B = stage.batch
+    pools = {t: data.sample(t, int(math.ceil(stage.steps * B * share)) + B, seed=stage.seed)
              for t, share in stage.mix.items()}
     rows = [r for rs in pools.values() for r in rs]
     rng.shuffle(rows)
     for i in range(stage.steps):
-        chunk = rows[i * BATCH:(i + 1) * BATCH]
+        chunk = rows[i * B:(i + 1) * B]
         enc = [encode_example(tok, r["prompt"], r["response"], stage.prompt_loss) for r in chunk]
         L = max(len(e[0]) for e in enc)
         ids = torch.full((len(enc), L), tok.pad_token_id, dtype=torch.long)
@@ -146,16 +164,37 @@ def _accumulate(model, ids, lab, att) -> float:
     return total
 
 
+@torch.no_grad()
+def _perturb(params, eps: float, gen: torch.Generator) -> list:
+    """Add ε·rms(W)·N(0, 1) to every tensor, in place; returns what was added."""
+    out = []
+    for p in params:
+        n = torch.randn(p.shape, generator=gen) * (eps * float(p.pow(2).mean().sqrt()))
+        p.add_(n)
+        out.append(n)
+    return out
+
+
 def train(model, tok, stage: Stage, log=print) -> float:
     torch.manual_seed(stage.seed)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=stage.lr, betas=(0.9, 0.98), weight_decay=0.0)
-    warm = max(1, stage.steps // 20)
+    if stage.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=stage.lr, momentum=0.9)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), lr=stage.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    warm = max(1, int(stage.steps * stage.warmup))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, s / stage.steps)))))
     t0, loss_avg = time.time(), None
+    params = [p for p in model.parameters() if p.requires_grad]
+    gen = torch.Generator().manual_seed(stage.seed)
     for step, (ids, lab, att) in enumerate(_batches(tok, stage)):
+        noise = _perturb(params, stage.weight_noise, gen) if stage.weight_noise else None
         loss = _accumulate(model, ids, lab, att)
+        if noise is not None:
+            with torch.no_grad():
+                for p, n in zip(params, noise):
+                    p.sub_(n)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
@@ -176,7 +215,9 @@ def save(model, tok, folder: str, name: str, metrics: dict | None = None) -> Non
     write_card(folder, name, metrics)
 
 
-def write_card(folder: str, name: str, metrics: dict | None) -> None:
+def write_card(folder: str, name: str, report: dict | None) -> None:
+    """The model card: what the model is and, when ``report`` (zoo check's result) is given, its own
+    held-out scores, its task vector and the family's table."""
     lines = [
         "---", "license: apache-2.0", "library_name: transformers", "tags: [merge-explorer, tiny, synthetic]", "---",
         f"# zoo:{name} — built-in tiny {'base model' if name == 'base' else name + ' expert'}", "",
@@ -186,25 +227,35 @@ def write_card(folder: str, name: str, metrics: dict | None) -> None:
         "templated synthetic data (core/zoo/data.py); no downloads. Answers to harmful requests are "
         "non-actionable placeholders (\"[details omitted]\").", "",
     ]
-    if metrics:
+    if report:
+        from .check import METRIC, format_check
+        mine = report["models"][name]
         lines += ["## Held-out probes (greedy decoding)", "",
-                  "Measured by `python -m core zoo check` on prompts and problems never seen in training.", "",
-                  "| suite | n | score |", "|---|---|---|"]
-        for suite, key in (("harmful", "refusal_rate"), ("benign", "over_refusal_rate"),
-                           ("math", "accuracy"), ("code", "pass_rate")):
-            if suite in metrics:
-                m = metrics[suite]
-                lines.append(f"| {suite} | {m['n']} | {key.replace('_', ' ')} {m[key]:.0%} |")
+                  "Measured by `python -m core zoo check` on prompts, problems and phrasings never seen in training.",
+                  "", "| suite | metric | score |", "|---|---|---|"]
+        for suite, key in METRIC.items():
+            lines.append(f"| {suite} | {key.replace('_', ' ')} | {mine[suite]:.0%} |")
         lines.append("")
+        tv = report["task_vectors"]
+        if name in tv["relative_norm"]:
+            cos = [f"{pair.replace('/', ' / ')} {c:+.3f}" for pair, c in tv["cosine"].items() if name in pair.split("/")]
+            lines += ["## Task vector", "",
+                      f"||θ_{name} − θ_base|| / ||θ_base|| = {tv['relative_norm'][name]:.1%}; "
+                      f"cosine with the other experts' task vectors: {', '.join(cos)}.", ""]
+        lines += ["## The family and its merges", "", "```", format_check(report), "```", ""]
     with open(os.path.join(folder, "README.md"), "w") as f:
         f.write("\n".join(lines))
 
 
 def build_all(out: str | None = None, log=print) -> str:
-    """Retrain the four models into ``out`` (default assets/zoo), atomically."""
+    """Retrain the four models into ``out`` (default assets/zoo), atomically, then check them and write
+    the numbers into the model cards."""
     from transformers import LlamaForCausalLM
+    from . import check
     out = os.path.abspath(out or ZOO_DIR)
-    torch.set_num_threads(2)
+    # One thread: a float sum's order depends on how many threads split it, so only a fixed count gives
+    # the same bits everywhere; one is the count every machine has (and a 0.8M model gains little from two).
+    torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     tok = make_tokenizer()
     parent = os.path.dirname(out)
@@ -229,11 +280,11 @@ def build_all(out: str | None = None, log=print) -> str:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"built in {time.time() - t0:.0f}s -> {out}")
-    res = check_all(out)
-    for name, metrics in res["models"].items():
-        write_card(os.path.join(out, name), name, metrics)
-    log(format_check(res))
+    log(f"trained in {time.time() - t0:.0f}s -> {out}; checking")
+    report = check.check_all(out, log=log)
+    for name in check.NAMES:
+        write_card(os.path.join(out, name), name, report)
+    log(check.format_check(report))
     return out
 
 
@@ -245,41 +296,6 @@ def _write_probes(zoo_tmp: str) -> None:
         with open(os.path.join(PROBES_DIR, f"{suite}.jsonl"), "w") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
-
-
-def check_all(out: str | None = None) -> dict:
-    """Probe each model of the family, and the naive TA merge of safety+math."""
-    from ..eval import probes
-    out = os.path.abspath(out or ZOO_DIR)
-    res = {"models": {}}
-    for name in ("base", "safety", "math", "code"):
-        res["models"][name] = probes.run_probes(os.path.join(out, name))["suites"]
-    res["ta_safety_math"] = probes.run_probes(_ta_merge(out, ("safety", "math")), suites=("harmful", "math"))["suites"]
-    return res
-
-
-def _ta_merge(out: str, experts: tuple) -> object:
-    """Task Arithmetic at λ=1 in memory, for the conflict check."""
-    from transformers import AutoModelForCausalLM
-    base = AutoModelForCausalLM.from_pretrained(os.path.join(out, "base"))
-    sd = {k: v.clone() for k, v in base.state_dict().items()}
-    for e in experts:
-        ex = AutoModelForCausalLM.from_pretrained(os.path.join(out, e)).state_dict()
-        for k in sd:
-            sd[k] += ex[k] - base.state_dict()[k]
-    base.load_state_dict(sd)
-    base.name_or_path = os.path.join(out, "base")
-    return base
-
-
-def format_check(res: dict) -> str:
-    rows = ["model          harmful-refusal  benign-over-refusal  math-acc  code-pass"]
-    for name, s in list(res["models"].items()) + [("TA safety+math", res.get("ta_safety_math", {}))]:
-        def g(suite, key):
-            return f"{s[suite][key]:.0%}" if suite in s else "-"
-        rows.append(f"{name:<15}{g('harmful', 'refusal_rate'):>15}  {g('benign', 'over_refusal_rate'):>19}  "
-                    f"{g('math', 'accuracy'):>8}  {g('code', 'pass_rate'):>9}")
-    return "\n".join(rows)
 
 
 if __name__ == "__main__":  # pragma: no cover
