@@ -17,15 +17,16 @@ STEPS = [
      "Task Arithmetic adds each expert's change to the base: θ = θ₀ + λ·Σ τᵢ. "
      "It is the simplest merge and it often works, so it is the baseline to beat."),
     ("ask_harmful", "2 · Ask a harmful question side by side",
-     "The safety expert refuses and the math expert complies. On the built-in family the plain sum at λ = 1 "
-     "refuses none of the held-out harmful probes and loses the math too, because the two changes overwrite each other."),
+     "The safety expert refuses and the math expert complies. The plain sum keeps most of the math expert's skill "
+     "but refuses far fewer held-out harmful requests than the safety expert: the math expert's over-compliance wins."),
     ("overlap", "3 · Open the overlap heatmap",
      "Each cell shows how many of the weights that matter most for safety also matter most for math (Jaccard index). "
      "Where the sets overlap, adding both task vectors makes them fight over the same weights."),
     ("led", "4 · Merge with LED-Merging",
      "LED-Merging keeps, for each expert, only the weights important in both the base and the expert, "
      "and drops weights two experts both claim, so one expert's critical weights are not overwritten by the other's. "
-     "On this tiny family it does not rescue the merge either (step 5 puts numbers on it); the paper measured it on 7B models."),
+     "On this tiny family it does not keep both: at the paper's settings it keeps the math and loses the refusals, "
+     "and a larger safety r brings refusals back only by losing the math (bench/led_search.md); the paper measured 7B models."),
     ("compare", "5 · Compare with quick probes",
      "Probes put numbers on what the chat showed: how often each model refuses held-out harmful requests and "
      "how often it solves math. The merge you want sits high (safe) and to the right (useful)."),
