@@ -246,7 +246,8 @@ def store(key: str, tensors: dict[str, torch.Tensor], meta: dict) -> Scores:
 
     def write(tmp: str) -> None:
         # tied weights are one tensor under two names; safetensors wants distinct storage
-        save_file({k: v.contiguous().clone() if _shared(v, tensors, k) else v.contiguous()
+        shared = _shared(tensors)
+        save_file({k: v.contiguous().clone() if k in shared else v.contiguous()
                    for k, v in tensors.items()}, tmp,
                   metadata={"version": VERSION, **{k: str(v) for k, v in meta.items()}})
     written = CACHE.write(key, ".safetensors", write)
@@ -258,9 +259,13 @@ def store(key: str, tensors: dict[str, torch.Tensor], meta: dict) -> Scores:
     return CACHE.remember(key, scores)
 
 
-def _shared(v: torch.Tensor, tensors: dict, k: str) -> bool:
-    ptr = v.untyped_storage().data_ptr()
-    return any(o is not v and o.untyped_storage().data_ptr() == ptr for n, o in tensors.items() if n != k)
+def _shared(tensors: dict) -> set[str]:
+    """Names whose storage another entry shares (tied weights, one expert's
+    slice of a fused tensor): safetensors wants each stored on its own."""
+    by_ptr: dict[int, list[str]] = {}
+    for k, v in tensors.items():
+        by_ptr.setdefault(v.untyped_storage().data_ptr(), []).append(k)
+    return {k for names in by_ptr.values() if len(names) > 1 for k in names}
 
 
 def clear_memory_cache() -> None:
@@ -310,7 +315,7 @@ def compute(jobs: list[Job], method: str = "snip", *, seed: int = 0, device: str
         return out, True
     keys = []
     for j in jobs:
-        max_len = min(MAX_LENGTH, int(j.info.config.get("max_position_embeddings") or MAX_LENGTH))
+        max_len = M.max_length(j.info, MAX_LENGTH)
         keys.append((cache_key(j.info, method, j.rows, tokenizer_dir=_tokenizer_dir(j), dtype=dtype_name,
                                max_length=max_len), max_len))
     todo: dict[str, list[int]] = {}
@@ -348,8 +353,14 @@ def compute(jobs: list[Job], method: str = "snip", *, seed: int = 0, device: str
                                         f"within {max_len} tokens; give shorter prompts.")
                     span = (done / n_todo, (done + 1) / n_todo)
                     fn = snip if method == "snip" else wanda
-                    tensors = fn(model, samples, progress, span, label=j.label)
+                    # scored on the parameters as transformers holds them; stored
+                    # per checkpoint tensor (fused MoE experts split back per expert)
+                    tensors = M.to_checkpoint(model, fn(model, samples, progress, span, label=j.label))
                     tensors = {k: v for k, v in tensors.items() if k in info.tensors}
+                    missing = [k for k, t in info.tensors.items() if t.is_float and k not in tensors]
+                    if missing:
+                        raise UserError(f"LED cannot map the loaded model's parameters back to the checkpoint tensor "
+                                        f"{quoted(missing[0])} of {quoted(info.ref)} ({len(missing)} unmapped).")
                     out[i] = store(key, tensors, {"method": method, "model": info.ref, "n": len(samples),
                                                   "data": j.label})
                     done += 1
