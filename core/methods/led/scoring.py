@@ -99,28 +99,41 @@ def answer_loss(model, sample: Sample) -> torch.Tensor:
 
 def snip(model, samples: list[Sample], progress: Progress | None = None, span=(0.0, 1.0),
          label: str = "model") -> dict[str, torch.Tensor]:
-    """{name: |θ| ⊙ Σₖ |∂Lₖ/∂θ|} (float32, CPU) with one backward pass per sample."""
+    """{name: |θ| ⊙ Σₖ |∂Lₖ/∂θ|} (float32, CPU) with one backward pass per sample.
+
+    Streams layer by layer: each parameter's gradient is folded into its
+    accumulator the moment the backward pass has finished it, and freed, so
+    the pass holds one gradient at a time instead of a model-sized set
+    (peak: the model, the accumulators and one layer's gradient).
+    """
     named = _named_weights(model)
     uniq: dict[int, torch.nn.Parameter] = {}
     for _, p in named:
         uniq.setdefault(id(p), p)
     params = list(uniq.values())
     acc = {id(p): torch.zeros(p.shape, dtype=torch.float32, device=p.device) for p in params}
-    was = [p.requires_grad for p in params]
+    was = [(p.requires_grad, p.grad) for p in params]
+
+    def fold(p: torch.nn.Parameter) -> None:
+        g = p.grad
+        acc[id(p)].add_(g.abs_() if g.dtype == torch.float32 else g.abs().float())
+        p.grad = None
+    hooks = []
     for p in params:
         p.requires_grad_(True)
+        p.grad = None
+        hooks.append(p.register_post_accumulate_grad_hook(fold))
     try:
         for i, s in enumerate(samples):
-            loss = answer_loss(model, s)
-            grads = torch.autograd.grad(loss, params, allow_unused=True)
+            answer_loss(model, s).backward()
             STATS["backward"] += 1
-            for p, g in zip(params, grads):
-                if g is not None:
-                    acc[id(p)].add_(g.detach().abs().float())
             _tick(progress, span, (i + 1) / len(samples), f"SNIP scores of {label}: sample {i + 1} of {len(samples)}")
     finally:
-        for p, w in zip(params, was):
+        for h in hooks:
+            h.remove()
+        for p, (w, g) in zip(params, was):
             p.requires_grad_(w)
+            p.grad = g
     with torch.no_grad():
         for p in params:   # in place: no second model-sized copy
             acc[id(p)].mul_(p.detach().abs().float())
