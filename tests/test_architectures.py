@@ -151,6 +151,14 @@ def test_a_grown_vocabulary_merges_under_the_architectures_names(arch, family, t
     _loads_and_generates(out, archs.VOCAB + GROWN)
 
 
+def test_the_command_line_names_the_architecture(family, cli):
+    f = family("gpt-neox")
+    code, out, err = cli(["compat", f["base"], f["e1"], f["grown"]])
+    assert code == 0, err
+    assert out.strip().splitlines()[-1] == "Compatible: GPTNeoXForCausalLM (gpt_neox)."
+    assert f"adds {GROWN} tokens to the vocabulary" in out
+
+
 def test_vocabulary_names_come_from_the_model_class(family):
     """The embedding and head of each naming, as transformers names them in the checkpoint."""
     want = {"gpt-neox": {"gpt_neox.embed_in.weight", "embed_out.weight"}, "gpt2": {"transformer.wte.weight"},
@@ -271,4 +279,5 @@ def test_fused_against_per_expert_moe_checkpoints_is_one_sentence(family, tmp_pa
     AutoModelForCausalLM.from_pretrained(f["e1"]).save_pretrained(fused, save_original_format=False)
     assert "model.layers.0.mlp.experts.gate_up_proj" in inspect(fused).tensors   # stored as held in memory
     rec = {"merge_method": "task_arithmetic", "base_model": f["base"], "models": [fused]}
-    _refused(rec, tmp_path, "experts fused", "save both with save_pretrained")
+    _refused(rec, tmp_path, "holds them in memory (e.g. 'model.layers.0.mlp.experts.down_proj')",
+             "'model.layers.0.mlp.experts.0.down_proj.weight'", "save both with save_pretrained")

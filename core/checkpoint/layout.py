@@ -206,9 +206,10 @@ def describe(info: ModelInfo) -> str:
 
 
 def fused_format(base: ModelInfo, other: ModelInfo) -> str | None:
-    """A sentence when ``other`` stores as transformers holds in memory what
-    the base stores as checkpoints do (or the reverse), e.g. fused MoE experts
-    against one tensor per expert; None otherwise."""
+    """A sentence when ``other`` stores its tensors as transformers holds them
+    in memory and the base as checkpoints are saved (or the reverse): fused
+    MoE experts against one tensor per expert, GPT-NeoX's lm_head against
+    embed_out; None otherwise."""
     lay = layout(base)
     if not lay.known or lay.memory_names == lay.checkpoint_names:
         return None
@@ -219,6 +220,8 @@ def fused_format(base: ModelInfo, other: ModelInfo) -> str | None:
         return None
     fused, plain = (other, base) if fused_o else (base, other)
     example = sorted(set(fused.tensors) - lay.checkpoint_names)[0]
-    return (f"{quoted(fused.ref)} stores its weights the way transformers holds them in memory (e.g. {quoted(example)}, "
-            f"experts fused) but {quoted(plain.ref)} stores one tensor per checkpoint weight; save both with "
-            "save_pretrained so they use one format.")
+    theirs = sorted(set(plain.tensors) - lay.memory_names)
+    return (f"{quoted(fused.ref)} stores its weights the way transformers holds them in memory (e.g. {quoted(example)}) "
+            f"but {quoted(plain.ref)} stores them the way its checkpoints are saved"
+            + (f" (e.g. {quoted(theirs[0])})" if theirs else "") + "; save both with save_pretrained so they use "
+            "one format.")

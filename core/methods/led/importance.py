@@ -358,11 +358,20 @@ def compute(jobs: list[Job], method: str = "snip", *, seed: int = 0, device: str
                     tensors = M.to_checkpoint(model, fn(model, samples, progress, span, label=j.label))
                     tensors = {k: v for k, v in tensors.items() if k in info.tensors}
                     missing = [k for k, t in info.tensors.items() if t.is_float and k not in tensors]
+                    lay = M.layout(info)
+                    for k in [k for k in missing if lay.known and k not in lay.checkpoint_names]:
+                        # a tensor the model class never reads (an old buffer such as
+                        # GPT-2's attn.bias): no importance, so the base's is kept
+                        tensors[k] = torch.zeros(info.tensors[k].shape, dtype=torch.float32)
+                    missing = [k for k in missing if k not in tensors]
                     if missing:
                         raise UserError(f"LED cannot map the loaded model's parameters back to the checkpoint tensor "
                                         f"{quoted(missing[0])} of {quoted(info.ref)} ({len(missing)} unmapped).")
                     out[i] = store(key, tensors, {"method": method, "model": info.ref, "n": len(samples),
                                                   "data": j.label})
+                    # a set too big to keep is read back from its file: drop this copy
+                    # before the next pass (it was a third model-sized block at 0.5B)
+                    del tensors
                     done += 1
         finally:
             del model
