@@ -242,14 +242,10 @@ def _room() -> int:
 
 def store(key: str, tensors: dict[str, torch.Tensor], meta: dict) -> Scores:
     """Write scores to the disk cache and remember them."""
-    from safetensors.torch import save_file
+    from ...checkpoint.writer import write_file
 
     def write(tmp: str) -> None:
-        # tied weights are one tensor under two names; safetensors wants distinct storage
-        shared = _shared(tensors)
-        save_file({k: v.contiguous().clone() if k in shared else v.contiguous()
-                   for k, v in tensors.items()}, tmp,
-                  metadata={"version": VERSION, **{k: str(v) for k, v in meta.items()}})
+        write_file(tmp, tensors, {"version": VERSION, **{k: str(v) for k, v in meta.items()}})
     written = CACHE.write(key, ".safetensors", write)
     total = sum(t.numel() * 4 for t in tensors.values())
     if total <= _room() or not written:
@@ -257,15 +253,6 @@ def store(key: str, tensors: dict[str, torch.Tensor], meta: dict) -> Scores:
     else:
         scores = FileScores(key, CACHE.path(key, ".safetensors"))
     return CACHE.remember(key, scores)
-
-
-def _shared(tensors: dict) -> set[str]:
-    """Names whose storage another entry shares (tied weights, one expert's
-    slice of a fused tensor): safetensors wants each stored on its own."""
-    by_ptr: dict[int, list[str]] = {}
-    for k, v in tensors.items():
-        by_ptr.setdefault(v.untyped_storage().data_ptr(), []).append(k)
-    return {k for names in by_ptr.values() if len(names) > 1 for k in names}
 
 
 def clear_memory_cache() -> None:
