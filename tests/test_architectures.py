@@ -281,3 +281,23 @@ def test_fused_against_per_expert_moe_checkpoints_is_one_sentence(family, tmp_pa
     rec = {"merge_method": "task_arithmetic", "base_model": f["base"], "models": [fused]}
     _refused(rec, tmp_path, "holds them in memory (e.g. 'model.layers.0.mlp.experts.down_proj')",
              "'model.layers.0.mlp.experts.0.down_proj.weight'", "save both with save_pretrained")
+
+
+def test_scores_read_back_from_their_files_merge_the_same(family, tmp_path, monkeypatch):
+    """A score set too big for memory is written by the one writer and read
+    back per tensor (FileScores): the same masks, so the same merge, as when
+    kept in memory -- for split expert tensors too."""
+    f = family("mixtral")
+    rec = _recipes(f)["led"]
+    service.merge(rec, out_dir=str(tmp_path / "memory"))
+    monkeypatch.setattr(core, "CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(I, "MEMORY_BYTES", 0)
+    I.clear_memory_cache()
+    service.merge(rec, out_dir=str(tmp_path / "files"))
+    assert all(isinstance(s, I.FileScores) for s in I.CACHE.values())
+    I.clear_memory_cache()
+    service.merge(rec, out_dir=str(tmp_path / "files-again"))   # from the disk cache alone
+    a, b, c = (_weights(str(tmp_path / x)) for x in ("memory", "files", "files-again"))
+    assert set(a) == set(b) == set(c)
+    for k in a:
+        assert torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]), k
