@@ -129,7 +129,7 @@ def _cli_compat(args) -> int:
         for p in rep.problems:
             print("error:", p, file=sys.stderr)
         return 2
-    print("Compatible.")
+    print(rep.sentence())   # "Compatible: Qwen2ForCausalLM (qwen2)."
     return 0
 
 

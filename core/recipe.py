@@ -211,7 +211,9 @@ def _canonical(spec, raw: dict, where: str, per_model: bool) -> dict:
         if p is None:
             known = sorted({q.name for q in spec.params if q.per_model or not per_model}
                            | ({"seed"} if not per_model else set()))
-            raise UserError(f"{quoted(key)}{where} is not a parameter of {spec.name}; known: {', '.join(known)}.")
+            have = f"known: {', '.join(known)}" if known else \
+                f"{spec.name} takes no {'per-model ' if per_model else ''}parameters"
+            raise UserError(f"{quoted(key)}{where} is not a parameter of {spec.name}; {have}.")
         if per_model and not p.per_model:
             raise UserError(f"{quoted(name)}{where} is a global parameter of {spec.name}; put it under the recipe's parameters.")
         out[name] = _check_value(p, value, where)

@@ -78,6 +78,13 @@ def test_unknown_parameter_global_and_per_model_list_the_known():
         "'wieght' of 'zoo:safety' is not a parameter of task_arithmetic; known: weight."
 
 
+def test_a_method_with_no_per_model_parameters_says_so():
+    # slerp has none per model: the sentence used to end "known: ."
+    rec = R.from_dict({"merge_method": "slerp", "base_model": "zoo:base",
+                       "models": [{"model": "zoo:safety", "parameters": {"weight": 0.5}}], "parameters": {"t": 0.5}})
+    assert refused(rec) == "'weight' of 'zoo:safety' is not a parameter of slerp; slerp takes no per-model parameters."
+
+
 def test_global_parameter_under_a_model_is_pointed_to_the_right_place():
     msg = refused(R.loads(TA.replace("{weight: 0.7}", "{weight: 0.7, lambda: 2}")))
     assert msg == "'lambda' of 'zoo:safety' is a global parameter of task_arithmetic; put it under the recipe's parameters."

@@ -544,14 +544,14 @@ def test_space_mode_refuses_folders_outside_the_allow_list(fam, tmp_path, cli, m
     refused(["compat", "zoo:base", "../../../etc"], cli, "outside the folders this Space may read")
     # the built-in family always works
     code, stdout, _ = cli(["compat", "zoo:base", "zoo:safety"])
-    assert code == 0 and "Compatible." in stdout
+    assert code == 0 and "Compatible: LlamaForCausalLM (llama)." in stdout
 
 
 def test_space_mode_allowed_paths_and_symlinks(fam, tmp_path, cli, monkeypatch):
     monkeypatch.setenv("MERGE_EXPLORER_SPACE", "1")
     monkeypatch.setenv("MERGE_EXPLORER_ALLOWED_PATHS", f"/nonexistent:{fam}")
     code, stdout, err = cli(["compat", fam / "base", fam / "safety"])
-    assert code == 0 and "Compatible." in stdout, err
+    assert code == 0 and "Compatible: LlamaForCausalLM (llama)." in stdout, err
     link = fam / "escape"
     if not link.exists():
         os.symlink(tmp_path, link)            # inside an allowed root, pointing outside it

@@ -7,7 +7,7 @@ from typing import Iterable
 
 from ..errors import quoted
 from .headers import ModelInfo
-from .naming import is_vocab_tensor
+from .layout import describe, fused_format, layout, vocab_tensors
 
 
 @dataclass
@@ -18,9 +18,12 @@ class CompatReport:
     notes: list[str] = field(default_factory=list)      # handled, but worth saying
     vocab_extra: dict[str, int] = field(default_factory=dict)  # expert ref -> extra rows
     rows: list[dict] = field(default_factory=list)      # one per model, for a table
+    architecture: str = ""                              # the base's, e.g. "Qwen2ForCausalLM (qwen2)"
 
     def sentence(self) -> str:
-        return self.problems[0] if self.problems else "Compatible."
+        if self.problems:
+            return self.problems[0]
+        return f"Compatible: {self.architecture}." if self.architecture else "Compatible."
 
 
 
@@ -28,8 +31,9 @@ class CompatReport:
 def compatibility(base: ModelInfo, experts: Iterable[ModelInfo]) -> CompatReport:
     """Same family, same tensor names and shapes; vocab growth is allowed."""
     experts = list(experts)
-    rep = CompatReport(ok=True)
+    rep = CompatReport(ok=True, architecture=describe(base))
     rep.rows.append(_row(base, "base"))
+    vocab = vocab_tensors(base)
     seen = {base.path}
     for e in experts:
         rep.rows.append(_row(e, "expert"))
@@ -43,6 +47,14 @@ def compatibility(base: ModelInfo, experts: Iterable[ModelInfo]) -> CompatReport
         if e.n_layers != base.n_layers:
             rep.problems.append(f"{quoted(e.ref)} has {e.n_layers} layers but the base has {base.n_layers}; it was not fine-tuned from this base.")
             continue
+        tied = _tied_mismatch(base, e)
+        if tied:
+            rep.problems.append(tied)
+            continue
+        fused = fused_format(base, e)
+        if fused:
+            rep.problems.append(fused)
+            continue
         missing = sorted(set(base.tensors) - set(e.tensors))
         extra = sorted(set(e.tensors) - set(base.tensors))
         if missing or extra:
@@ -53,10 +65,10 @@ def compatibility(base: ModelInfo, experts: Iterable[ModelInfo]) -> CompatReport
             et = e.tensors[k]
             if et.shape == bt.shape:
                 continue
-            if is_vocab_tensor(k) and et.shape[1:] == bt.shape[1:] and et.shape[0] > bt.shape[0]:
+            if k in vocab and et.shape[1:] == bt.shape[1:] and et.shape[0] > bt.shape[0]:
                 rep.vocab_extra[e.ref] = et.shape[0] - bt.shape[0]
                 continue
-            if is_vocab_tensor(k) and et.shape[1:] == bt.shape[1:]:
+            if k in vocab and et.shape[1:] == bt.shape[1:]:
                 # the shapes alone did not say this is about the vocabulary
                 rep.problems.append(f"{quoted(e.ref)} has a smaller vocabulary than the base ({et.shape[0]} rows in {quoted(k)}, "
                                     f"the base has {bt.shape[0]}); only an expert that adds tokens can be merged.")
@@ -69,6 +81,19 @@ def compatibility(base: ModelInfo, experts: Iterable[ModelInfo]) -> CompatReport
         rep.problems.append("No experts chosen: pick at least one model to merge into the base.")
     rep.ok = not rep.problems
     return rep
+
+
+def _tied_mismatch(base: ModelInfo, e: ModelInfo) -> str | None:
+    """One sentence when one model ties its output embedding to the input
+    embedding and the other stores its own (the head tensor is in one checkpoint only)."""
+    lb, le = layout(base), layout(e)
+    if not (lb.known and le.known) or lb.tied == le.tied:
+        return None
+    tied, untied = (base, e) if lb.tied else (e, base)
+    head = sorted(layout(untied).head & set(untied.tensors))
+    what = f" ({quoted(head[0])})" if head else ""
+    return (f"{quoted(untied.ref)} has its own output embedding{what} but {quoted(tied.ref)} ties it to the input "
+            "embedding (tie_word_embeddings); they were not fine-tuned from one base, so they do not merge.")
 
 
 def _row(m: ModelInfo, role: str) -> dict:

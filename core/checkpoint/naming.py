@@ -1,16 +1,10 @@
-"""What a tensor name says: its decoder layer, its module kind, whether its
-rows are the vocabulary."""
+"""What a tensor name says: its decoder layer, its module kind, its point.
+Which tensors are the vocabulary, the final norm or the head is asked of
+transformers (layout.py); a Layout given to ``point_of`` overrides the
+name rules below."""
 from __future__ import annotations
 
 import re
-
-# tensors whose first dimension is the vocabulary
-VOCAB_TENSORS = ("embed_tokens.weight", "lm_head.weight")
-
-
-def is_vocab_tensor(name: str) -> bool:
-    return name.endswith(VOCAB_TENSORS) or name.endswith("wte.weight")
-
 
 
 def layer_of(name: str) -> int | None:
@@ -57,9 +51,15 @@ def point_names(n_layers: int) -> list[str]:
     return ["embed"] + [f"layer {k}" for k in range(n_layers)] + ["norm", "lm_head"]
 
 
-def point_of(name: str) -> str | None:
-    """The point a tensor belongs to (None: none, e.g. a rotary buffer)."""
+def point_of(name: str, layout=None) -> str | None:
+    """The point a tensor belongs to (None: none, e.g. GPT-2's position
+    embedding). ``layout`` (checkpoint.layout.Layout): what transformers says
+    is the embedding, final norm and head of the architecture."""
     layer = layer_of(name)
     if layer is not None:
         return f"layer {layer}"
+    if layout is not None and layout.known:
+        for point, names in (("embed", layout.embed), ("norm", layout.norm), ("lm_head", layout.head)):
+            if name in names:
+                return point
     return OUTSIDE_POINTS.get(module_of(name))

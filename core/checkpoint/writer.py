@@ -31,8 +31,10 @@ class ShardWriter:
     first tensor arrives, then every tensor's bytes are appended in order.
     """
 
-    def __init__(self, folder: str, layout: list[tuple[str, str, tuple[int, ...]]], shard_size: int):
+    def __init__(self, folder: str, layout: list[tuple[str, str, tuple[int, ...]]], shard_size: int,
+                 metadata: dict[str, str] | None = None, file_name: str | None = None):
         self.folder = folder
+        self.metadata = {"format": "pt", **(metadata or {})}
         self.shards: list[list[tuple[str, str, tuple[int, ...], int]]] = [[]]
         size = 0
         for name, st, shape in layout:
@@ -43,7 +45,7 @@ class ShardWriter:
             self.shards[-1].append((name, st, shape, n))
             size += n
         total = len(self.shards)
-        self.files = ["model.safetensors"] if total == 1 else \
+        self.files = [file_name or "model.safetensors"] if total == 1 else \
             [f"model-{i + 1:05d}-of-{total:05d}.safetensors" for i in range(total)]
         self._where = {t[0]: (i, j) for i, s in enumerate(self.shards) for j, t in enumerate(s)}
         self._shard = -1
@@ -70,7 +72,7 @@ class ShardWriter:
         self._written += 1
 
     def _open(self, i: int) -> None:
-        header: dict = {"__metadata__": {"format": "pt"}}
+        header: dict = {"__metadata__": dict(self.metadata)}
         off = 0
         for name, st, shape, n in self.shards[i]:
             header[name] = {"dtype": st, "shape": list(shape), "data_offsets": [off, off + n]}
@@ -99,6 +101,20 @@ class ShardWriter:
 
     def abort(self) -> None:
         self._close()
+
+
+def write_file(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
+    """One safetensors file, streamed tensor by tensor: no serialized copy of
+    the whole set in memory (safetensors' save_file builds one, a model-sized
+    block for LED's scores at 0.5B), and views or tied tensors need no clone."""
+    layout = [(k, _ST_NAMES[v.dtype], tuple(v.shape)) for k, v in tensors.items()]
+    w = ShardWriter(os.path.dirname(path) or ".", layout, 1 << 62, metadata, os.path.basename(path))
+    try:
+        for k, v in tensors.items():
+            w.add(k, v)
+        w.finish()
+    finally:
+        w.abort()
 
 
 def _numel(shape) -> int:

@@ -114,6 +114,6 @@ def _out_meta(p: Plan, name: str, dtype: torch.dtype) -> tuple[str, tuple[int, .
     if not meta.is_float:
         return meta.dtype, meta.shape
     shape = meta.shape
-    if p.grow_from is not None and M.is_vocab_tensor(name):
+    if p.grow_from is not None and name in M.vocab_tensors(p.base):
         shape = p.grow_from.tensors[name].shape
     return _ST_NAMES[dtype], shape

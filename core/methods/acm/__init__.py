@@ -57,8 +57,8 @@ class Prepared:
     """Per-tensor ``aux`` for the engine: {"coeffs": [λ_i for this tensor's point], "point": name};
     ``summary()``: the analysis the coefficients came from (core.service.acm_analysis)."""
 
-    def __init__(self, analysis: dict):
-        self.analysis = analysis
+    def __init__(self, analysis: dict, layout=None):
+        self.analysis, self.layout = analysis, layout
         points, experts, coef = analysis["layers"], analysis["experts"], analysis["coef"]
         self.points, self.experts, self.coef = points, experts, coef
         self._by_point = {p: [coef[e][j] for e in experts] for j, p in enumerate(points)}
@@ -69,7 +69,7 @@ class Prepared:
 
     def aux(self, name: str) -> dict:
         from ...checkpoint.naming import point_of
-        p = point_of(name)
+        p = point_of(name, self.layout)
         return {"coeffs": list(self._by_point.get(p, self._fallback)), "point": p}
 
 
@@ -105,7 +105,8 @@ def analyse(p, progress=None) -> dict:
 
 
 def prepare(plan, progress=None) -> Prepared:
-    return Prepared(analyse(plan, progress))
+    from ...checkpoint import layout
+    return Prepared(analyse(plan, progress), layout(plan.base))
 
 
 def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: dict,

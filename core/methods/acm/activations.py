@@ -54,22 +54,12 @@ CACHE = Cache("acm", ESTIMATOR)    # files under CACHE_DIR/acm, memory in front
 
 
 # --------------------------------------------------------------- points
-def _parts(model):
-    """(embedding module, decoder layers, final norm) of a causal LM."""
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
-    layers = getattr(decoder, "layers", None)
-    norm = getattr(decoder, "norm", None)
-    if decoder is None or layers is None or norm is None:
-        raise UserError(f"ACM needs a decoder with .layers and a final .norm (Llama-style); "
-                        f"{type(model).__name__} has none.")
-    return model.get_input_embeddings(), list(layers), norm
-
-
 class _Hooks:
-    """Forward hooks that keep the latest output of every point."""
+    """Forward hooks that keep the latest output of every point (the model
+    is asked for its embedding, blocks and final norm: checkpoint.layout)."""
 
     def __init__(self, model):
-        embed, layers, norm = _parts(model)
+        embed, layers, norm = M.parts_or_refuse(model)
         self.names = M.point_names(len(layers))
         self.out: dict[str, torch.Tensor] = {}
         mods = [embed] + layers + [norm]
@@ -128,12 +118,14 @@ def mean_states(model, batches: Batches, progress: Progress | None = None, span=
     """(n, hidden) mean over real tokens of the final hidden state (after the
     final norm), the sample embedding ACM clusters. Skips the lm_head."""
     dev = _device_of(model)
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.model
-    out = torch.zeros(batches.n, model.config.hidden_size, dtype=torch.float32)
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else model.base_model
+    out = None
     for b, (idx, x, mask) in enumerate(batches):
         STATS["forward_batches"] += 1
         h = decoder(input_ids=x.to(dev), attention_mask=mask.to(dev), use_cache=False).last_hidden_state
         h = h.float().cpu()
+        if out is None:   # the width the decoder gives (GPT-2's config calls it n_embd)
+            out = torch.zeros(batches.n, h.shape[-1], dtype=torch.float32)
         m = mask.unsqueeze(-1).float()
         out[idx] = (h * m).sum(1) / m.sum(1)
         _tick(progress, span, (b + 1) / len(batches), f"embedding calibration pool: batch {b + 1} of {len(batches)}")
@@ -312,7 +304,7 @@ def layer_mi(base: M.ModelInfo, experts: list[M.ModelInfo], rows: list[dict], *,
     cached (True when no forward pass ran).
     """
     dev = M.pick_device(device)
-    max_len = min(MAX_LENGTH, int(base.config.get("max_position_embeddings") or MAX_LENGTH))
+    max_len = M.max_length(base, MAX_LENGTH)
     key = f"{base.fingerprint()}-" + data_hash(rows, base.path, n=n_calibration, k=clusters, seed=seed,
                                                 max_length=max_len)
     entry = dict(_load_entry(key))

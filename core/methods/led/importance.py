@@ -127,18 +127,21 @@ class DictScores(Scores):
 
 
 class FileScores(Scores):
-    """Scores read per tensor from their cache file (sets too big to hold)."""
+    """Scores read per tensor from their cache file (sets too big to hold),
+    with the one weights reader (pread, not a memory map: a mapped 2 GB file
+    per score set counted in the process's RSS once read, 10 GB for a 0.5B
+    re-merge)."""
 
     def __init__(self, key: str, path: str):
-        from safetensors import safe_open
         self.key, self.path = key, path
-        self._h = safe_open(path, framework="pt", device="cpu")
+        info = M.ModelInfo(ref=path, path=os.path.dirname(path), config={},
+                           tensors=M.read_safetensors_header(path))
+        self._reader = M.Reader(info)
 
     def get(self, name: str) -> torch.Tensor:
-        try:
-            return self._h.get_tensor(name).float()
-        except Exception:
+        if name not in self._reader.info.tensors:
             raise UserError(f"No importance score for tensor {quoted(name)} in {quoted(self.path)}; delete the file to recompute.")
+        return self._reader.get(name, torch.float32)
 
 
 class _LazyScores(Scores):
@@ -242,13 +245,10 @@ def _room() -> int:
 
 def store(key: str, tensors: dict[str, torch.Tensor], meta: dict) -> Scores:
     """Write scores to the disk cache and remember them."""
-    from safetensors.torch import save_file
+    from ...checkpoint.writer import write_file
 
     def write(tmp: str) -> None:
-        # tied weights are one tensor under two names; safetensors wants distinct storage
-        save_file({k: v.contiguous().clone() if _shared(v, tensors, k) else v.contiguous()
-                   for k, v in tensors.items()}, tmp,
-                  metadata={"version": VERSION, **{k: str(v) for k, v in meta.items()}})
+        write_file(tmp, tensors, {"version": VERSION, **{k: str(v) for k, v in meta.items()}})
     written = CACHE.write(key, ".safetensors", write)
     total = sum(t.numel() * 4 for t in tensors.values())
     if total <= _room() or not written:
@@ -256,11 +256,6 @@ def store(key: str, tensors: dict[str, torch.Tensor], meta: dict) -> Scores:
     else:
         scores = FileScores(key, CACHE.path(key, ".safetensors"))
     return CACHE.remember(key, scores)
-
-
-def _shared(v: torch.Tensor, tensors: dict, k: str) -> bool:
-    ptr = v.untyped_storage().data_ptr()
-    return any(o is not v and o.untyped_storage().data_ptr() == ptr for n, o in tensors.items() if n != k)
 
 
 def clear_memory_cache() -> None:
@@ -310,7 +305,7 @@ def compute(jobs: list[Job], method: str = "snip", *, seed: int = 0, device: str
         return out, True
     keys = []
     for j in jobs:
-        max_len = min(MAX_LENGTH, int(j.info.config.get("max_position_embeddings") or MAX_LENGTH))
+        max_len = M.max_length(j.info, MAX_LENGTH)
         keys.append((cache_key(j.info, method, j.rows, tokenizer_dir=_tokenizer_dir(j), dtype=dtype_name,
                                max_length=max_len), max_len))
     todo: dict[str, list[int]] = {}
@@ -348,10 +343,25 @@ def compute(jobs: list[Job], method: str = "snip", *, seed: int = 0, device: str
                                         f"within {max_len} tokens; give shorter prompts.")
                     span = (done / n_todo, (done + 1) / n_todo)
                     fn = snip if method == "snip" else wanda
-                    tensors = fn(model, samples, progress, span, label=j.label)
+                    # scored on the parameters as transformers holds them; stored
+                    # per checkpoint tensor (fused MoE experts split back per expert)
+                    tensors = M.to_checkpoint(model, fn(model, samples, progress, span, label=j.label))
                     tensors = {k: v for k, v in tensors.items() if k in info.tensors}
+                    missing = [k for k, t in info.tensors.items() if t.is_float and k not in tensors]
+                    lay = M.layout(info)
+                    for k in [k for k in missing if lay.known and k not in lay.checkpoint_names]:
+                        # a tensor the model class never reads (an old buffer such as
+                        # GPT-2's attn.bias): no importance, so the base's is kept
+                        tensors[k] = torch.zeros(info.tensors[k].shape, dtype=torch.float32)
+                    missing = [k for k in missing if k not in tensors]
+                    if missing:
+                        raise UserError(f"LED cannot map the loaded model's parameters back to the checkpoint tensor "
+                                        f"{quoted(missing[0])} of {quoted(info.ref)} ({len(missing)} unmapped).")
                     out[i] = store(key, tensors, {"method": method, "model": info.ref, "n": len(samples),
                                                   "data": j.label})
+                    # a set too big to keep is read back from its file: drop this copy
+                    # before the next pass (it was a third model-sized block at 0.5B)
+                    del tensors
                     done += 1
         finally:
             del model
