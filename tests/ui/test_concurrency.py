@@ -21,6 +21,7 @@ import torch
 from core import service
 from core.zoo.data import EXAMPLE_PROMPTS
 from ui import app as A
+from ui.tabs import chat as CH, merge as MG
 from ui import controls as C
 from ui import state as S
 
@@ -64,8 +65,8 @@ def _reference(recipe: dict) -> tuple[str, dict]:
     S.drop(None)
     try:
         v = values(C.values_from_recipe(recipe))
-        A.do_merge(*v)
-        final = list(A.chat_send(HARMFUL, A.MAX_NEW_TOKENS, False, *v))[-1]
+        MG.do_merge(*v)
+        final = list(CH.chat_send(HARMFUL, CH.MAX_NEW_TOKENS, False, *v))[-1]
         sess = S.get(None)
         return final[0][-1]["content"], {k: t.detach().clone() for k, t in sess.model.state_dict().items()}
     finally:
