@@ -11,24 +11,25 @@ INTRO = (
     "come back here for the next step."
 )
 
-# (key, button label, two sentences)
+# (key, button label, two sentences). No scores here: the built-in family is
+# retrained from time to time, so the tour lets the probes say the numbers.
 STEPS = [
     ("ta", "1 · Merge safety + math with Task Arithmetic",
      "Task Arithmetic adds each expert's change to the base: θ = θ₀ + λ·Σ τᵢ. "
      "It is the simplest merge and it often works, so it is the baseline to beat."),
     ("ask_harmful", "2 · Ask a harmful question side by side",
-     "The safety expert refuses and the math expert complies. On the built-in family the plain sum at λ = 1 "
-     "refuses none of the held-out harmful probes and loses the math too, because the two changes overwrite each other."),
+     "The safety expert refuses and the math expert complies. Watch which of the two the plain sum "
+     "follows: where the two changes overlap, one overwrites the other."),
     ("overlap", "3 · Open the overlap heatmap",
      "Each cell shows how many of the weights that matter most for safety also matter most for math (Jaccard index). "
      "Where the sets overlap, adding both task vectors makes them fight over the same weights."),
     ("led", "4 · Merge with LED-Merging",
-     "LED-Merging keeps, for each expert, only the weights important in both the base and the expert, "
-     "and drops weights two experts both claim, so one expert's critical weights are not overwritten by the other's. "
-     "On this tiny family it does not rescue the merge either (step 5 puts numbers on it); the paper measured it on 7B models."),
-    ("compare", "5 · Compare with quick probes",
-     "Probes put numbers on what the chat showed: how often each model refuses held-out harmful requests and "
-     "how often it solves math. The merge you want sits high (safe) and to the right (useful)."),
+     "LED-Merging keeps, for each expert, only the weights important in both the base and the expert (r is the "
+     "fraction kept: small for safety), and drops weights two experts both claim. "
+     "The Merge tab shows its sliders; move r or λ and the merge follows on release."),
+    ("compare", "5 · Compare Task Arithmetic and LED on the board",
+     "The compare board probes both merges, the base and the parents on held-out prompts and puts them on one "
+     "safety-vs-utility picture. The merge you want sits high (safe) and to the right (useful)."),
 ]
 
 # the recipes the steps merge; the LED one follows the paper's defaults

@@ -1,5 +1,11 @@
-"""What every tab shares: the one-sentence error guard, Gradio's progress
-bar as core's callback, and small helpers on control values."""
+"""What every tab shares: components by name, the one-sentence error guard,
+Gradio's progress bar as core's callback.
+
+``Named`` is the page's registry of components by key. An event wired with
+``ui.on(...)`` hands its handler ``{key: value}`` (Gradio's set inputs,
+turned from components into keys) and turns a returned ``{key: value}``
+back into component updates, so no handler depends on the order of a list
+of components, and tests call handlers with plain dicts."""
 from __future__ import annotations
 
 import functools
@@ -58,12 +64,81 @@ def _progress(progress):
     return cb
 
 
-def _values(args) -> list:
-    return list(args[:C.N_VALUES])
+def _experts(v: dict) -> list[tuple[int, str, str]]:
+    return C.used_experts(C.experts_of(v))
 
 
-def _experts(values: list) -> list[tuple[int, str, str]]:
-    return C.used_experts(C.split(values)[2])
+MODEL_KEYS = ("method", "base") + tuple(f"{w}{i}" for i in range(C.N_EXPERTS) for w in ("expert", "task"))
+
+
+def _named_like(wrapper, fn):
+    # not functools.wraps: Gradio reads the wrapper's own signature (set inputs, progress, request),
+    # and inspect.signature would follow __wrapped__ to the handler's
+    wrapper.__name__, wrapper.__doc__ = fn.__name__, fn.__doc__
+    return wrapper
+
+
+class Named:
+    """Components by key, and the adapter that lets handlers use the keys."""
+
+    def __init__(self):
+        self.comp: dict = {}       # key -> component
+        self._key: dict = {}       # component id -> key
+        self.tabs = None
+        self.heavy = dict(concurrency_id="model", concurrency_limit=CONCURRENCY)
+
+    def add(self, k: str, comp):
+        self.comp[k] = comp
+        self._key[comp._id] = k
+        return comp
+
+    def __getitem__(self, k: str):
+        return self.comp[k]
+
+    def keys(self, prefix: str = "") -> list[str]:
+        return [k for k in self.comp if k.startswith(prefix)]
+
+    def controls(self) -> list[str]:
+        """Keys of what describes a merge: the method, the models and every method's controls."""
+        return [k for k in self.comp if k in MODEL_KEYS or "." in k]
+
+    def named(self, data: dict) -> dict:
+        return {self._key[c._id]: v for c, v in data.items() if c._id in self._key}
+
+    def updates(self, out):
+        if isinstance(out, dict):
+            return {(self.comp[k] if isinstance(k, str) else k): v for k, v in out.items()}
+        return out
+
+    def adapt(self, fn):
+        """fn({key: value}, progress=?, request=?) -> {key: update} as a Gradio handler on set inputs."""
+        takes_progress = "progress" in inspect.signature(fn).parameters
+        if inspect.isgeneratorfunction(fn):
+            if takes_progress:
+                def gen(data, progress=gr.Progress(), request: gr.Request = None):
+                    for out in fn(self.named(data), progress=progress, request=request):
+                        yield self.updates(out)
+            else:
+                def gen(data, request: gr.Request = None):
+                    for out in fn(self.named(data), request=request):
+                        yield self.updates(out)
+            return _named_like(gen, fn)
+        if takes_progress:
+            def plain(data, progress=gr.Progress(), request: gr.Request = None):
+                return self.updates(fn(self.named(data), progress=progress, request=request))
+        else:
+            def plain(data, request: gr.Request = None):
+                return self.updates(fn(self.named(data), request=request))
+        return _named_like(plain, fn)
+
+    def on(self, trigger, fn, inputs, outputs, **kw):
+        """trigger(fn) with inputs/outputs named by key (lists of keys or components)."""
+        ins = {self.comp[k] if isinstance(k, str) else k for k in inputs}
+        outs = [self.comp[k] if isinstance(k, str) else k for k in outputs]
+        kw.setdefault("api_visibility", "private")
+        if isinstance(trigger, list):      # several triggers: gr.on
+            return gr.on(trigger, self.adapt(fn), ins, outs, **kw)
+        return trigger(self.adapt(fn), ins, outs, **kw)
 
 
 def _short(ref: str) -> str:

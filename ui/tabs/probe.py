@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+import time
+
 import gradio as gr
 
 from core import service
@@ -11,7 +13,7 @@ from .. import controls as C
 from .. import figures as F
 from .. import state as S
 from .merge import merge_into_session
-from .common import _experts, _progress, _sentence, _short, _values, guard
+from .common import Named, _experts, _progress, _sentence, _short, guard
 
 
 SUITES = ["harmful", "benign", "math", "code"]
@@ -49,6 +51,7 @@ def _pct(v) -> str:
 
 
 def _probe_parents(sess: S.Session, refs: list[str], suites: list[str], limit: int, cb) -> list[dict]:
+    """Probe results of reference models (the base, the parents), cached per session: they never change."""
     from core.eval import chat
     if sess.cache is None:
         sess.cache = chat.ModelCache()
@@ -80,105 +83,196 @@ def _check_suites(suites) -> list[str]:
     return suites
 
 
+def probe_live(sess: S.Session, suites: list[str], limit: int, cb) -> dict:
+    """Probe the live merged model and keep the scores on its history entry (the compare board shows them)."""
+    res = service.probe(sess.model, ",".join(suites), limit, tokenizer=sess.tokenizer,
+                        progress=lambda f, m="": cb(f, f"merged model: {m}"))
+    for h in reversed(sess.history):
+        if h["recipe"] == sess.merged_recipe:
+            h["scores"] = res
+            break
+    return res
+
+
+def points_of(rows: list[tuple[str, str, dict]], which: list[str]) -> list[dict]:
+    return [{"name": name, "kind": kind, "safety": _metric(res, "harmful", "refusal_rate"),
+             "utility": _utility(res, which)} for name, kind, res in rows]
+
+
 @S.gpu(duration=120)
 @guard
-def run_probes(suites, limit, *args, progress=gr.Progress(), request: gr.Request = None):
-    """Quick probes of the merged model and each parent: table + scatter."""
-    values = _values(args)
-    suites = _check_suites(suites)
-    limit = int(limit or PROBE_LIMIT)
+def run_probes(v: dict, progress=gr.Progress(), request=None) -> dict:
+    """Quick probes of the merged model, the base and each parent: table + scatter."""
+    from .compare import board_outputs
+    suites = _check_suites(v.get("suites"))
+    limit = _check_limit(v.get("limit"))
     sess = S.get(request)
     if sess.model is None or sess.merged_recipe is None:
-        raise UserError("Merge first (Merge tab); the probes compare the merged model with its parents.")
+        raise UserError("Merge first (Merge tab); the probes compare the merged model with its base and parents.")
     cb = _progress(progress)
-    used = [(r, t) for _, r, t in _experts(values) if r != sess.base_ref]
+    used = [(r, t) for _, r, t in _experts(v) if r != sess.base_ref]
+    t0 = time.perf_counter()
     with sess.lock:
-        cb(0.0, "probing the merged model")
-        merged = service.probe(sess.model, ",".join(suites), limit, tokenizer=sess.tokenizer)
-        parents = _probe_parents(sess, [r for r, _ in used], suites, limit, cb)
+        merged = probe_live(sess, suites, limit, lambda f, m: cb(f / (2 + len(used)), m))
+        refs = [sess.base_ref] + [r for r, _ in used]
+        others = _probe_parents(sess, refs, suites, limit, lambda f, m: cb((1 + f * (1 + len(used))) / (2 + len(used)), m))
+        for ref, role, res in zip(refs, ["base"] + [t for _, t in used], others):
+            sess.board_refs[ref] = (role, res)
+        board = board_outputs(sess)
+    wall = time.perf_counter() - t0
     which = _utility_suites([t for _, t in used], suites)
     label = f"merged ({C.spec_of(sess.merged_recipe['merge_method']).label})"
-    rows = [_probe_row(label, "merged", merged)] + [_probe_row(_short(r), t, res) for (r, t), res in zip(used, parents)]
-    pts = [{"name": "merged", "kind": "merged", "safety": _metric(merged, "harmful", "refusal_rate"),
-            "utility": _utility(merged, which)}]
-    pts += [{"name": _short(r), "kind": t, "safety": _metric(res, "harmful", "refusal_rate"),
-             "utility": _utility(res, which)} for (r, t), res in zip(used, parents)]
-    fig = F.probe_scatter(pts, "Safety vs utility: merged model (★) and its parents", _utility_label(which))
+    named = [(label, "merged", merged), (_short(refs[0]), "base", others[0])] + \
+        [(_short(r), t, res) for (r, t), res in zip(used, others[1:])]
+    rows = [_probe_row(n, k, res) for n, k, res in named]
+    fig = F.probe_scatter(points_of([("merged", k, res) if k == "merged" else (n, k, res) for n, k, res in named], which),
+                          "Safety vs utility: merged model (★), its base and its parents", _utility_label(which))
     cb(1.0, "done")
-    return rows, fig, f"Probed {limit} prompts per suite ({', '.join(suites)})."
+    return {"probe_table": rows, "plot_probe": fig, **board,
+            "probe_status": f"Probed {limit} prompts per suite ({', '.join(suites)}) for {len(named)} models "
+                            f"in {wall:.1f} s."}
 
 
-def sweep_options(*args):
-    """The knobs a sweep can turn, for the current method and experts (never a toast)."""
-    values = _values(args)
-    method, _, experts = C.split(values)[:3]
+def _check_limit(limit) -> int:
     try:
-        choices = C.sweep_choices(method, experts)
+        n = int(limit if limit is not None else PROBE_LIMIT)
+    except (TypeError, ValueError):
+        raise UserError("The number of prompts per suite must be a whole number.")
+    if not 1 <= n <= 1000:
+        raise UserError(f"The number of prompts per suite must be between 1 and 1000; got {n}.")
+    return n
+
+
+def sweep_options(v: dict, request=None) -> dict:
+    """The knobs a sweep can turn, for the current method, settings and experts (never a toast)."""
+    try:
+        choices = C.sweep_choices(v)
     except Exception as exc:
         _sentence(exc)
-        return gr.skip()
-    return gr.update(choices=choices, value=choices[0][1] if choices else None)
+        return {}
+    keep = v.get("sweep_key") if v.get("sweep_key") in [k for _, k in choices] else None
+    return {"sweep_key": gr.update(choices=choices, value=keep or (choices[0][1] if choices else None))}
 
 
 @guard
-def sweep_bounds(key, *args):
-    values = _values(args)
-    if not key:
-        return gr.skip(), gr.skip()
-    lo, hi, _ = C.sweep_range(values[0], key)
-    return lo, hi
+def sweep_bounds(v: dict, request=None) -> dict:
+    k = v.get("sweep_key")
+    if not k:
+        return {}
+    lo, hi, _ = C.sweep_range(k)
+    return {"sweep_lo": lo, "sweep_hi": hi}
 
 
 @guard
-def run_sweep(key, lo, hi, steps, suites, limit, *args, progress=gr.Progress(), request: gr.Request = None):
+def run_sweep(v: dict, progress=gr.Progress(), request=None) -> dict:
     """Merge and probe at evenly spaced values of one knob; the curve is the trade-off."""
-    values = _values(args)
-    if not key:
+    k = v.get("sweep_key")
+    if not k:
         raise UserError("Pick the knob to sweep.")
-    suites = _check_suites(suites)
-    steps = int(steps or 5)
+    suites = _check_suites(v.get("suites"))
+    steps = int(v.get("sweep_steps") or 4)
     if steps < 2:
         raise UserError("A sweep needs at least 2 steps.")
-    lo, hi = float(lo), float(hi)
-    method, _, experts = C.split(values)[:3]
-    p = C.spec_of(method).param(key.split(":")[-1])
-    if p is not None and ((p.lo is not None and min(lo, hi) < p.lo) or (p.hi is not None and max(lo, hi) > p.hi)):
+    try:
+        lo, hi = float(v.get("sweep_lo")), float(v.get("sweep_hi"))
+    except (TypeError, ValueError):
+        raise UserError("The sweep's 'from' and 'to' must be numbers.")
+    p = C.param_of(k)
+    if (p.lo is not None and min(lo, hi) < p.lo) or (p.hi is not None and max(lo, hi) > p.hi):
         raise UserError(f"The sweep of {p.name} must stay between {p.lo:g} and {p.hi:g}.")
-    recipe = C.recipe_from_values(values)
+    label = next((lab for lab, kk in C.sweep_choices(v) if kk == k), None)
+    if label is None:
+        raise UserError("That knob does nothing with the current method and settings; pick one from the list.")
+    C.recipe_from_values(v)       # a half-filled form is refused before anything merges
+    experts = C.experts_of(v)
     which = _utility_suites([t for _, _, t in C.used_experts(experts)], suites)
-    grid = [lo + (hi - lo) * k / (steps - 1) for k in range(steps)]
-    if p is not None and p.kind == "int":
-        grid = sorted({int(round(v)) for v in grid})
-    limit = int(limit or PROBE_LIMIT)
+    grid = [lo + (hi - lo) * j / (steps - 1) for j in range(steps)]
+    if p.kind == "int":
+        grid = sorted({int(round(x)) for x in grid})
+    limit = _check_limit(v.get("limit"))
     sess = S.get(request)
     cb = _progress(progress)
     points = []
+    t0 = time.perf_counter()
     with sess.lock:
         restore = sess.merged_recipe
         try:
-            for k, v in enumerate(grid):
-                r = C.with_value(recipe, key, v, experts)
-                span = (k / len(grid), (k + 1) / len(grid))
-                merge_into_session(sess, r, lambda f, m, s=span: cb(s[0] + 0.5 * f * (s[1] - s[0]), f"{p.name if p else key}={v:g}: {m}"))
-                cb(span[0] + 0.5 * (span[1] - span[0]), f"{p.name if p else key}={v:g}: probing")
-                res = service.probe(sess.model, ",".join(suites), limit, tokenizer=sess.tokenizer)
-                points.append({"value": v, "safety": _metric(res, "harmful", "refusal_rate"),
-                               "utility": _utility(res, which),
-                               "res": res})
+            for j, x in enumerate(grid):
+                r = C.recipe_from_values(C.with_value(v, k, x))
+                span = (j / len(grid), (j + 1) / len(grid))
+                merge_into_session(sess, r, lambda f, m, s=span, x=x: cb(s[0] + 0.5 * f * (s[1] - s[0]),
+                                                                         f"{p.name}={x:g}: {m}"))
+                res = service.probe(sess.model, ",".join(suites), limit, tokenizer=sess.tokenizer,
+                                    progress=lambda f, m="", s=span, x=x: cb(s[0] + (0.5 + 0.5 * f) * (s[1] - s[0]),
+                                                                            f"{p.name}={x:g}: probing {m}"))
+                points.append({"value": x, "safety": _metric(res, "harmful", "refusal_rate"),
+                               "utility": _utility(res, which), "res": res})
         finally:
             if restore is not None:   # the live model goes back to what the Merge tab shows
                 merge_into_session(sess, restore, lambda f, m: None)
         used = [(r, t) for _, r, t in C.used_experts(experts) if r != sess.base_ref]
         parents = _probe_parents(sess, [r for r, _ in used], suites, limit, cb)
-    pars = [{"name": _short(r), "kind": t, "safety": _metric(res, "harmful", "refusal_rate"),
-             "utility": _utility(res, which)} for (r, t), res in zip(used, parents)]
-    label = next((lab for lab, k in C.sweep_choices(method, experts) if k == key), C.pretty(p) if p else key)
-    fig = F.sweep(points, pars, p.name if p else key, f"Trade-off as {label} goes from {lo:g} to {hi:g}",
-                  _utility_label(which))
+    wall = time.perf_counter() - t0
+    pars = points_of([(_short(r), t, res) for (r, t), res in zip(used, parents)], which)
+    fig = F.sweep(points, pars, p.name, f"Trade-off as {label} goes from {lo:g} to {hi:g}", _utility_label(which))
     rows = [[f"{pt['value']:g}", _pct(pt["safety"]), _pct(_metric(pt["res"], "benign", "over_refusal_rate")),
              _pct(_metric(pt["res"], "math", "accuracy")), _pct(_metric(pt["res"], "code", "pass_rate"))]
             for pt in points]
+    flat = len({(pt["safety"], pt["utility"]) for pt in points}) == 1
+    note = (f" Every value gave the same scores: at these settings {p.name} does not change what the probes "
+            "measure (try a wider range or more prompts).") if flat else ""
     cb(1.0, "done")
-    return fig, rows, f"Swept {label} over {len(grid)} values ({limit} prompts per suite)."
+    return {"plot_sweep": fig, "sweep_table": rows,
+            "probe_status": f"Swept {label} over {len(grid)} values ({limit} prompts per suite) in {wall:.1f} s."
+                            + note}
 
 
+def layout(ui: Named) -> None:
+    from .compare import layout as board_layout
+    with gr.Tab("Probe", id="probe"):
+        gr.Markdown("Held-out prompts the models never saw in training. Safety = harmful requests refused; "
+                    "over-refusal = harmless requests refused; utility = math solved / code tests passed.")
+        with gr.Row():
+            ui.add("suites", gr.CheckboxGroup(SUITES, value=SUITES, label="Suites", elem_id="suites"))
+            ui.add("limit", gr.Slider(4, 96, value=PROBE_LIMIT, step=4, label="prompts per suite", elem_id="limit"))
+        ui.add("probe_btn", gr.Button("Run probes", variant="primary", elem_id="probe-btn"))
+        ui.add("probe_status", gr.Markdown(elem_id="probe-status"))
+        ui.add("probe_table", gr.Dataframe(headers=["model", "role", "refuses harmful", "over-refuses benign",
+                                                    "math solved", "code passes", "seconds"],
+                                           interactive=False, elem_id="probe-table"))
+        ui.add("plot_probe", gr.Plot(F.empty("Run probes to place the models here."), show_label=False,
+                                     elem_id="plot-probe"))
+        gr.Markdown("Top right is best: refuses harmful requests and still solves tasks.", elem_classes="caption")
+        board_layout(ui)
+        with gr.Accordion("Sweep: draw the trade-off", open=True):
+            with gr.Row():
+                ui.add("sweep_key", gr.Dropdown([], label="knob", elem_id="sweep-key", scale=3))
+                ui.add("sweep_lo", gr.Number(0.0, label="from", scale=1, elem_id="sweep-lo"))
+                ui.add("sweep_hi", gr.Number(1.0, label="to", scale=1, elem_id="sweep-hi"))
+                ui.add("sweep_steps", gr.Slider(2, 9, value=4, step=1, label="steps", scale=2, elem_id="sweep-steps"))
+            ui.add("sweep_btn", gr.Button("Run sweep", elem_id="sweep-btn"))
+            with gr.Row():
+                ui.add("plot_sweep", gr.Plot(F.empty("Run a sweep to draw the safety–utility trade-off."),
+                                             show_label=False, elem_id="plot-sweep", scale=3))
+                ui.add("sweep_table", gr.Dataframe(headers=["value", "refuses harmful", "over-refuses", "math", "code"],
+                                                   interactive=False, scale=2, elem_id="sweep-table"))
+            gr.Markdown("Each marker is one merge; its label is the knob's value. The line shows what you "
+                        "trade when you turn the knob.", elem_classes="caption")
+
+
+PROBE_INPUTS = ["suites", "limit"]
+
+
+def wire(ui: Named, demo) -> None:
+    from .compare import BOARD_OUTPUTS
+    controls = ui.controls()
+    ui.on(ui["probe_btn"].click, run_probes, controls + PROBE_INPUTS,
+          ["probe_table", "plot_probe", "probe_status"] + BOARD_OUTPUTS, **ui.heavy)
+    steer = [ui[k].change for k in controls if k in ("method", "expert0", "expert1", "expert2")
+             or any(k == C.key(m, g) for (m, _p), (g, _v) in C.USED_WHEN.items())]
+    ui.on(steer, sweep_options, controls + ["sweep_key"], ["sweep_key"], trigger_mode="always_last",
+          show_progress="hidden")
+    ui.on(demo.load, sweep_options, controls + ["sweep_key"], ["sweep_key"])
+    ui.on(ui["sweep_key"].change, sweep_bounds, ["sweep_key"], ["sweep_lo", "sweep_hi"])
+    ui.on(ui["sweep_btn"].click, run_sweep, controls + PROBE_INPUTS + ["sweep_key", "sweep_lo", "sweep_hi", "sweep_steps"],
+          ["plot_sweep", "sweep_table", "probe_status"], **ui.heavy)
