@@ -192,10 +192,11 @@ def stacked_shares(x: list[str], shares: dict[str, list], other: list, title: st
 def probe_scatter(points: list[dict], title: str = "Safety vs utility", xtitle: str = "utility") -> go.Figure:
     """points: {"name", "safety" (refusal of harmful, 0..1), "utility" (0..1), "kind"}."""
     fig = go.Figure()
-    for p in points:
+    labels = _spot_labels([(_nan(p.get("utility")), _nan(p.get("safety"))) for p in points], [p["name"] for p in points])
+    for p, label in zip(points, labels):
         colour = TASK_COLOURS.get(p.get("kind", ""), "#6b7280")
         fig.add_trace(go.Scatter(
-            x=[_nan(p.get("utility"))], y=[_nan(p.get("safety"))], mode="markers+text", text=[p["name"]],
+            x=[_nan(p.get("utility"))], y=[_nan(p.get("safety"))], mode="markers+text", text=[label],
             textposition="top right" if p.get("kind") == "merged" else "top left", name=p["name"], cliponaxis=False,
             marker=dict(size=14, color=colour, symbol="star" if p.get("kind") == "merged" else "circle"),
             hovertemplate=f"<b>{p['name']}</b><br>refuses harmful: %{{y:.0%}}<br>utility: %{{x:.0%}}<extra></extra>"))
@@ -204,19 +205,24 @@ def probe_scatter(points: list[dict], title: str = "Safety vs utility", xtitle: 
     return _layout(fig, title, 400).update_layout(margin=dict(l=70, r=50, t=60, b=50))
 
 
+def _spot_labels(spots: list[tuple], names: list[str]) -> list[str]:
+    """Points on the same spot share one label ("#1, #2") on the first of them, instead of overprinting."""
+    together: dict = {}
+    for spot, name in zip(spots, names):
+        together.setdefault(spot, []).append(name)
+    seen: set = set()
+    out = []
+    for spot in spots:
+        out.append("" if spot in seen else ", ".join(together[spot]))
+        seen.add(spot)
+    return out
+
+
 def sweep(points: list[dict], parents: list[dict], param: str, title: str, xtitle: str = "utility") -> go.Figure:
     """The trade-off a sweep draws: one marker per value of ``param``, joined in order."""
     fig = go.Figure()
-    # points that land on the same spot share one label ("0, 0.5, 1") instead of overprinting
-    spots: dict = {}
-    for p in points:
-        spots.setdefault((_nan(p["utility"]), _nan(p["safety"])), []).append(f"{p['value']:g}")
-    seen: set = set()
-    labels = []
-    for p in points:
-        spot = (_nan(p["utility"]), _nan(p["safety"]))
-        labels.append("" if spot in seen else ", ".join(spots[spot]))
-        seen.add(spot)
+    labels = _spot_labels([(_nan(p["utility"]), _nan(p["safety"])) for p in points],
+                          [f"{p['value']:g}" for p in points])
     fig.add_trace(go.Scatter(
         x=[_nan(p["utility"]) for p in points], y=[_nan(p["safety"]) for p in points], mode="lines+markers+text",
         text=labels, textposition="top right", name=f"merged, {param}", cliponaxis=False,

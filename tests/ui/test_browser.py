@@ -190,8 +190,10 @@ def test_stop_ends_the_answers_and_marks_them(page):
     from playwright.sync_api import expect
     expect.set_options(timeout=60_000)
     tab(page, "Merge")
+    before = page.locator("#merge-status").inner_text()
     page.locator("#merge-btn").click()
     expect(page.locator("#merge-status")).to_contain_text("Merged")
+    expect(page.locator("#merge-status")).not_to_have_text(before)
     tab(page, "Chat")
     page.locator("#ex-code").click()
     page.locator("#max-new input[type=number]").fill("256")

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 
 import re
-import time
 
 import gradio as gr
 
@@ -120,7 +119,6 @@ def chat_send(v: dict, request=None):
     sess.chat_merge = merge
     if not v.get("multi"):
         session.reset()
-    sess.chat_stopped = time.monotonic() - sess.stop_pressed < STOP_WINDOW_S
     yield {**_chat_values(sess, cols, prompt), "prompt": ""}
     texts = [""] * len(session.columns)
     if not sess.chat_stopped:
@@ -128,8 +126,7 @@ def chat_send(v: dict, request=None):
             yield _chat_values(sess, cols, prompt, texts)
             if sess.chat_stopped:
                 session.stop()
-    stopped = sess.chat_stopped
-    sess.stop_pressed = 0.0
+    stopped, sess.chat_stopped = sess.chat_stopped, False
     if texts and all(t.startswith("[") and t.endswith("]") for t in texts):
         # every model refused the message (too long for its context): nothing is kept, nothing re-sent
         yield _chat_values(sess, cols)
@@ -140,16 +137,16 @@ def chat_send(v: dict, request=None):
     yield _chat_values(sess, cols)
 
 
-STOP_WINDOW_S = 2.0
+def chat_arm(v: dict, request=None) -> None:
+    """Send was clicked (runs at once, before the answer waits in the queue): a Stop from now on
+    stops this answer, even one pressed while it still waits."""
+    S.get(request).chat_stopped = False
 
 
 def chat_stop(v: dict, request=None) -> None:
-    """Every model stops at its next token; chat_send marks the answers. Pressed while the
-    answer still waits in the queue, it stops that answer as soon as it starts (within
-    STOP_WINDOW_S: a Stop pressed long before a Send must not stop it)."""
+    """Every model stops at its next token; chat_send marks the answers."""
     sess = S.get(request)
     sess.chat_stopped = True
-    sess.stop_pressed = time.monotonic()
     if sess.chat is not None:
         sess.chat.stop()
 
@@ -197,8 +194,9 @@ CHAT_OUTPUTS = [f"chat{i}" for i in range(CHAT_COLUMNS)] + ["prompt"]
 
 
 def send_from(ui: Named, trigger, **kw):
-    """chat_send wired to a trigger (Send, Enter, a tour step)."""
-    return ui.on(trigger, chat_send, ui.controls() + CHAT_INPUTS, CHAT_OUTPUTS, **ui.heavy, **kw)
+    """chat_send wired to a trigger (Send, Enter, a tour step), armed for Stop first (not queued)."""
+    armed = ui.on(trigger, chat_arm, [], [], queue=False)
+    return ui.on(armed.then, chat_send, ui.controls() + CHAT_INPUTS, CHAT_OUTPUTS, **ui.heavy, **kw)
 
 
 def wire(ui: Named, demo) -> None:

@@ -102,33 +102,42 @@ class Named:
         """Keys of what describes a merge: the method, the models and every method's controls."""
         return [k for k in self.comp if k in MODEL_KEYS or "." in k]
 
+    def method_controls(self, method: str) -> list[str]:
+        """Keys of what one method's merge reads: the method, the models and that method's controls.
+        Events of a knob send only these (a dozen values instead of every method's hundreds)."""
+        return [k for k in self.comp if k in MODEL_KEYS or k.startswith(method + ".")]
+
     def named(self, data: dict) -> dict:
         return {self._key[c._id]: v for c, v in data.items() if c._id in self._key}
 
-    def updates(self, out):
+    def updates(self, out, n: int | None = None):
+        if isinstance(out, dict) and not out and n is not None:
+            # nothing to change: Gradio reads an empty dict as one value, so skip each output instead
+            return None if n == 0 else (gr.skip() if n == 1 else tuple(gr.skip() for _ in range(n)))
         if isinstance(out, dict):
             return {(self.comp[k] if isinstance(k, str) else k): v for k, v in out.items()}
         return out
 
-    def adapt(self, fn):
-        """fn({key: value}, progress=?, request=?) -> {key: update} as a Gradio handler on set inputs."""
+    def adapt(self, fn, n: int | None = None):
+        """fn({key: value}, progress=?, request=?) -> {key: update} as a Gradio handler on set inputs
+        (``n``: how many outputs the event has)."""
         takes_progress = "progress" in inspect.signature(fn).parameters
         if inspect.isgeneratorfunction(fn):
             if takes_progress:
                 def gen(data, progress=gr.Progress(), request: gr.Request = None):
                     for out in fn(self.named(data), progress=progress, request=request):
-                        yield self.updates(out)
+                        yield self.updates(out, n)
             else:
                 def gen(data, request: gr.Request = None):
                     for out in fn(self.named(data), request=request):
-                        yield self.updates(out)
+                        yield self.updates(out, n)
             return _named_like(gen, fn)
         if takes_progress:
             def plain(data, progress=gr.Progress(), request: gr.Request = None):
-                return self.updates(fn(self.named(data), progress=progress, request=request))
+                return self.updates(fn(self.named(data), progress=progress, request=request), n)
         else:
             def plain(data, request: gr.Request = None):
-                return self.updates(fn(self.named(data), request=request))
+                return self.updates(fn(self.named(data), request=request), n)
         return _named_like(plain, fn)
 
     def on(self, trigger, fn, inputs, outputs, **kw):
@@ -136,9 +145,13 @@ class Named:
         ins = {self.comp[k] if isinstance(k, str) else k for k in inputs}
         outs = [self.comp[k] if isinstance(k, str) else k for k in outputs]
         kw.setdefault("api_visibility", "private")
+        status = next((k for k in outputs if isinstance(k, str) and k.endswith("status")), None)
+        if status and "show_progress_on" not in kw:
+            # the bar goes on the status line, not over the tables and plots the event also updates
+            kw["show_progress_on"] = self.comp[status]
         if isinstance(trigger, list):      # several triggers: gr.on
-            return gr.on(trigger, self.adapt(fn), ins, outs, **kw)
-        return trigger(self.adapt(fn), ins, outs, **kw)
+            return gr.on(trigger, self.adapt(fn, len(outs)), ins, outs, **kw)
+        return trigger(self.adapt(fn, len(outs)), ins, outs, **kw)
 
 
 def _short(ref: str) -> str:

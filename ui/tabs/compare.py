@@ -50,7 +50,7 @@ def delete_entry(v: dict, request=None) -> dict:
     sess = S.get(request)
     entry = entry_of(sess, v.get("board_pick"))
     sess.history.remove(entry)
-    return {**history_outputs(sess), "probe_status": f"Deleted #{entry['n']} from the board."}
+    return {**history_outputs(sess, plot=True), "probe_status": f"Deleted #{entry['n']} from the board."}
 
 
 @guard
@@ -76,7 +76,7 @@ def probe_entry(v: dict, progress=gr.Progress(), request=None) -> dict:
         if sess.merged_recipe != entry["recipe"]:
             merge_into_session(sess, entry["recipe"], lambda f, m: cb(0.3 * f, m))
         probe_live(sess, suites, limit, lambda f, m: cb(0.3 + 0.7 * f, m))
-        out = history_outputs(sess)
+        out = history_outputs(sess, plot=True)
     out.update(C.values_from_recipe(entry["recipe"]))
     out["probe_status"] = f"Probed #{entry['n']} ({limit} prompts per suite) in {time.perf_counter() - t0:.1f} s."
     return out
@@ -101,6 +101,7 @@ def wire(ui: Named, demo) -> None:
     from .merge import HISTORY_OUTPUTS
     controls = ui.controls()
     ui.on(ui["board_probe"].click, probe_entry, controls + ["board_pick", "suites", "limit"],
-          HISTORY_OUTPUTS + ["probe_status"] + controls, **ui.heavy)
+          HISTORY_OUTPUTS + ["board_plot", "probe_status"] + controls, show_progress_on=ui["probe_status"],
+          **ui.heavy)
     ui.on(ui["board_restore"].click, restore_entry, ["board_pick"], controls)
-    ui.on(ui["board_delete"].click, delete_entry, ["board_pick"], HISTORY_OUTPUTS + ["probe_status"])
+    ui.on(ui["board_delete"].click, delete_entry, ["board_pick"], HISTORY_OUTPUTS + ["board_plot", "probe_status"])

@@ -107,7 +107,11 @@ def wire(ui: Named, demo) -> None:
     controls = ui.controls()
     ui.on(ui["export_btn"].click, export_model, controls, ["zip_file", "yaml_file", "yaml", "export_status"],
           **ui.heavy)
-    ui.on([demo.load] + [ui[k].change for k in controls], recipe_yaml, controls, ["yaml"],
+    ui.on([demo.load] + [ui[k].change for k in controls if "." not in k], recipe_yaml, controls, ["yaml"],
           trigger_mode="always_last", show_progress="hidden")
+    for name in C.methods():     # a knob's change sends only its method's controls
+        mine = ui.method_controls(name)
+        ui.on([ui[k].change for k in mine if "." in k], recipe_yaml, mine, ["yaml"], trigger_mode="always_last",
+              show_progress="hidden")
     ui.on(ui["yaml_btn"].click, load_recipe_text, ["yaml"], controls + ["load_status"])
     ui.on(ui["upload"].upload, load_recipe_file, ["upload"], controls + ["load_status"])

@@ -69,7 +69,7 @@ def wire(ui: Named, demo) -> None:
     from core.zoo.data import EXAMPLE_PROMPTS
     from .chat import send_from
     from .compare import BOARD_OUTPUTS
-    from .look import LOOK_OUTPUTS, led_pictures, look_refresh
+    from .look import LOOK_OUTPUTS, after_merge, led_pictures
     from .merge import HISTORY_OUTPUTS, do_merge
     controls = ui.controls()
     look = LOOK_OUTPUTS + ["look_status"]
@@ -77,7 +77,7 @@ def wire(ui: Named, demo) -> None:
         d = ui.on(ui[f"learn-{step}"].click, lambda v, request=None, step=step: learn_recipe(step), [],
                   controls + ["tabs"])
         d = ui.on(d.success, do_merge, controls, HISTORY_OUTPUTS, **ui.heavy)
-        ui.on(d.success, look_refresh, controls, look, **ui.heavy)
+        ui.on(d.success, after_merge, controls, look, **ui.heavy)
     d = ui.on(ui["learn-ask_harmful"].click,
               lambda v, request=None: {"prompt": EXAMPLE_PROMPTS["harmful"], "tabs": gr.Tabs(selected="chat")},
               [], ["prompt", "tabs"])

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+import time
+
 import gradio as gr
 
 from core import service
@@ -116,6 +118,7 @@ def prov_figures(pv: dict, tasks: dict) -> tuple:
 def look_refresh(v: dict, request=None) -> dict:
     """Cheap pictures after every merge: task vectors, provenance, and the
     method's own analysis when its scores are already cached (LED, ACM)."""
+    t0 = time.perf_counter()
     recipe = C.recipe_from_values(v)
     sess = S.get(request)
     out = {}
@@ -140,8 +143,33 @@ def look_refresh(v: dict, request=None) -> dict:
         out["importance"], out["elected"], out["overlap"] = led_figures(merged or service.led_analysis(recipe))
     if recipe["merge_method"] == "acm":
         out["acm"] = acm_figure(merged or service.acm_analysis(recipe), tasks)
-    out["look_status"] = "Pictures updated." + (f" ({'; '.join(notes)})" if notes else "")
+    out["look_status"] = f"Pictures updated in {time.perf_counter() - t0:.3f} s." + \
+        (f" ({'; '.join(notes)})" if notes else "")
     return out
+
+
+def after_merge(v: dict, request=None) -> dict:
+    """After a merge: redraw now if the Look tab is open, else once it is opened (a re-merge on every
+    slider release must not wait for pictures nobody is looking at)."""
+    sess = S.get(request)
+    if not sess.look_open:
+        sess.look_stale = True
+        return {}
+    sess.look_stale = False
+    return look_refresh(v, request=request)
+
+
+def look_opened(v: dict, request=None) -> dict:
+    """The Look tab was opened: draw what changed while it was closed."""
+    sess = S.get(request)
+    if not sess.look_stale:
+        return {}
+    sess.look_stale = False
+    return look_refresh(v, request=request)
+
+
+def tab_selected(evt: gr.SelectData, request: gr.Request = None) -> None:
+    S.get(request).look_open = evt.value == "Look"
 
 
 @guard
@@ -224,6 +252,8 @@ def layout(ui: Named) -> None:
 def wire(ui: Named, demo) -> None:
     controls = ui.controls()
     ui.on(ui["look_btn"].click, look_refresh, controls, LOOK_OUTPUTS + ["look_status"], **ui.heavy)
+    seen = ui["tabs"].select(tab_selected, None, None, api_visibility="private", queue=False)
+    ui.on(seen.then, look_opened, controls, LOOK_OUTPUTS + ["look_status"], **ui.heavy)
     ui.on(ui["led_btn"].click, led_pictures, controls, ["importance", "elected", "overlap", "look_status"],
           **ui.heavy)
     ui.on(ui["acm_btn"].click, acm_pictures, controls, ["acm", "look_status"], **ui.heavy)

@@ -13,7 +13,8 @@ from .. import controls as C
 from .. import state as S
 from .common import Named, _progress, _short, guard
 
-HISTORY_OUTPUTS = ["merge_status", "history", "history_pick", "chat0", "board", "board_pick", "board_plot"]
+# a merge adds an unprobed row to the board but never a point to its scatter: the plot is not re-sent
+HISTORY_OUTPUTS = ["merge_status", "history", "history_pick", "chat0", "board", "board_pick"]
 
 
 def method_summary(method) -> str:
@@ -107,10 +108,10 @@ def merge_and_record(sess: S.Session, recipe: dict, cb) -> tuple[object, float, 
     return res, wall, entry
 
 
-def status_line(recipe: dict, res, wall: float) -> str:
+def status_line(recipe: dict, res, wall: float, n: int) -> str:
     spec = C.spec_of(recipe["merge_method"])
     names = " + ".join(_short(m["model"]) for m in recipe["models"])
-    text = f"✓ Merged **{names}** with **{spec.label}** in {wall:.2f} s ({res.n_tensors} tensors)."
+    text = f"✓ Merged **{names}** with **{spec.label}** in {wall:.2f} s ({res.n_tensors} tensors; #{n} in the history)."
     if res.notes:
         text += "\n\n" + "\n".join(f"Note: {n}" for n in res.notes)
     return text
@@ -122,10 +123,13 @@ def _history_table(sess: S.Session) -> tuple[list, dict]:
     return rows, gr.update(choices=choices, value=choices[0] if choices else None)
 
 
-def history_outputs(sess: S.Session) -> dict:
+def history_outputs(sess: S.Session, plot: bool = False) -> dict:
     from .compare import board_outputs
     rows, pick = _history_table(sess)
-    return {"history": rows, "history_pick": pick, **board_outputs(sess)}
+    out = {"history": rows, "history_pick": pick, **board_outputs(sess)}
+    if not plot:
+        out.pop("board_plot")
+    return out
 
 
 @guard
@@ -133,9 +137,9 @@ def do_merge(v: dict, progress=gr.Progress(), request=None) -> dict:
     """Merge button: controls -> recipe -> live model; the history grows by one."""
     recipe = C.recipe_from_values(v)
     sess = S.get(request)
-    res, wall, _ = merge_and_record(sess, recipe, _progress(progress))
+    res, wall, entry = merge_and_record(sess, recipe, _progress(progress))
     spec = C.spec_of(recipe["merge_method"])
-    return {"merge_status": status_line(recipe, res, wall), **history_outputs(sess),
+    return {"merge_status": status_line(recipe, res, wall, entry["n"]), **history_outputs(sess),
             "chat0": gr.update(label=f"Merged ({spec.label})")}
 
 
@@ -219,7 +223,7 @@ def layout(ui: Named) -> None:
 
 
 def wire(ui: Named, demo) -> None:
-    from .look import LOOK_OUTPUTS, look_refresh
+    from .look import LOOK_OUTPUTS, after_merge
     controls = ui.controls()
     look_outs = LOOK_OUTPUTS + ["look_status"]
     vis_outs = ["summary"] + ui.keys("grp/") + [C.key(m, p, i) for (m, p) in C.USED_WHEN
@@ -228,16 +232,22 @@ def wire(ui: Named, demo) -> None:
     for (m, _p), (g, _v) in C.USED_WHEN.items():
         ui.on(ui[C.key(m, g)].change, visibility, controls, vis_outs, show_progress="hidden")
     merged = ui.on(ui["merge_btn"].click, do_merge, controls, HISTORY_OUTPUTS, **ui.heavy)
-    ui.on(merged.success, look_refresh, controls, look_outs, **ui.heavy)
-    knobs = [k for k in controls if "." in k]
-    triggers = []
-    for k in knobs:
-        c = ui[k]
-        triggers.append(c.release if isinstance(c, gr.Slider) else (c.blur if isinstance(c, (gr.Textbox, gr.Number))
-                                                                   else c.input))
-    re = ui.on(triggers, auto_merge, controls + ["auto"], HISTORY_OUTPUTS, trigger_mode="always_last",
-               show_progress="minimal", **ui.heavy)
-    ui.on(re.success, look_refresh, controls, look_outs, trigger_mode="always_last", **ui.heavy)
+    ui.on(merged.success, after_merge, controls, look_outs, **ui.heavy)
+    for name in C.methods():
+        # a knob's release sends only its method's controls: the merge reads nothing else
+        mine = ui.method_controls(name)
+        triggers = []
+        for k in mine:
+            if "." not in k:
+                continue
+            c = ui[k]
+            triggers.append(c.release if isinstance(c, gr.Slider) else
+                            (c.blur if isinstance(c, (gr.Textbox, gr.Number)) else c.input))
+        if not triggers:
+            continue
+        re = ui.on(triggers, auto_merge, mine + ["auto"], HISTORY_OUTPUTS, trigger_mode="always_last",
+                   show_progress="minimal", **ui.heavy)
+        ui.on(re.success, after_merge, mine, look_outs, trigger_mode="always_last", **ui.heavy)
     restored = ui.on(ui["restore"].click, restore_history, ["history_pick"], controls)
     merged = ui.on(restored.success, do_merge, controls, HISTORY_OUTPUTS, **ui.heavy)
-    ui.on(merged.success, look_refresh, controls, look_outs, **ui.heavy)
+    ui.on(merged.success, after_merge, controls, look_outs, **ui.heavy)

@@ -130,7 +130,7 @@ def run_probes(v: dict, progress=gr.Progress(), request=None) -> dict:
     cb(1.0, "done")
     return {"probe_table": rows, "plot_probe": fig, **board,
             "probe_status": f"Probed {limit} prompts per suite ({', '.join(suites)}) for {len(named)} models "
-                            f"in {wall:.1f} s."}
+                            f"in {wall:.2f} s."}
 
 
 def _check_limit(limit) -> int:
