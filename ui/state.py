@@ -35,6 +35,7 @@ class Session:
     transcripts: list = field(default_factory=list)      # what each chat column shows (all exchanges)
     chat_merge: str | None = None                        # the merge the merged column last answered with
     chat_stopped: bool = False                           # Stop was pressed during the current answer
+    stop_pressed: float = 0.0                            # time.monotonic() of the last Stop
     history: list[dict] = field(default_factory=list)    # {"n", "time", "recipe", "label", "seconds", "scores"}
     board_refs: dict = field(default_factory=dict)       # base/parent ref -> (role, last probe result)
     probes: dict = field(default_factory=dict)           # (ref, suites, limit) -> result, parents only

@@ -202,6 +202,8 @@ def test_errors_are_one_sentence(session, monkeypatch, caplog):
         list(CH.chat_send({**v, "prompt": "hi", "max_new": 8}))
     with pytest.raises(gr.Error, match="Merge first"):
         EX.export_model(v)                   # Export writes the merge you have, never one of its own
+    assert PR.run_probes({**v, "suites": ["harmful"], "limit": 4}) == {
+        "probe_status": "Merge first (Merge tab); the probes compare the merged model with its base and parents."}
 
     def boom(*a, **k):
         raise RuntimeError("secret internals")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 
 import re
+import time
 
 import gradio as gr
 
@@ -137,16 +138,24 @@ def chat_send(v: dict, request=None):
     yield _chat_values(sess, cols)
 
 
+# Send and Stop reach the server as two requests that may be handled in either order; a Stop
+# this close to a Send was meant for it
+STOP_GRACE_S = 0.5
+
+
 def chat_arm(v: dict, request=None) -> None:
     """Send was clicked (runs at once, before the answer waits in the queue): a Stop from now on
     stops this answer, even one pressed while it still waits."""
-    S.get(request).chat_stopped = False
+    sess = S.get(request)
+    if time.monotonic() - sess.stop_pressed > STOP_GRACE_S:
+        sess.chat_stopped = False
 
 
 def chat_stop(v: dict, request=None) -> None:
     """Every model stops at its next token; chat_send marks the answers."""
     sess = S.get(request)
     sess.chat_stopped = True
+    sess.stop_pressed = time.monotonic()
     if sess.chat is not None:
         sess.chat.stop()
 

@@ -11,7 +11,7 @@ import gradio as gr
 from .. import controls as C
 from .. import figures as F
 from .. import state as S
-from .common import Named, _progress, _short, guard
+from .common import Named, _short, guard
 
 BOARD_OUTPUTS = ["board", "board_pick", "board_plot"]
 HEADERS = ["entry", "model", "refuses harmful", "over-refuses benign", "math solved", "code passes"]
@@ -65,11 +65,8 @@ def restore_entry(v: dict, request=None) -> dict:
 def probe_entry(v: dict, progress=gr.Progress(), request=None) -> dict:
     """One click: the entry is merged into the live model again, probed, and its controls restored."""
     from .merge import entry_of, history_outputs, merge_into_session
-    from .probe import _check_limit, _check_suites, probe_live
-    suites = _check_suites(v.get("suites"))
-    limit = _check_limit(v.get("limit"))
-    sess = S.get(request)
-    cb = _progress(progress)
+    from .probe import probe_live, probe_request
+    suites, limit, sess, cb = probe_request(v, progress, request)
     t0 = time.perf_counter()
     with sess.lock:
         entry = entry_of(sess, v.get("board_pick"))

@@ -8,7 +8,7 @@ import gradio as gr
 from .. import controls as C
 from .. import learn as L
 from .. import state as S
-from .common import Named, _progress, guard
+from .common import Named, guard
 
 
 def learn_recipe(step: str) -> dict:
@@ -27,12 +27,9 @@ def compare_tour(v: dict, progress=gr.Progress(), request=None) -> dict:
     base and the parents, then leave the live model on the latest merge."""
     from .compare import board_outputs
     from .merge import merge_into_session
-    from .probe import _check_limit, _check_suites, _experts, _probe_parents, probe_live
+    from .probe import _experts, probe_live, probe_references, probe_request
     from core.errors import UserError
-    suites = _check_suites(v.get("suites"))
-    limit = _check_limit(v.get("limit"))
-    sess = S.get(request)
-    cb = _progress(progress)
+    suites, limit, sess, cb = probe_request(v, progress, request)
     t0 = time.perf_counter()
     with sess.lock:
         todo = [h for h in sess.history if not h.get("scores")]
@@ -46,10 +43,7 @@ def compare_tour(v: dict, progress=gr.Progress(), request=None) -> dict:
         if latest is not None and sess.merged_recipe != latest:
             merge_into_session(sess, latest, lambda f, m: None)
         used = [(r, t) for _, r, t in _experts(v) if r != sess.base_ref]
-        refs = [sess.base_ref] + [r for r, _ in used]
-        res = _probe_parents(sess, refs, suites, limit, lambda f, m: cb(len(todo) / (len(todo) + 1), m))
-        for ref, role, r in zip(refs, ["base"] + [t for _, t in used], res):
-            sess.board_refs[ref] = (role, r)
+        probe_references(sess, used, suites, limit, lambda f, m: cb(len(todo) / (len(todo) + 1), m))
         out = board_outputs(sess)
     out["probe_status"] = (f"Compared {len(sess.history)} merges with the base and the parents "
                            f"({limit} prompts per suite) in {time.perf_counter() - t0:.1f} s.")

@@ -51,6 +51,10 @@ def method_changed(v: dict, request=None) -> dict:
     return out
 
 
+def models_changed(v: dict, request=None) -> dict:
+    return {"merge_status": "Models changed; press Merge.", "probe_status": "", "look_status": ""}
+
+
 # ------------------------------------------------------------------ merge
 def _ensure_model(sess: S.Session, info, cb) -> None:
     """Load the base (a ModelInfo from the merge plan) unless it is loaded."""
@@ -229,6 +233,11 @@ def wire(ui: Named, demo) -> None:
     vis_outs = ["summary"] + ui.keys("grp/") + [C.key(m, p, i) for (m, p) in C.USED_WHEN
                                                 for i in range(C.N_EXPERTS) if C.key(m, p, i) in ui.comp]
     ui.on(ui["method"].change, method_changed, controls, vis_outs + ["merge_status"], show_progress="hidden")
+    models = [ui[k] for k in ("base", "expert0", "expert1", "expert2", "task0", "task1", "task2")]
+    # the person changed a model: the statuses about the old ones no longer hold (.input: a tour step or a
+    # restored recipe sets models too, and must not wipe the status of the merge it starts)
+    ui.on([c.input for c in models], models_changed, [], ["merge_status", "probe_status", "look_status"],
+          show_progress="hidden")
     for (m, _p), (g, _v) in C.USED_WHEN.items():
         ui.on(ui[C.key(m, g)].change, visibility, controls, vis_outs, show_progress="hidden")
     merged = ui.on(ui["merge_btn"].click, do_merge, controls, HISTORY_OUTPUTS, **ui.heavy)

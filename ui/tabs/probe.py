@@ -94,6 +94,21 @@ def probe_live(sess: S.Session, suites: list[str], limit: int, cb) -> dict:
     return res
 
 
+def probe_request(v: dict, progress, request) -> tuple[list[str], int, S.Session, object]:
+    """What every probing handler starts from: checked suites and limit, the session, the progress callback."""
+    return _check_suites(v.get("suites")), _check_limit(v.get("limit")), S.get(request), _progress(progress)
+
+
+def probe_references(sess: S.Session, used: list[tuple[str, str]], suites: list[str], limit: int, cb) -> tuple:
+    """Probe the base and the parents ``used`` [(ref, task)] (cached per session) and put them on the board;
+    (refs, results)."""
+    refs = [sess.base_ref] + [r for r, _ in used]
+    res = _probe_parents(sess, refs, suites, limit, cb)
+    for ref, role, r in zip(refs, ["base"] + [t for _, t in used], res):
+        sess.board_refs[ref] = (role, r)
+    return refs, res
+
+
 def points_of(rows: list[tuple[str, str, dict]], which: list[str]) -> list[dict]:
     return [{"name": name, "kind": kind, "safety": _metric(res, "harmful", "refusal_rate"),
              "utility": _utility(res, which)} for name, kind, res in rows]
@@ -104,20 +119,17 @@ def points_of(rows: list[tuple[str, str, dict]], which: list[str]) -> list[dict]
 def run_probes(v: dict, progress=gr.Progress(), request=None) -> dict:
     """Quick probes of the merged model, the base and each parent: table + scatter."""
     from .compare import board_outputs
-    suites = _check_suites(v.get("suites"))
-    limit = _check_limit(v.get("limit"))
-    sess = S.get(request)
+    suites, limit, sess, cb = probe_request(v, progress, request)
     if sess.model is None or sess.merged_recipe is None:
-        raise UserError("Merge first (Merge tab); the probes compare the merged model with its base and parents.")
-    cb = _progress(progress)
+        # a status, not an error: before a merge there is nothing wrong, only nothing to probe yet
+        return {"probe_status": "Merge first (Merge tab); the probes compare the merged model with its base and "
+                                "parents."}
     used = [(r, t) for _, r, t in _experts(v) if r != sess.base_ref]
     t0 = time.perf_counter()
     with sess.lock:
         merged = probe_live(sess, suites, limit, lambda f, m: cb(f / (2 + len(used)), m))
-        refs = [sess.base_ref] + [r for r, _ in used]
-        others = _probe_parents(sess, refs, suites, limit, lambda f, m: cb((1 + f * (1 + len(used))) / (2 + len(used)), m))
-        for ref, role, res in zip(refs, ["base"] + [t for _, t in used], others):
-            sess.board_refs[ref] = (role, res)
+        refs, others = probe_references(sess, used, suites, limit,
+                                        lambda f, m: cb((1 + f * (1 + len(used))) / (2 + len(used)), m))
         board = board_outputs(sess)
     wall = time.perf_counter() - t0
     which = _utility_suites([t for _, t in used], suites)
