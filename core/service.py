@@ -7,7 +7,9 @@ functions so `python -m core --help` and the app start fast.
 """
 from __future__ import annotations
 
-from . import checkpoint
+import os
+
+from . import checkpoint, policy
 from .errors import UserError, quoted
 
 
@@ -32,6 +34,37 @@ def list_methods():
     return REGISTRY
 
 
+def check_paths(recipe) -> None:
+    """Space mode: every file a recipe names (LED location data, ACM
+    calibration data: a method's text parameters) must lie under the allowed
+    folders, like a model folder (checkpoint.refs checks those). Checked
+    here, before anything is read, so the UI, the HTTP API and the command
+    line refuse alike."""
+    from .methods import REGISTRY
+    spec = REGISTRY.get(recipe.merge_method)
+    if spec is None:
+        return          # validation names the unknown method
+    for p in spec.params:
+        if p.kind != "str":
+            continue
+        values = [m.parameters.get(p.name) for m in recipe.models] if p.per_model else [recipe.parameters.get(p.name)]
+        for v in values:
+            if isinstance(v, str) and v.strip():
+                policy.check_local_path(os.path.abspath(os.path.expanduser(v.strip())), v.strip())
+
+
+def check_probe_suites(suites) -> None:
+    """Space mode: a probe suite that names a file (PATH or KIND=PATH) must lie
+    under the allowed folders; the built-in suites are names, not paths."""
+    from .eval.probes import SUITES
+    items = suites.split(",") if isinstance(suites, str) else list(suites or [])
+    for it in (str(x).strip() for x in items):
+        if not it or it in SUITES:
+            continue
+        path = it.split("=", 1)[1].strip() if "=" in it else it
+        policy.check_local_path(os.path.abspath(os.path.expanduser(path)), path)
+
+
 def plan(recipe, infos=None):
     """The merge plan of a recipe (Recipe, mapping, or path to a YAML file):
     validated, every model's headers read, compatibility checked, no weight
@@ -39,7 +72,9 @@ def plan(recipe, infos=None):
     anything (the UI loads the base first) builds it here and hands it to
     ``merge``, so the recipe is validated and the headers are read once."""
     from .merge.plan import build
-    return build(_as_recipe(recipe), infos)
+    recipe = _as_recipe(recipe)
+    check_paths(recipe)
+    return build(recipe, infos)
 
 
 def merge(recipe, out_dir: str | None = None, live_model=None, progress=None, **options):
@@ -53,6 +88,7 @@ def merge(recipe, out_dir: str | None = None, live_model=None, progress=None, **
     from .merge.plan import Plan
     if not isinstance(recipe, Plan):
         recipe = _as_recipe(recipe)
+        check_paths(recipe)
     return engine.run_merge(recipe, out_dir=out_dir, live_model=live_model, progress=progress, **options)
 
 
@@ -141,6 +177,7 @@ def probe(model_or_ref, suites="harmful,benign,math,code", limit: int | None = N
     quantization ("8bit"/"4bit", CUDA only), max_new_tokens, batch_size.
     """
     from .eval import chat, probes
+    check_probe_suites(suites)
     tok = options.pop("tokenizer", None)
     if isinstance(model_or_ref, str):
         hit = chat.CACHE.get(model_or_ref, options.get("device", "auto"), options.get("quantization"))

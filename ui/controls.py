@@ -1,45 +1,41 @@
-"""The merge controls as a fixed set of slots, and recipe <-> control values.
+"""A method's controls, built from its registry entry and read by name.
 
-Gradio components are created once, but each method has its own
-parameters. So the Merge tab holds a fixed pool of slots -- per expert a few
-sliders, globally a few sliders, checkboxes, dropdowns and one text box --
-and ``layout(spec)`` assigns a method's parameters to slots in registry
-order. A method change relabels, re-ranges and shows/hides the slots; a
-recipe (YAML upload, history entry, walkthrough step) is turned into the
-value of every control by ``values_from_recipe``, and the controls are
-turned back into a recipe by ``recipe_from_values``. Nothing here loads a
-model.
+Every method gets components of its own: per expert one control for each
+per-expert parameter, and one for each global parameter, created from its
+``Param`` (range, default, help). Only the chosen method's controls are
+visible; the others keep their values, so switching LED -> ACM -> LED finds
+LED's sliders where they were left (settings are remembered per method for
+the session), and no value of one method ever lands in another's control.
+
+Handlers never see component positions: ``ui.tabs.common.Named`` hands
+them ``{key: value}`` and they read keys made by ``key(...)``:
+
+    "method", "base", "expert0".."expert2", "task0".."task2"
+    "<method>.<param>"          a global parameter   (e.g. "acm.temperature")
+    "<method>.<param>.<i>"      expert i's parameter (e.g. "led.mask_ratio.0")
+
+``recipe_from_values`` turns such a dict into a recipe; ``values_from_recipe``
+turns a recipe into ``{key: value}`` for the controls it restores (the
+method's own, the models; other methods' controls are left alone). Nothing
+here loads a model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
 
 import gradio as gr
 
-from core.errors import UserError
+from core.errors import UserError, quoted
 
 N_EXPERTS = 3
-PM_SLOTS = 4          # per-expert numeric knobs (weight, density, gamma, r ...)
-G_NUM, G_BOOL, G_CHOICE, G_STR = 4, 3, 3, 1
 TASKS = ["safety", "math", "code", "custom"]
 ZOO = ["zoo:base", "zoo:safety", "zoo:math", "zoo:code"]
 NONE = ""             # an empty expert slot
 
-# [method, base, (expert, task) x N, pm x N x PM_SLOTS, g_num, g_bool, g_choice, g_str]
-N_MODEL_VALUES = 1 + 2 * N_EXPERTS
-N_PARAM_VALUES = N_EXPERTS * PM_SLOTS + G_NUM + G_BOOL + G_CHOICE + G_STR
-N_VALUES = 1 + N_MODEL_VALUES + N_PARAM_VALUES
-
-
-@dataclass
-class Layout:
-    """Which parameter sits in which slot for one method."""
-    pm_num: list = field(default_factory=list)
-    g_num: list = field(default_factory=list)
-    g_bool: list = field(default_factory=list)
-    g_choice: list = field(default_factory=list)
-    g_str: list = field(default_factory=list)
-    hidden: list = field(default_factory=list)   # params with no slot: they keep their defaults
+# A knob that only some settings of a method use: (method, param) -> (global param, value it needs).
+# ACM's per-expert density trims like TIES and only ACM-TIES uses it; a sweep of it under ACM-TA is flat.
+USED_WHEN = {("acm", "density"): ("base_method", "ties"),
+             ("subspace_boosting", "density"): ("base_method", "ties")}
 
 
 def methods() -> dict:
@@ -58,40 +54,22 @@ def default_method() -> str:
 def spec_of(name: str):
     reg = methods()
     if name not in reg:
-        raise UserError(f"The merge method '{name}' is not available here; choose one from the list.")
+        raise UserError(f"The merge method {quoted(name)} is not available here; choose one from the list.")
     return reg[name]
 
 
+def key(method: str, name: str, i: int | None = None) -> str:
+    return f"{method}.{name}" if i is None else f"{method}.{name}.{i}"
+
+
+def shown(p) -> bool:
+    """LED's per-expert 'task' repeats the expert's task on the Models tab; every other parameter has a control."""
+    return not (p.per_model and p.name == "task")
+
+
 def _slider_worthy(p) -> bool:
-    """A seed (0..2^63) is no slider; such knobs keep their default here and
-    are set in the recipe YAML instead."""
-    return p.lo is None or p.hi is None or float(p.hi) - float(p.lo) <= 1e6
-
-
-def layout(spec) -> Layout:
-    lay = Layout()
-    for p in spec.params:
-        numeric = p.kind in ("float", "int") and _slider_worthy(p)
-        if p.per_model and numeric and len(lay.pm_num) < PM_SLOTS:
-            lay.pm_num.append(p)
-        elif not p.per_model and numeric and len(lay.g_num) < G_NUM:
-            lay.g_num.append(p)
-        elif not p.per_model and p.kind == "bool" and len(lay.g_bool) < G_BOOL:
-            lay.g_bool.append(p)
-        elif not p.per_model and p.kind == "choice" and len(lay.g_choice) < G_CHOICE:
-            lay.g_choice.append(p)
-        elif not p.per_model and p.kind == "str" and len(lay.g_str) < G_STR:
-            lay.g_str.append(p)
-        else:
-            lay.hidden.append(p)
-    return lay
-
-
-def task_defaults(spec, task: str) -> dict:
-    """Per-expert defaults that depend on the expert's task, as the registry
-    declares them (Param.by_task: LED's r, the paper's per-task reference);
-    the sliders start there so what they show is what the merge uses."""
-    return {p.name: p.default_for(task) for p in spec.params if p.per_model and p.by_task}
+    """A seed (0..2^63) is a number box, not a slider."""
+    return p.lo is not None and p.hi is not None and float(p.hi) - float(p.lo) <= 1e6
 
 
 def _range(p) -> tuple[float, float, float]:
@@ -105,85 +83,59 @@ def _range(p) -> tuple[float, float, float]:
 
 
 def pretty(p) -> str:
-    """A slider label: the parameter name, with the paper's symbol when it has one."""
+    """A control's label: the parameter name, with the paper's symbol when it has one."""
     names = {"lambda": "λ (scale)", "mask_ratio": "r (mask ratio)", "temperature": "t (temperature)",
              "weight": "weight", "density": "density", "gamma": "γ (outliers)", "alpha": "α (scale)",
-             "t": "t (interpolation)", "beta": "β (floor)"}
+             "t": "t (interpolation)", "beta": "β (floor)", "location_data": "location data (file)",
+             "calibration": "calibration data (file)"}
     return names.get(p.name, p.name.replace("_", " "))
 
 
-def _num_update(p, value=None):
-    lo, hi, step = _range(p)
-    v = p.default if value is None else value
-    return gr.update(label=pretty(p), info=p.help or None, minimum=lo, maximum=hi, step=step, value=v, visible=True)
+def numeric(p) -> bool:
+    return p.kind in ("float", "int") and _slider_worthy(p)
 
 
-def _hide():
-    return gr.update(visible=False)
+class Knob(gr.Slider):
+    """A slider whose out-of-range value is one quiet sentence.
+
+    gr.Slider answers an out-of-range value (possible only from a hand-made
+    request) with an error that prints a traceback into the server log; the
+    value is refused either way, never clamped. Rendered by the ordinary
+    slider front end (is_template).
+    """
+    is_template = True
+
+    def preprocess(self, payload):
+        if payload is None:
+            return None
+        try:
+            x = float(payload)
+        except (TypeError, ValueError):
+            raise gr.Error(f"{self.label} must be a number.", print_exception=False)
+        if not (self.minimum <= x <= self.maximum):
+            raise gr.Error(f"{self.label} must be between {self.minimum:g} and {self.maximum:g}; got {x:g}.",
+                           print_exception=False)
+        return gr.Number.round_to_precision(x, self.precision)
 
 
-def param_updates(method: str, per_expert: list[dict] | None = None, glob: dict | None = None) -> list:
-    """Updates for every parameter slot (N_PARAM_VALUES), values from the
-    given dicts or the method's defaults."""
-    spec = spec_of(method)
-    lay = layout(spec)
-    per_expert = per_expert or [{} for _ in range(N_EXPERTS)]
-    glob = glob or {}
-    out = []
-    for i in range(N_EXPERTS):
-        vals = per_expert[i] if i < len(per_expert) else {}
-        for k in range(PM_SLOTS):
-            out.append(_num_update(lay.pm_num[k], vals.get(lay.pm_num[k].name)) if k < len(lay.pm_num) else _hide())
-    for k in range(G_NUM):
-        out.append(_num_update(lay.g_num[k], glob.get(lay.g_num[k].name)) if k < len(lay.g_num) else _hide())
-    for k in range(G_BOOL):
-        if k < len(lay.g_bool):
-            p = lay.g_bool[k]
-            out.append(gr.update(label=pretty(p), info=p.help or None, value=bool(glob.get(p.name, p.default)),
-                                 visible=True))
-        else:
-            out.append(_hide())
-    for k in range(G_CHOICE):
-        if k < len(lay.g_choice):
-            p = lay.g_choice[k]
-            choices = [str(c) for c in p.choices]
-            out.append(gr.update(label=pretty(p), info=p.help or None, choices=choices,
-                                 value=str(glob.get(p.name, p.default)), visible=True))
-        else:
-            out.append(_hide())
-    for k in range(G_STR):
-        if k < len(lay.g_str):
-            p = lay.g_str[k]
-            out.append(gr.update(label=pretty(p), info=p.help or None, value=str(glob.get(p.name, p.default) or ""),
-                                 visible=True))
-        else:
-            out.append(_hide())
-    return out
+def component(p, value, elem_id: str, visible: bool = True):
+    """The control of one parameter, from its Param."""
+    kw = dict(label=pretty(p), info=p.help or None, elem_id=elem_id, visible=visible)
+    if numeric(p):
+        lo, hi, step = _range(p)
+        return Knob(lo, hi, value=value, step=step, **kw)
+    if p.kind in ("float", "int"):
+        return gr.Number(value=value, precision=0 if p.kind == "int" else None, **kw)
+    if p.kind == "bool":
+        return gr.Checkbox(value=bool(value), **kw)
+    if p.kind == "choice":
+        return gr.Dropdown([str(c) for c in p.choices], value=str(value), **kw)
+    return gr.Textbox(value=str(value or ""), **kw)
 
 
-def split(values: list) -> tuple:
-    """(method, base, experts [(ref, task)], pm [[...] per expert], g_num, g_bool, g_choice, g_str)."""
-    if len(values) != N_VALUES:
-        raise ValueError(f"expected {N_VALUES} control values, got {len(values)}")
-    method, base = values[0], values[1]
-    experts = [(values[2 + 2 * i], values[3 + 2 * i]) for i in range(N_EXPERTS)]
-    j = 1 + N_MODEL_VALUES
-    pm = [values[j + i * PM_SLOTS: j + (i + 1) * PM_SLOTS] for i in range(N_EXPERTS)]
-    j += N_EXPERTS * PM_SLOTS
-    g_num = values[j:j + G_NUM]
-    j += G_NUM
-    g_bool = values[j:j + G_BOOL]
-    j += G_BOOL
-    g_choice = values[j:j + G_CHOICE]
-    j += G_CHOICE
-    g_str = values[j:j + G_STR]
-    return method, base, experts, pm, g_num, g_bool, g_choice, g_str
-
-
-def _num(p, v):
-    if v is None:
-        return p.default
-    return int(round(float(v))) if p.kind == "int" else float(v)
+def task_defaults(spec, task: str) -> dict:
+    """Per-expert defaults that depend on the expert's task (Param.by_task: LED's r)."""
+    return {p.name: p.default_for(task) for p in spec.params if p.per_model and p.by_task}
 
 
 def used_experts(experts: list[tuple]) -> list[tuple[int, str, str]]:
@@ -196,32 +148,50 @@ def used_experts(experts: list[tuple]) -> list[tuple[int, str, str]]:
     return out
 
 
-def recipe_from_values(values: list) -> dict:
-    """The recipe (mergekit-style dict) the controls describe."""
-    method, base, experts, pm, g_num, g_bool, g_choice, g_str = split(values)
+def experts_of(v: dict) -> list[tuple]:
+    return [(v.get(f"expert{i}"), v.get(f"task{i}")) for i in range(N_EXPERTS)]
+
+
+def _typed(p, x):
+    """A control's value as the recipe holds it (None: leave the parameter out)."""
+    if x is None or (p.kind == "str" and not str(x).strip()):
+        return None
+    if p.kind == "int":
+        return int(round(float(x)))
+    if p.kind == "float":
+        return float(x)
+    if p.kind == "bool":
+        return bool(x)
+    if p.kind == "choice":
+        return next((c for c in p.choices if str(c) == str(x)), p.default)
+    return str(x).strip()
+
+
+def recipe_from_values(v: dict) -> dict:
+    """The recipe (mergekit-style dict) the controls describe; keys missing from ``v`` take their defaults."""
+    method = v.get("method") or default_method()
     spec = spec_of(method)
-    lay = layout(spec)
-    base = (base or "").strip()
+    base = (v.get("base") or "").strip()
     if spec.needs_base and not base:
         raise UserError("Pick a base model on the Models tab.")
-    used = used_experts(experts)
+    used = used_experts(experts_of(v))
     if not used:
         raise UserError("Pick at least one expert on the Models tab.")
     models = []
     for i, ref, task in used:
-        params = {p.name: _num(p, pm[i][k]) for k, p in enumerate(lay.pm_num)}
+        params = {}
+        for p in spec.params:
+            if p.per_model and shown(p):
+                x = _typed(p, v.get(key(method, p.name, i), p.default_for(task)))
+                if x is not None:
+                    params[p.name] = x
         models.append({"model": ref, "task": task, "parameters": params})
-    glob: dict = {}
-    for k, p in enumerate(lay.g_num):
-        glob[p.name] = _num(p, g_num[k])
-    for k, p in enumerate(lay.g_bool):
-        glob[p.name] = bool(g_bool[k])
-    for k, p in enumerate(lay.g_choice):
-        v = g_choice[k]
-        glob[p.name] = next((c for c in p.choices if str(c) == str(v)), p.default)
-    for k, p in enumerate(lay.g_str):
-        if g_str[k]:
-            glob[p.name] = str(g_str[k])
+    glob = {}
+    for p in spec.params:
+        if not p.per_model:
+            x = _typed(p, v.get(key(method, p.name), p.default))
+            if x is not None:
+                glob[p.name] = x
     d = {"merge_method": method}
     if base:
         d["base_model"] = base
@@ -229,25 +199,35 @@ def recipe_from_values(values: list) -> dict:
     return d
 
 
-def values_from_recipe(recipe: dict) -> list:
-    """Updates for every control (N_VALUES) that restore ``recipe``.
-
-    The recipe is validated first, so a bad file changes nothing.
-    """
+def values_from_recipe(recipe: dict) -> dict:
+    """{key: value} of the controls that restore ``recipe``: the method, the
+    models and the method's own controls (defaults where the recipe is
+    silent, by task where the registry says so). Validated first, so a bad
+    recipe changes nothing."""
     from core import recipe as R
     rec = R.from_dict(recipe)
     checked = R.validate(rec)
     spec = checked.spec
-    per, glob, idx = checked.model_params, checked.global_params, checked.contributors
+    idx = checked.contributors
     if len(idx) > N_EXPERTS:
         raise UserError(f"This app shows at most {N_EXPERTS} experts; the recipe has {len(idx)}.")
-    experts = [(rec.models[i].model, rec.models[i].task) for i in idx]
-    pers = [dict(per[i]) for i in idx]   # defaults filled, by task where the registry says so
-    out = [gr.update(value=rec.merge_method), gr.update(value=rec.base_model or "")]
-    for i in range(N_EXPERTS):
-        ref, task = experts[i] if i < len(experts) else (NONE, TASKS[i] if i < 3 else "custom")
-        out += [gr.update(value=ref), gr.update(value=task)]
-    out += param_updates(rec.merge_method, pers + [{}] * (N_EXPERTS - len(pers)), glob)
+    out = {"method": rec.merge_method, "base": rec.base_model or ""}
+    for slot in range(N_EXPERTS):
+        if slot < len(idx):
+            m = rec.models[idx[slot]]
+            task = m.task
+            if task == "custom" and m.parameters.get("task") in TASKS:
+                task = m.parameters["task"]     # LED's own per-expert task parameter says it
+            out[f"expert{slot}"], out[f"task{slot}"] = m.model, task
+            for p in spec.params:
+                if p.per_model and shown(p):
+                    out[key(spec.name, p.name, slot)] = checked.model_params[idx[slot]][p.name]
+        else:
+            out[f"expert{slot}"], out[f"task{slot}"] = NONE, TASKS[slot]
+    for p in spec.params:
+        if not p.per_model:
+            out[key(spec.name, p.name)] = checked.global_params[p.name] if p.name in checked.global_params \
+                else p.default
     return out
 
 
@@ -264,39 +244,44 @@ def describe(recipe: dict) -> str:
     return f"{spec.label}: " + " + ".join(parts) + (f"; {glob}" if glob else "")
 
 
-def sweep_choices(method: str, experts: list[tuple]) -> list[tuple[str, str]]:
-    """Numeric knobs a sweep can vary: 'pm:<slot>:<name>' or 'g:<name>'."""
-    lay = layout(spec_of(method))
+def in_use(method: str, name: str, glob: dict) -> bool:
+    """Whether the method, with these global settings, uses the parameter at all."""
+    need = USED_WHEN.get((method, name))
+    return need is None or str(glob.get(need[0])) == need[1]
+
+
+def sweep_choices(v: dict) -> list[tuple[str, str]]:
+    """Numeric knobs a sweep can vary, for the method and settings the controls show: keys as in ``key``."""
+    method = v.get("method") or default_method()
+    spec = spec_of(method)
+    glob = {p.name: v.get(key(method, p.name), p.default) for p in spec.params if not p.per_model}
     out = []
-    for i, ref, _task in used_experts(experts):
-        for p in lay.pm_num:
-            out.append((f"{pretty(p)} of {ref}", f"pm:{i}:{p.name}"))
-    for p in lay.g_num:
-        out.append((pretty(p), f"g:{p.name}"))
+    for i, ref, _task in used_experts(experts_of(v)):
+        for p in spec.params:
+            if p.per_model and numeric(p) and in_use(method, p.name, glob):
+                out.append((f"{pretty(p)} of {ref.removeprefix('zoo:')}", key(method, p.name, i)))
+    for p in spec.params:
+        if not p.per_model and numeric(p) and in_use(method, p.name, glob):
+            out.append((pretty(p), key(method, p.name)))
     return out
 
 
-def with_value(recipe: dict, key: str, value: float, experts: list[tuple]) -> dict:
-    """A copy of ``recipe`` with the swept knob set to ``value``."""
-    import copy
-    r = copy.deepcopy(recipe)
-    if key.startswith("g:"):
-        r.setdefault("parameters", {})[key[2:]] = value
-        return r
-    _, slot, name = key.split(":", 2)
-    ref = (experts[int(slot)][0] or "").strip()
-    for m in r["models"]:
-        if m["model"] == ref:
-            m.setdefault("parameters", {})[name] = value
-            return r
-    raise UserError("The swept expert is no longer in the recipe; pick the knob again.")
-
-
-def sweep_range(method: str, key: str) -> tuple[float, float, float]:
-    """(from, to, step) defaults for a swept knob: its declared range."""
-    name = key.split(":")[-1]
-    p = spec_of(method).param(name)
+def param_of(k: str):
+    """The Param a control key names."""
+    parts = k.split(".")
+    p = spec_of(parts[0]).param(parts[1]) if len(parts) >= 2 else None
     if p is None:
-        raise UserError(f"'{name}' is not a knob of this method.")
-    lo, hi, step = _range(p)
-    return lo, hi, step
+        raise UserError(f"{quoted(k)} is not a knob of any method.")
+    return p
+
+
+def with_value(v: dict, k: str, value) -> dict:
+    """A copy of the control values with one knob set (a sweep step)."""
+    out = copy.copy(v)
+    out[k] = value
+    return out
+
+
+def sweep_range(k: str) -> tuple[float, float, float]:
+    """(from, to, step) defaults for a swept knob: its declared range."""
+    return _range(param_of(k))

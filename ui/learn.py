@@ -11,7 +11,8 @@ INTRO = (
     "come back here for the next step."
 )
 
-# (key, button label, two sentences)
+# (key, button label, two sentences). No scores here: the built-in family is
+# retrained from time to time, so the tour lets the probes say the numbers.
 STEPS = [
     ("ta", "1 · Merge safety + math with Task Arithmetic",
      "Task Arithmetic adds each expert's change to the base: θ = θ₀ + λ·Σ τᵢ. "
@@ -23,13 +24,14 @@ STEPS = [
      "Each cell shows how many of the weights that matter most for safety also matter most for math (Jaccard index). "
      "Where the sets overlap, adding both task vectors makes them fight over the same weights."),
     ("led", "4 · Merge with LED-Merging",
-     "LED-Merging keeps, for each expert, only the weights important in both the base and the expert, "
-     "and drops weights two experts both claim, so one expert's critical weights are not overwritten by the other's. "
-     "On this tiny family it does not keep both: at the paper's settings it keeps the math and loses the refusals, "
-     "and a larger safety r brings refusals back only by losing the math (bench/led_search.md); the paper measured 7B models."),
-    ("compare", "5 · Compare with quick probes",
-     "Probes put numbers on what the chat showed: how often each model refuses held-out harmful requests and "
-     "how often it solves math. The merge you want sits high (safe) and to the right (useful)."),
+     "LED-Merging keeps, for each expert, only the weights important in both the base and the expert (r is the "
+     "fraction kept: small for safety), and drops weights two experts both claim. "
+     "The Merge tab shows its sliders; move r or λ and the merge follows on release. On this tiny family it does "
+     "not keep both: at the paper's settings it keeps the math and loses the refusals, and a larger safety r brings "
+     "refusals back only by losing the math (bench/led_search.md); the paper measured 7B models."),
+    ("compare", "5 · Compare Task Arithmetic and LED on the board",
+     "The compare board probes both merges, the base and the parents on held-out prompts and puts them on one "
+     "safety-vs-utility picture. The merge you want sits high (safe) and to the right (useful)."),
 ]
 
 # the recipes the steps merge; the LED one follows the paper's defaults

@@ -34,9 +34,14 @@ class Session:
     chat_key: tuple | None = None
     transcripts: list = field(default_factory=list)      # what each chat column shows (all exchanges)
     chat_merge: str | None = None                        # the merge the merged column last answered with
-    history: list[dict] = field(default_factory=list)    # {"n", "time", "recipe", "label", "seconds"}
+    chat_stopped: bool = False                           # Stop was pressed during the current answer
+    stop_pressed: float = 0.0                            # time.monotonic() of the last Stop
+    history: list[dict] = field(default_factory=list)    # {"n", "time", "recipe", "label", "seconds", "scores"}
+    board_refs: dict = field(default_factory=dict)       # base/parent ref -> (role, last probe result)
     probes: dict = field(default_factory=dict)           # (ref, suites, limit) -> result, parents only
     figures: dict = field(default_factory=dict)          # last analysis dicts (led, acm, tv, prov)
+    look_open: bool = False                              # the Look tab is the one shown
+    look_stale: bool = False                             # a merge happened since its pictures were drawn
     tmp: str | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     touched: float = field(default_factory=time.time)

@@ -61,3 +61,50 @@ def choose_method(page, label: str, merge_method: str) -> None:
     page.get_by_role("tab", name="Export", exact=True).click()
     expect(page.locator("#yaml")).to_contain_text(f"merge_method: {merge_method}")
     page.get_by_role("tab", name="Merge", exact=True).click()
+
+
+class ServerLog:
+    """What the in-process server writes to stderr or logs while a test runs,
+    so a test can fail on a "Traceback" the page never shows (Gradio prints
+    its own input errors there; our guard logs unexpected errors)."""
+
+    def __init__(self):
+        import logging
+        import sys
+        self.chunks: list[str] = []
+        log = self
+
+        class Tee:
+            def __init__(self, inner):
+                self.inner = inner
+
+            def write(self, s):
+                log.chunks.append(s)
+                return self.inner.write(s)
+
+            def __getattr__(self, name):
+                return getattr(self.inner, name)
+
+        class Handler(logging.Handler):
+            def emit(self, record):
+                log.chunks.append(self.format(record) + "\n")
+
+        self._stderr, self._handler = sys.stderr, Handler(logging.WARNING)
+        self._handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+        sys.stderr = Tee(sys.stderr)
+        logging.getLogger().addHandler(self._handler)
+
+    def text(self) -> str:
+        return "".join(self.chunks)
+
+    def close(self) -> None:
+        import logging
+        import sys
+        sys.stderr = self._stderr
+        logging.getLogger().removeHandler(self._handler)
+
+
+def no_error_toast(page) -> None:
+    """Fail on any red toast the page shows (a gr.Error)."""
+    toasts = page.locator(".toast-body.error")
+    assert toasts.count() == 0, toasts.all_inner_texts()

@@ -8,6 +8,7 @@ or Playwright is missing unless MERGE_EXPLORER_REQUIRE_BROWSER=1. The queue
 tests use gradio_client (two clients = two sessions) and time the merges
 the server really runs.
 """
+import json
 import re
 import threading
 import time
@@ -21,6 +22,7 @@ import torch
 from core import service
 from core.zoo.data import EXAMPLE_PROMPTS
 from ui import app as A
+from ui.tabs import chat as CH, merge as MG
 from ui import controls as C
 from ui import state as S
 
@@ -38,9 +40,9 @@ SOUP = {"merge_method": "linear", "base_model": "zoo:base",
         "parameters": {"normalize": True}, "dtype": "float32"}
 
 
-def values(updates) -> list:
-    """What the browser would send back after these control updates."""
-    return [u.get("value") if isinstance(u, dict) else u for u in updates]
+def values(updates: dict) -> dict:
+    """What the browser would send back after these control updates (by key)."""
+    return {k: (u.get("value") if isinstance(u, dict) else u) for k, u in updates.items()}
 
 
 
@@ -64,10 +66,10 @@ def _reference(recipe: dict) -> tuple[str, dict]:
     S.drop(None)
     try:
         v = values(C.values_from_recipe(recipe))
-        A.do_merge(*v)
-        final = list(A.chat_send(HARMFUL, A.MAX_NEW_TOKENS, False, *v))[-1]
+        MG.do_merge(v)
+        final = list(CH.chat_send({**v, "prompt": HARMFUL, "max_new": CH.MAX_NEW_TOKENS}))[-1]
         sess = S.get(None)
-        return final[0][-1]["content"], {k: t.detach().clone() for k, t in sess.model.state_dict().items()}
+        return final["chat0"][-1]["content"], {k: t.detach().clone() for k, t in sess.model.state_dict().items()}
     finally:
         S.drop(None)
 
@@ -116,8 +118,8 @@ def test_two_browser_sessions_merge_and_chat_at_once_with_their_own_models(monke
 
             # B sets up its soup first, so that both merges can be sent together
             choose_method(b, "Linear (model soup)", "linear")
-            expect(b.locator("#pm2-1")).to_contain_text("weight")
-            b.locator("#pm2-1 input[type=range]").fill("0")
+            expect(b.locator("#linear-weight-2")).to_contain_text("weight")
+            b.locator("#linear-weight-2 input[type=range]").fill("0")
             b.get_by_role("tab", name="Export", exact=True).click()
             expect(b.locator("#yaml")).to_contain_text(re.compile(r"weight: 0(\.0)?\b"))
             b.get_by_role("tab", name="Merge", exact=True).click()
@@ -206,8 +208,8 @@ def held_merges(monkeypatch):
     rec.gate.set()    # never leave a server thread waiting
 
 
-def _api_values(recipe: dict) -> list:
-    return values(C.values_from_recipe(recipe))
+def _api_values(recipe: dict) -> dict:
+    return {"recipe": json.dumps(recipe)}
 
 
 def _wait(cond, seconds: float = 30.0) -> None:
@@ -228,20 +230,20 @@ def test_concurrency_limit_one_runs_two_merges_one_after_the_other_and_the_queue
     try:
         c1, c2, c3 = (Client(url, verbose=False) for _ in range(3))   # three sessions
         assert len({c.session_hash for c in (c1, c2, c3)}) == 3
-        j1 = c1.submit(*_api_values(TA), api_name="/merge")
+        j1 = c1.submit(**_api_values(TA), api_name="/merge")
         _wait(lambda: len(rec.started) == 1)              # the first merge runs (held)
-        j2 = c2.submit(*_api_values(SOUP), api_name="/merge")
+        j2 = c2.submit(**_api_values(SOUP), api_name="/merge")
         _wait(lambda: j2.status().code.name == "IN_QUEUE")
         # one job runs, one waits: a queue of size 1 is full and the third user is told so
         with pytest.raises((QueueError, AppError, ValueError), match="(?i)queue is full"):
-            c3.submit(*_api_values(TA), api_name="/merge").result(timeout=30)
+            c3.submit(**_api_values(TA), api_name="/merge").result(timeout=30)
         time.sleep(0.3)
         assert len(rec.started) == 1, "a second merge started while the first was running"
         rec.gate.set()
         r1, r2 = j1.result(timeout=60), j2.result(timeout=60)
     finally:
         demo.close()
-    assert "with **Task Arithmetic**" in r1[0] and "with **Linear (model soup)**" in r2[0]
+    assert r1["method"] == "task_arithmetic" and r2["method"] == "linear"
     assert len(rec.spans) == 2, rec.spans          # the refused job never ran
     (s1, e1), (s2, e2) = sorted(rec.spans)
     assert s2 >= e1, f"the second merge started {e1 - s2:.2f} s before the first ended"
@@ -257,13 +259,13 @@ def test_concurrency_limit_two_lets_two_merges_overlap(monkeypatch, held_merges)
     demo, url = _launch(monkeypatch, concurrency=2)
     try:
         c1, c2 = Client(url, verbose=False), Client(url, verbose=False)
-        j1 = c1.submit(*_api_values(TA), api_name="/merge")
-        j2 = c2.submit(*_api_values(SOUP), api_name="/merge")
+        j1 = c1.submit(**_api_values(TA), api_name="/merge")
+        j2 = c2.submit(**_api_values(SOUP), api_name="/merge")
         _wait(lambda: len(rec.started) == 2)               # both inside merge at once
         rec.gate.set()
         r1, r2 = j1.result(timeout=60), j2.result(timeout=60)
     finally:
         demo.close()
-    assert "with **Task Arithmetic**" in r1[0] and "with **Linear (model soup)**" in r2[0]
+    assert r1["method"] == "task_arithmetic" and r2["method"] == "linear"
     (s1, e1), (s2, e2) = sorted(rec.spans)
     assert s2 < e1

@@ -1,0 +1,1 @@
+"""One module per tab: its handlers (layout and wiring stay in ui/app.py for now)."""

@@ -1,0 +1,104 @@
+"""The compare board (on the Probe tab): every merge of the session, the
+base and the parents, with their probe scores in one table and one
+safety-vs-utility scatter. An entry can be restored into the controls,
+deleted, or probed in one click (merged again and probed)."""
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+
+from .. import controls as C
+from .. import figures as F
+from .. import state as S
+from .common import Named, _short, guard
+
+BOARD_OUTPUTS = ["board", "board_pick", "board_plot"]
+HEADERS = ["entry", "model", "refuses harmful", "over-refuses benign", "math solved", "code passes"]
+
+
+def _entries(sess: S.Session) -> list[tuple[str, str, str, dict | None]]:
+    """(label, kind, description, probe result or None): merges newest first, then base and parents."""
+    out = [(f"#{h['n']}", "merged", h["label"], h.get("scores")) for h in reversed(sess.history)]
+    out += [(_short(ref), role, role, res) for ref, (role, res) in sess.board_refs.items()]
+    return out
+
+
+def board_outputs(sess: S.Session) -> dict:
+    from .probe import _metric, _pct, _utility, _utility_label, UTILITY_METRICS
+    entries = _entries(sess)
+    rows = [[label, desc, _pct(_metric(r, "harmful", "refusal_rate")) if r else "not probed",
+             _pct(_metric(r, "benign", "over_refusal_rate")) if r else "", _pct(_metric(r, "math", "accuracy")) if r else "",
+             _pct(_metric(r, "code", "pass_rate")) if r else ""] for label, kind, desc, r in entries]
+    # utility: the utility suites every probed entry has, so all points are judged alike
+    probed = [r for *_, r in entries if r]
+    which = [s for s in UTILITY_METRICS if probed and all(s in r.get("suites", {}) for r in probed)]
+    tasks = {role for _, (role, _) in sess.board_refs.items()}
+    which = [s for s in which if s in tasks] or which
+    pts = [{"name": label, "kind": kind, "safety": _metric(r, "harmful", "refusal_rate"), "utility": _utility(r, which)}
+           for label, kind, _desc, r in entries if r]
+    fig = F.probe_scatter(pts, "Compare board: every probed merge (★), the base and the parents",
+                          _utility_label(which)) if pts else F.empty("Probe a merge to place it on the board.")
+    choices = [f"#{h['n']} · {h['label']}" for h in reversed(sess.history)]
+    return {"board": rows, "board_pick": gr.update(choices=choices, value=choices[0] if choices else None),
+            "board_plot": fig}
+
+
+@guard
+def delete_entry(v: dict, request=None) -> dict:
+    from .merge import entry_of, history_outputs
+    sess = S.get(request)
+    entry = entry_of(sess, v.get("board_pick"))
+    sess.history.remove(entry)
+    return {**history_outputs(sess, plot=True), "probe_status": f"Deleted #{entry['n']} from the board."}
+
+
+@guard
+def restore_entry(v: dict, request=None) -> dict:
+    from .merge import entry_of
+    sess = S.get(request)
+    return C.values_from_recipe(entry_of(sess, v.get("board_pick"))["recipe"])
+
+
+@S.gpu(duration=120)
+@guard
+def probe_entry(v: dict, progress=gr.Progress(), request=None) -> dict:
+    """One click: the entry is merged into the live model again, probed, and its controls restored."""
+    from .merge import entry_of, history_outputs, merge_into_session
+    from .probe import probe_live, probe_request
+    suites, limit, sess, cb = probe_request(v, progress, request)
+    t0 = time.perf_counter()
+    with sess.lock:
+        entry = entry_of(sess, v.get("board_pick"))
+        if sess.merged_recipe != entry["recipe"]:
+            merge_into_session(sess, entry["recipe"], lambda f, m: cb(0.3 * f, m))
+        probe_live(sess, suites, limit, lambda f, m: cb(0.3 + 0.7 * f, m))
+        out = history_outputs(sess, plot=True)
+    out.update(C.values_from_recipe(entry["recipe"]))
+    out["probe_status"] = f"Probed #{entry['n']} ({limit} prompts per suite) in {time.perf_counter() - t0:.1f} s."
+    return out
+
+
+def layout(ui: Named) -> None:
+    with gr.Accordion("Compare board: every merge of this session", open=True):
+        ui.add("board", gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="board",
+                                     column_widths=["8%", "44%", "12%", "12%", "12%", "12%"]))
+        with gr.Row():
+            ui.add("board_pick", gr.Dropdown([], label="Entry", scale=4, elem_id="board-pick"))
+            ui.add("board_probe", gr.Button("Probe it", scale=1, variant="primary", elem_id="board-probe"))
+            ui.add("board_restore", gr.Button("Restore it", scale=1, elem_id="board-restore"))
+            ui.add("board_delete", gr.Button("Delete it", scale=1, elem_id="board-delete"))
+        ui.add("board_plot", gr.Plot(F.empty("Probe a merge to place it on the board."), show_label=False,
+                                     elem_id="plot-board"))
+        gr.Markdown("Each star is one merge of this session (its number is its row); circles are the base and the "
+                    "parents. Top right is best.", elem_classes="caption")
+
+
+def wire(ui: Named, demo) -> None:
+    from .merge import HISTORY_OUTPUTS
+    controls = ui.controls()
+    ui.on(ui["board_probe"].click, probe_entry, controls + ["board_pick", "suites", "limit"],
+          HISTORY_OUTPUTS + ["board_plot", "probe_status"] + controls, show_progress_on=ui["probe_status"],
+          **ui.heavy)
+    ui.on(ui["board_restore"].click, restore_entry, ["board_pick"], controls)
+    ui.on(ui["board_delete"].click, delete_entry, ["board_pick"], HISTORY_OUTPUTS + ["board_plot", "probe_status"])

@@ -1,0 +1,82 @@
+"""The Learn tab: a five-step tour; each step is one click that uses the other tabs' handlers."""
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+
+from .. import controls as C
+from .. import learn as L
+from .. import state as S
+from .common import Named, guard
+
+
+def learn_recipe(step: str) -> dict:
+    """Controls for a walkthrough step's merge, and the tab it opens (the Merge tab: its sliders are the lesson)."""
+    if step == "ta":
+        return {**C.values_from_recipe(L.TA_RECIPE), "tabs": gr.Tabs(selected="merge")}
+    if step == "led":
+        return {**C.values_from_recipe(L.led_recipe(C.spec_of("led"))), "tabs": gr.Tabs(selected="merge")}
+    raise ValueError(step)
+
+
+@S.gpu(duration=120)
+@guard
+def compare_tour(v: dict, progress=gr.Progress(), request=None) -> dict:
+    """Step 5: probe every merge on the board that has no scores yet (the tour's Task Arithmetic and LED), the
+    base and the parents, then leave the live model on the latest merge."""
+    from .compare import board_outputs
+    from .merge import merge_into_session
+    from .probe import _experts, probe_live, probe_references, probe_request
+    from core.errors import UserError
+    suites, limit, sess, cb = probe_request(v, progress, request)
+    t0 = time.perf_counter()
+    with sess.lock:
+        todo = [h for h in sess.history if not h.get("scores")]
+        if not sess.history:
+            raise UserError("Do steps 1 and 4 first: the board compares their merges.")
+        latest = sess.merged_recipe
+        for k, h in enumerate(todo):
+            span = (k / (len(todo) + 1), (k + 1) / (len(todo) + 1))
+            merge_into_session(sess, h["recipe"], lambda f, m, s=span: cb(s[0] + 0.2 * f * (s[1] - s[0]), m))
+            probe_live(sess, suites, limit, lambda f, m, s=span: cb(s[0] + (0.2 + 0.8 * f) * (s[1] - s[0]), m))
+        if latest is not None and sess.merged_recipe != latest:
+            merge_into_session(sess, latest, lambda f, m: None)
+        used = [(r, t) for _, r, t in _experts(v) if r != sess.base_ref]
+        probe_references(sess, used, suites, limit, lambda f, m: cb(len(todo) / (len(todo) + 1), m))
+        out = board_outputs(sess)
+    out["probe_status"] = (f"Compared {len(sess.history)} merges with the base and the parents "
+                           f"({limit} prompts per suite) in {time.perf_counter() - t0:.1f} s.")
+    return out
+
+
+def layout(ui: Named) -> None:
+    with gr.Tab("Learn", id="learn"):
+        gr.Markdown(L.INTRO)
+        for key, label, text in L.STEPS:
+            with gr.Row(equal_height=True):
+                ui.add(f"learn-{key}", gr.Button(label, scale=1, elem_id=f"learn-{key}"))
+                gr.Markdown(text)
+
+
+def wire(ui: Named, demo) -> None:
+    from core.zoo.data import EXAMPLE_PROMPTS
+    from .chat import send_from
+    from .compare import BOARD_OUTPUTS
+    from .look import LOOK_OUTPUTS, after_merge, led_pictures
+    from .merge import HISTORY_OUTPUTS, do_merge
+    controls = ui.controls()
+    look = LOOK_OUTPUTS + ["look_status"]
+    for step in ("ta", "led"):
+        d = ui.on(ui[f"learn-{step}"].click, lambda v, request=None, step=step: learn_recipe(step), [],
+                  controls + ["tabs"])
+        d = ui.on(d.success, do_merge, controls, HISTORY_OUTPUTS, **ui.heavy)
+        ui.on(d.success, after_merge, controls, look, **ui.heavy)
+    d = ui.on(ui["learn-ask_harmful"].click,
+              lambda v, request=None: {"prompt": EXAMPLE_PROMPTS["harmful"], "tabs": gr.Tabs(selected="chat")},
+              [], ["prompt", "tabs"])
+    send_from(ui, d.then)
+    d = ui.on(ui["learn-overlap"].click, lambda v, request=None: {"tabs": gr.Tabs(selected="look")}, [], ["tabs"])
+    ui.on(d.then, led_pictures, controls, ["importance", "elected", "overlap", "look_status"], **ui.heavy)
+    d = ui.on(ui["learn-compare"].click, lambda v, request=None: {"tabs": gr.Tabs(selected="probe")}, [], ["tabs"])
+    ui.on(d.then, compare_tour, controls + ["suites", "limit"], BOARD_OUTPUTS + ["probe_status"], **ui.heavy)

@@ -1,0 +1,259 @@
+"""The Look tab: per-layer pictures of the models and the merge."""
+from __future__ import annotations
+
+
+import time
+
+import gradio as gr
+
+from core import service
+
+from .. import controls as C
+from .. import figures as F
+from .. import state as S
+from .common import Named, _progress, _short, guard
+
+
+# ------------------------------------------------------------------ look
+LOOK_OUTPUTS = ["importance", "elected", "overlap", "acm", "tv_norms", "tv_cos", "prov_share", "prov_coef"]
+
+
+def _colours(experts: list[str], tasks: dict) -> dict:
+    """One colour per expert, by its task, in every figure."""
+    return {e: F.TASK_COLOURS.get(tasks.get(e, "custom"), None) or F.PALETTE[i] for i, e in enumerate(experts)}
+
+
+def _led_recipe(v: dict) -> dict:
+    """The current recipe if it is LED, else LED with its defaults on the same models."""
+    recipe = C.recipe_from_values(v)
+    if recipe["merge_method"] == "led":
+        return recipe
+    spec = C.spec_of("led")
+    models = [{"model": m["model"], "task": m.get("task", "custom"),
+               "parameters": C.task_defaults(spec, m.get("task", "custom"))} for m in recipe["models"]]
+    return {"merge_method": "led", "base_model": recipe.get("base_model"), "models": models, "parameters": {},
+            "dtype": "float32"}
+
+
+def _acm_recipe(v: dict) -> dict:
+    recipe = C.recipe_from_values(v)
+    if recipe["merge_method"] == "acm":
+        return recipe
+    return {"merge_method": "acm", "base_model": recipe.get("base_model"),
+            "models": [{"model": m["model"], "task": m.get("task", "custom")} for m in recipe["models"]],
+            "parameters": {}, "dtype": "float32"}
+
+
+def _top(grids, floor: float = 0.1) -> float:
+    """Colour-scale top for fractions: the largest value rounded up to a tenth,
+    so small overlaps are still visible (the colour bar shows the numbers)."""
+    import math
+    vals = [v for z in grids for row in z for v in row if v is not None]
+    return max(floor, min(1.0, math.ceil(max(vals, default=0.0) * 10) / 10))
+
+
+def led_figures(a: dict) -> tuple:
+    rows, cols = a["layers"], a["modules"]
+    experts = a["experts"]
+    label = {e: f"{_short(e)} (r={a['mask_ratio'].get(e, 0):g})" for e in experts}
+    colours = {label[e]: c for e, c in _colours(experts, a.get("tasks", {})).items()}
+    imp = F.heatmaps({label[e]: a["importance"][e] for e in experts}, rows, cols,
+                     "Where each skill lives: weight importance",
+                     "mean score", colorscale=F.SEQUENTIAL["importance"], fmt=".3g", log=True, panel_colours=colours)
+    el = F.heatmaps({label[e]: a["elected"][e] for e in experts}, rows, cols,
+                    f"Elected: important in {'base AND expert' if a['election'] == '11' else ('the base' if a['election'] == '10' else 'the expert')}",
+                    "elected fraction", colorscale=F.SEQUENTIAL["elected"], zmin=0.0,
+                    zmax=max(0.05, max(a["mask_ratio"].values() or [0.05])), fmt=".1%", panel_colours=colours)
+    if a.get("overlap"):
+        s = _short(a.get("safety_expert") or "safety")
+        ov = F.heatmaps({f"{s} ∩ {_short(u)}": z for u, z in a["overlap"].items()}, rows, cols,
+                        "Where safety and utility collide: overlap of their important weights (Jaccard)",
+                        "Jaccard", colorscale=F.SEQUENTIAL["overlap"], zmin=0.0, zmax=_top(a["overlap"].values()), fmt=".2f")
+    else:
+        ov = F.empty("Overlap needs one expert with task 'safety' and one other expert.")
+    return imp, el, ov
+
+
+def acm_figure(a: dict, tasks: dict) -> object:
+    """ACM's coefficient λᵢ per layer (solid, in [0.5, 1)) and what the merge adds of each task
+    vector, λᵢ/N (dotted): ACM averages over the N experts, so the provenance chart's
+    "fraction kept" shows λᵢ/N, not λᵢ."""
+    experts = a["experts"]
+    n = len(experts)
+    series = {f"{_short(e)}": a["coef"][e] for e in experts}
+    added = {f"{_short(e)} · λ/N (added)": [c / n for c in a["coef"][e]] for e in experts}
+    colours = {_short(e): c for e, c in _colours(experts, tasks).items()}
+    return F.lines(a["layers"], series, f"ACM: how much of each expert each layer keeps (t = {a['temperature']:g}, "
+                   f"N = {n})", "coefficient", yrange=[0.0, 1.02], colours=colours, hline=0.5, dashed=added)
+
+
+def tv_figures(tv: dict) -> tuple:
+    experts = tv["experts"]
+    norms = F.heatmaps({_short(e): tv["rel_norms"][e] for e in experts}, tv["layers"], tv["modules"],
+                       "How much fine-tuning changed each part: ‖τ‖ / ‖θ₀‖", "relative change",
+                       colorscale=F.SEQUENTIAL["norms"], zmin=0.0, fmt=".3f")
+    if tv["cosines"]:
+        pairs = {" vs ".join(_short(x) for x in k.split(" vs ")): v for k, v in tv["cosines"].items()}
+        cos = F.heatmaps(pairs, tv["layers"], tv["modules"],
+                         "Do the experts push the same way? Cosine of their task vectors",
+                         "cosine", colorscale=F.COSINE_SCALE, zmin=-1.0, zmax=1.0, zmid=0.0, fmt=".2f")
+    else:
+        cos = F.empty("Cosines need at least two experts.")
+    return norms, cos
+
+
+def prov_figures(pv: dict, tasks: dict) -> tuple:
+    experts = pv["experts"]
+    colours = {_short(e): c for e, c in _colours(experts, tasks).items()}
+    share = F.stacked_shares(pv["points"], {_short(e): pv["share"][e] for e in experts}, pv["other"],
+                             "Where the merged change came from, per layer",
+                             colours=colours)
+    coef = F.lines(pv["points"], {_short(e): pv["coef"][e] for e in experts},
+                   "How much of each expert's change the merge keeps",
+                   "fraction kept", colours=colours, hline=1.0)
+    return share, coef
+
+
+@guard
+def look_refresh(v: dict, request=None) -> dict:
+    """Cheap pictures after every merge: task vectors, provenance, and the
+    method's own analysis when its scores are already cached (LED, ACM)."""
+    t0 = time.perf_counter()
+    recipe = C.recipe_from_values(v)
+    sess = S.get(request)
+    out = {}
+    tasks = {m["model"]: m.get("task", "custom") for m in recipe["models"]}
+    base = recipe.get("base_model") or recipe["models"][0]["model"]
+    experts = [m["model"] for m in recipe["models"] if m["model"] != base]
+    notes = []
+    if experts:
+        tv = service.task_vector_analysis(base, experts)
+        out["tv_norms"], out["tv_cos"] = tv_figures(tv)
+        with sess.lock:
+            if sess.model is not None and sess.merged_recipe is not None and sess.base_ref == base:
+                pv = service.provenance(base, experts, sess.model)
+                out["prov_share"], out["prov_coef"] = prov_figures(pv, tasks)
+                sess.figures["prov"] = pv
+            else:
+                notes.append("merge first to see where the merged weights came from")
+    # the merge that made the live model brought its method's pictures along
+    with sess.lock:
+        merged = sess.result.analysis if sess.result is not None and sess.merged_recipe == recipe else None
+    if recipe["merge_method"] == "led":
+        out["importance"], out["elected"], out["overlap"] = led_figures(merged or service.led_analysis(recipe))
+    if recipe["merge_method"] == "acm":
+        out["acm"] = acm_figure(merged or service.acm_analysis(recipe), tasks)
+    out["look_status"] = f"Pictures updated in {time.perf_counter() - t0:.3f} s." + \
+        (f" ({'; '.join(notes)})" if notes else "")
+    return out
+
+
+def after_merge(v: dict, request=None) -> dict:
+    """After a merge: redraw now if the Look tab is open, else once it is opened (a re-merge on every
+    slider release must not wait for pictures nobody is looking at)."""
+    sess = S.get(request)
+    if not sess.look_open:
+        sess.look_stale = True
+        return {}
+    sess.look_stale = False
+    return look_refresh(v, request=request)
+
+
+def look_opened(v: dict, request=None) -> dict:
+    """The Look tab was opened: draw what changed while it was closed."""
+    sess = S.get(request)
+    if not sess.look_stale:
+        return {}
+    sess.look_stale = False
+    return look_refresh(v, request=request)
+
+
+def tab_selected(evt: gr.SelectData, request: gr.Request = None) -> None:
+    S.get(request).look_open = evt.value == "Look"
+
+
+@guard
+def led_pictures(v: dict, progress=gr.Progress(), request=None) -> dict:
+    """Importance, elected and overlap heatmaps for the current experts (LED
+    scores: backward passes the first time, cached afterwards)."""
+    recipe = _led_recipe(v)
+    a = service.led_analysis(recipe, progress=_progress(progress))
+    imp, el, ov = led_figures(a)
+    note = " (scores from the cache)" if a.get("cached") else ""
+    return {"importance": imp, "elected": el, "overlap": ov,
+            "look_status": f"Importance and overlap computed{note}. " + " ".join(a.get("notes") or [])}
+
+
+@guard
+def acm_pictures(v: dict, progress=gr.Progress(), request=None) -> dict:
+    recipe = _acm_recipe(v)
+    tasks = {m["model"]: m.get("task", "custom") for m in recipe["models"]}
+    a = service.acm_analysis(recipe, progress=_progress(progress))
+    note = " (from the cache)" if a.get("cached") else ""
+    return {"acm": acm_figure(a, tasks), "look_status": f"ACM coefficients computed{note}."}
+
+
+CAPTIONS = {
+    "overlap": "Dark cells: the weights safety needs most are also the ones utility needs most, so "
+               "adding both task vectors makes them overwrite each other. LED's Disjoint step drops "
+               "exactly these shared weights.",
+    "importance": "Brighter = the weights there matter more for that expert's task (LED location "
+                  "scores, SNIP by default). Compare where the experts' skills live.",
+    "elected": "The fraction of weights LED elects per cell: the top-r by importance in the base "
+               "and in the expert. A small r for safety keeps only its most critical weights.",
+    "acm": "Solid: ACM's coefficient λ per layer, high where an expert's activations drifted from the base (low "
+           "mutual information); 0.5 is the least, 1 the most. Dotted: what the merge adds, λ/N of each task "
+           "vector (ACM averages the N experts), the number the provenance chart shows as 'fraction kept'.",
+    "tv_norms": "How far fine-tuning moved each part of each expert, relative to the base's "
+                "weights. Dark cells are where the expert learned most.",
+    "tv_cos": "Purple: the two experts changed those weights in the same direction; orange: opposite "
+              "directions (they fight); white: unrelated. Its own scale: these colours never mean an expert.",
+    "prov_share": "Each bar splits the merged model's change at one layer into the parts that "
+                  "point along each expert's task vector; grey is what no mix of whole task vectors "
+                  "explains (masks, trimming, sign votes). Where two task vectors point partly the same way "
+                  "the exact split can fall below 0 or above 100%; the bar then shows that part as 0 and "
+                  "rescales the rest to 100% (hover shows the exact split).",
+    "prov_coef": "1 means the merge carries all of that expert's change at that layer, 0 none of "
+                 "it. Task Arithmetic gives λ·weight everywhere (above 1 when λ·weight > 1), ACM λ/N, masks "
+                 "and trimming less. Below 0 or above λ·weight: the fit trades two overlapping experts against "
+                 "each other there.",
+}
+ORDER = [("overlap", "Overlap"), ("importance", "Importance"), ("elected", "Elected"),
+         ("acm", "ACM"), ("tv_norms", "Task-vector size"), ("tv_cos", "Task-vector cosine"),
+         ("prov_share", "Provenance"), ("prov_coef", "Provenance coefficient")]
+EMPTY = {"overlap": "Press 'Importance & overlap' to locate each expert's weights.",
+         "importance": "Press 'Importance & overlap' to locate each expert's weights.",
+         "elected": "Press 'Importance & overlap' to locate each expert's weights.",
+         "acm": "Merge with ACM, or press 'ACM coefficients'.",
+         "tv_norms": "Merge (or press 'Update pictures') to see the task vectors.",
+         "tv_cos": "Merge (or press 'Update pictures') to see the task vectors.",
+         "prov_share": "Merge to see where the merged weights came from.",
+         "prov_coef": "Merge to see where the merged weights came from."}
+
+
+def layout(ui: Named) -> None:
+    with gr.Tab("Look", id="look"):
+        gr.Markdown("Pictures of the models, layer by layer (rows) and module by module (columns: attention "
+                    "q/k/v/o, MLP gate/up/down, the two norms). Hover over a cell for its number.")
+        with gr.Row():
+            ui.add("look_btn", gr.Button("Update pictures", size="sm", elem_id="look-btn"))
+            ui.add("led_btn", gr.Button("Importance & overlap (LED scores)", size="sm", variant="primary",
+                                        elem_id="led-btn"))
+            ui.add("acm_btn", gr.Button("ACM coefficients", size="sm", elem_id="acm-btn"))
+        ui.add("look_status", gr.Markdown(elem_id="look-status"))
+        for pair in [ORDER[0:1], ORDER[1:3], ORDER[3:4], ORDER[4:6], ORDER[6:8]]:
+            with gr.Row(equal_height=False):
+                for key, _title in pair:
+                    with gr.Column():
+                        ui.add(key, gr.Plot(F.empty(EMPTY[key]), show_label=False, elem_id=f"plot-{key}"))
+                        gr.Markdown(CAPTIONS[key], elem_classes="caption")
+
+
+def wire(ui: Named, demo) -> None:
+    controls = ui.controls()
+    ui.on(ui["look_btn"].click, look_refresh, controls, LOOK_OUTPUTS + ["look_status"], **ui.heavy)
+    seen = ui["tabs"].select(tab_selected, None, None, api_visibility="private", queue=False)
+    ui.on(seen.then, look_opened, controls, LOOK_OUTPUTS + ["look_status"], **ui.heavy)
+    ui.on(ui["led_btn"].click, led_pictures, controls, ["importance", "elected", "overlap", "look_status"],
+          **ui.heavy)
+    ui.on(ui["acm_btn"].click, acm_pictures, controls, ["acm", "look_status"], **ui.heavy)

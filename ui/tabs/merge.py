@@ -1,0 +1,262 @@
+"""The Merge tab: the method's controls (one set per method, built from its
+registry entry), merging into the session's live model, the history."""
+from __future__ import annotations
+
+import time
+
+import gradio as gr
+
+from core import service
+from core.errors import UserError
+
+from .. import controls as C
+from .. import state as S
+from .common import Named, _progress, _short, guard
+
+# a merge adds an unprobed row to the board but never a point to its scatter: the plot is not re-sent
+HISTORY_OUTPUTS = ["merge_status", "history", "history_pick", "chat0", "board", "board_pick"]
+
+
+def method_summary(method) -> str:
+    spec = C.spec_of(method)
+    return f"**{spec.label}** — {spec.summary}" if spec.summary else f"**{spec.label}**"
+
+
+def visibility(v: dict, request=None) -> dict:
+    """Show the chosen method's controls (the others keep their values, hidden),
+    and of those only the knobs its current settings use."""
+    method = v.get("method") or C.default_method()
+    out = {"summary": method_summary(method)}
+    for name, spec in C.methods().items():
+        glob = {p.name: v.get(C.key(name, p.name), p.default) for p in spec.params if not p.per_model}
+        if any(p.per_model and C.shown(p) for p in spec.params):
+            for i in range(C.N_EXPERTS):
+                out[f"grp/{name}/{i}"] = gr.update(visible=name == method)
+        if glob:
+            out[f"grp/{name}"] = gr.update(visible=name == method)
+        for (m, pname), _need in C.USED_WHEN.items():
+            if m == name:
+                for i in range(C.N_EXPERTS):
+                    out[C.key(name, pname, i)] = gr.update(visible=C.in_use(name, pname, glob))
+    return out
+
+
+def method_changed(v: dict, request=None) -> dict:
+    """A new method: its controls, and the merge status no longer describes what the controls show."""
+    out = visibility(v)
+    sess = S.get(request)
+    if sess.merged_recipe is not None and sess.merged_recipe["merge_method"] != v.get("method"):
+        label = C.spec_of(v["method"]).label
+        out["merge_status"] = f"Method: **{label}**. The live model still holds the last merge; press Merge."
+    return out
+
+
+def models_changed(v: dict, request=None) -> dict:
+    return {"merge_status": "Models changed; press Merge.", "probe_status": "", "look_status": ""}
+
+
+# ------------------------------------------------------------------ merge
+def _ensure_model(sess: S.Session, info, cb) -> None:
+    """Load the base (a ModelInfo from the merge plan) unless it is loaded."""
+    from core import checkpoint as M
+    base = info.ref
+    if sess.model is not None and sess.base_ref == base:
+        return
+    cb(0.0, f"loading {base}")
+    sess.model = sess.tokenizer = None
+    sess.chat = sess.chat_key = None
+    sess.tokenizer = M.load_tokenizer(info)
+    sess.model = M.load_model(info)
+    sess.base_ref = base
+    sess.merged_recipe = None
+
+
+def merge_into_session(sess: S.Session, recipe: dict, cb) -> object:
+    """Check, load the base once, merge in place; returns the MergeResult.
+
+    The plan (validation, headers, compatibility) comes first so a bad
+    recipe is refused before the base is loaded, and the merge reuses it.
+    """
+    plan = service.plan(recipe)
+    if sess.chat is not None:
+        sess.chat.stop()     # the chat's merged column must not read weights mid-copy
+    _ensure_model(sess, plan.base, cb)
+    res = service.merge(plan, live_model=sess.model, progress=cb)
+    sess.merged_recipe = recipe
+    sess.result = res
+    return res
+
+
+def record(sess: S.Session, recipe: dict, seconds: float) -> dict:
+    """The session's history gains the merge unless it repeats the latest entry."""
+    if sess.history and sess.history[-1]["recipe"] == recipe:
+        entry = sess.history[-1]
+        entry.update(time=time.strftime("%H:%M:%S"), seconds=seconds)
+        return entry
+    n = (sess.history[-1]["n"] + 1) if sess.history else 1
+    entry = {"n": n, "time": time.strftime("%H:%M:%S"), "recipe": recipe, "label": C.describe(recipe),
+             "seconds": seconds, "scores": None}
+    sess.history.append(entry)
+    del sess.history[:-S.MAX_HISTORY]
+    return entry
+
+
+def merge_and_record(sess: S.Session, recipe: dict, cb) -> tuple[object, float, dict]:
+    """Merge into the live model and record it; (MergeResult, wall seconds, history entry).
+    The wall time counts everything the user waits for: the plan, loading the base, scoring, the walk."""
+    t0 = time.perf_counter()
+    with sess.lock:
+        res = merge_into_session(sess, recipe, cb)
+        wall = time.perf_counter() - t0
+        entry = record(sess, recipe, wall)
+    return res, wall, entry
+
+
+def status_line(recipe: dict, res, wall: float, n: int) -> str:
+    spec = C.spec_of(recipe["merge_method"])
+    names = " + ".join(_short(m["model"]) for m in recipe["models"])
+    text = f"✓ Merged **{names}** with **{spec.label}** in {wall:.2f} s ({res.n_tensors} tensors; #{n} in the history)."
+    if res.notes:
+        text += "\n\n" + "\n".join(f"Note: {n}" for n in res.notes)
+    return text
+
+
+def _history_table(sess: S.Session) -> tuple[list, dict]:
+    rows = [[h["n"], h["time"], h["label"], round(h["seconds"], 2)] for h in reversed(sess.history)]
+    choices = [f"#{h['n']} · {h['label']}" for h in reversed(sess.history)]
+    return rows, gr.update(choices=choices, value=choices[0] if choices else None)
+
+
+def history_outputs(sess: S.Session, plot: bool = False) -> dict:
+    from .compare import board_outputs
+    rows, pick = _history_table(sess)
+    out = {"history": rows, "history_pick": pick, **board_outputs(sess)}
+    if not plot:
+        out.pop("board_plot")
+    return out
+
+
+@guard
+def do_merge(v: dict, progress=gr.Progress(), request=None) -> dict:
+    """Merge button: controls -> recipe -> live model; the history grows by one."""
+    recipe = C.recipe_from_values(v)
+    sess = S.get(request)
+    res, wall, entry = merge_and_record(sess, recipe, _progress(progress))
+    spec = C.spec_of(recipe["merge_method"])
+    return {"merge_status": status_line(recipe, res, wall, entry["n"]), **history_outputs(sess),
+            "chat0": gr.update(label=f"Merged ({spec.label})")}
+
+
+def auto_merge(v: dict, progress=gr.Progress(), request=None) -> dict:
+    """Re-merge when a knob is released, once something has been merged:
+    cached scores make it near-instant on small models. A release that
+    changes nothing (the value it already had) merges nothing."""
+    sess = S.get(request)
+    if not v.get("auto") or sess.model is None or sess.merged_recipe is None:
+        return {}
+    try:
+        recipe = C.recipe_from_values(v)
+    except UserError:
+        recipe = None     # a half-filled form: do_merge says why
+    if recipe is not None and recipe == sess.merged_recipe:
+        return {}
+    return do_merge(v, progress=progress, request=request)
+
+
+def entry_of(sess: S.Session, choice) -> dict:
+    if not choice:
+        raise UserError("Pick an entry of the merge history first.")
+    try:
+        n = int(str(choice).split("·")[0].strip().lstrip("#"))
+    except ValueError:
+        raise UserError("Pick an entry of the merge history first.")
+    entry = next((h for h in sess.history if h["n"] == n), None)
+    if entry is None:
+        raise UserError(f"History entry #{n} is gone; merge again.")
+    return entry
+
+
+@guard
+def restore_history(v: dict, request=None) -> dict:
+    """Put a history entry's recipe back into the controls."""
+    sess = S.get(request)
+    return C.values_from_recipe(entry_of(sess, v.get("history_pick"))["recipe"])
+
+
+# ------------------------------------------------------------------ layout
+def _controls(ui: Named, spec, i: int | None, task: str | None, visible: bool) -> None:
+    """The controls of one method: expert i's (per-expert parameters) or the globals (i None)."""
+    params = [p for p in spec.params if C.shown(p) and p.per_model == (i is not None)]
+    if not params:
+        return
+    grp = f"grp/{spec.name}" + (f"/{i}" if i is not None else "")
+    with ui.add(grp, gr.Group(visible=visible)):
+        with gr.Row() if i is None else gr.Column():
+            for p in params:
+                value = p.default_for(task) if i is not None else p.default
+                elem = f"{spec.name}-{p.name}" + (f"-{i + 1}" if i is not None else "")
+                ui.add(C.key(spec.name, p.name, i), C.component(p, value, elem))
+
+
+def layout(ui: Named) -> None:
+    from .models import DEFAULT_EXPERTS
+    m0 = C.default_method()
+    with gr.Tab("Merge", id="merge"):
+        ui.add("method", gr.Dropdown(C.method_choices(), value=m0, label="Merge method", elem_id="method"))
+        ui.add("summary", gr.Markdown(method_summary(m0)))
+        with gr.Row():
+            for i in range(C.N_EXPERTS):
+                with ui.add(f"box{i}", gr.Column(visible=bool(DEFAULT_EXPERTS[i][0]), elem_classes="expert-box")):
+                    ui.add(f"head{i}", gr.Markdown())
+                    for name, spec in C.methods().items():
+                        _controls(ui, spec, i, DEFAULT_EXPERTS[i][1], name == m0)
+        for name, spec in C.methods().items():
+            _controls(ui, spec, None, None, name == m0)
+        with gr.Row():
+            ui.add("merge_btn", gr.Button("Merge", variant="primary", elem_id="merge-btn", scale=4))
+            ui.add("auto", gr.Checkbox(True, label="re-merge on release", scale=1, elem_id="auto",
+                                       info="after the first merge, every knob change merges again"))
+        ui.add("merge_status", gr.Markdown(elem_id="merge-status"))
+        with gr.Accordion("Merge history (this session)", open=False):
+            ui.add("history", gr.Dataframe(headers=["#", "time", "merge", "seconds"], interactive=False,
+                                           wrap=True, column_widths=["6%", "12%", "70%", "12%"],
+                                           elem_id="history"))
+            with gr.Row():
+                ui.add("history_pick", gr.Dropdown([], label="Entry", scale=4, elem_id="history-pick"))
+                ui.add("restore", gr.Button("Restore and merge", scale=1, elem_id="restore"))
+
+
+def wire(ui: Named, demo) -> None:
+    from .look import LOOK_OUTPUTS, after_merge
+    controls = ui.controls()
+    look_outs = LOOK_OUTPUTS + ["look_status"]
+    vis_outs = ["summary"] + ui.keys("grp/") + [C.key(m, p, i) for (m, p) in C.USED_WHEN
+                                                for i in range(C.N_EXPERTS) if C.key(m, p, i) in ui.comp]
+    ui.on(ui["method"].change, method_changed, controls, vis_outs + ["merge_status"], show_progress="hidden")
+    models = [ui[k] for k in ("base", "expert0", "expert1", "expert2", "task0", "task1", "task2")]
+    # the person changed a model: the statuses about the old ones no longer hold (.input: a tour step or a
+    # restored recipe sets models too, and must not wipe the status of the merge it starts)
+    ui.on([c.input for c in models], models_changed, [], ["merge_status", "probe_status", "look_status"],
+          show_progress="hidden")
+    for (m, _p), (g, _v) in C.USED_WHEN.items():
+        ui.on(ui[C.key(m, g)].change, visibility, controls, vis_outs, show_progress="hidden")
+    merged = ui.on(ui["merge_btn"].click, do_merge, controls, HISTORY_OUTPUTS, **ui.heavy)
+    ui.on(merged.success, after_merge, controls, look_outs, **ui.heavy)
+    for name in C.methods():
+        # a knob's release sends only its method's controls: the merge reads nothing else
+        mine = ui.method_controls(name)
+        triggers = []
+        for k in mine:
+            if "." not in k:
+                continue
+            c = ui[k]
+            triggers.append(c.release if isinstance(c, gr.Slider) else
+                            (c.blur if isinstance(c, (gr.Textbox, gr.Number)) else c.input))
+        if not triggers:
+            continue
+        re = ui.on(triggers, auto_merge, mine + ["auto"], HISTORY_OUTPUTS, trigger_mode="always_last",
+                   show_progress="minimal", **ui.heavy)
+        ui.on(re.success, after_merge, mine, look_outs, trigger_mode="always_last", **ui.heavy)
+    restored = ui.on(ui["restore"].click, restore_history, ["history_pick"], controls)
+    merged = ui.on(restored.success, do_merge, controls, HISTORY_OUTPUTS, **ui.heavy)
+    ui.on(merged.success, after_merge, controls, look_outs, **ui.heavy)
