@@ -29,7 +29,8 @@ def check_models(v: dict, request=None) -> dict:
     rows = [[r.get("role"), r.get("model"), r.get("architecture"), r.get("layers"), r.get("vocab"),
              r.get("params (M)"), r.get("size (MB)")] for r in rep.rows]
     if rep.ok:
-        text = "✓ **Compatible**: same architecture, tensor names and shapes. Nothing has been loaded yet."
+        arch = f" {rep.architecture}" if rep.architecture else ""
+        text = f"✓ **Compatible**:{arch}, the same tensor names and shapes in every model. Nothing has been loaded yet."
     else:
         text = "✗ " + " ".join(rep.problems)
     if rep.notes:
