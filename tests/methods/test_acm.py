@@ -190,6 +190,27 @@ def test_analysis_schema(cache_dir, calib):
         service.acm_analysis({"merge_method": "ties", "base_model": "zoo:base", "models": ["zoo:math"]})
 
 
+def test_progress_names_each_step_and_never_goes_back(tmp_path, calib):
+    """The bar shows the whole calibration's fraction; the message names the step it is in."""
+    old = core.CACHE_DIR
+    core.CACHE_DIR = str(tmp_path)      # cold: every step runs
+    A.clear_memory_cache()
+    seen = []
+    try:
+        service.acm_analysis(_recipe(calib), progress=lambda frac, msg: seen.append((frac, msg)))
+    finally:
+        core.CACHE_DIR = old
+        A.clear_memory_cache()
+    fracs = [f for f, _ in seen]
+    assert fracs == sorted(fracs) and fracs[-1] == 1.0
+    steps = [m.split(" · ")[0] for _, m in seen[:-1]]
+    # the pool (32 prompts), the base, then each of the three experts: five steps
+    assert list(dict.fromkeys(steps)) == [f"step {k} of 5" for k in range(1, 6)]
+    assert seen[0][1].startswith("step 1 of 5 · embedding calibration pool: batch 1 of ")
+    assert any(m.startswith("step 3 of 5 · 'zoo:safety' activations") for _, m in seen)
+    assert any(m.startswith("step 5 of 5 · 'zoo:code' activations") for _, m in seen)
+
+
 def test_changing_t_uses_the_cache(cache_dir, calib):
     first = service.acm_analysis(_recipe(calib))           # computed or cached by the test above
     before = A.STATS["forward_batches"]

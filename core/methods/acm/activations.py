@@ -132,6 +132,12 @@ def mean_states(model, batches: Batches, progress: Progress | None = None, span=
     return out
 
 
+def _staged(progress: Progress | None, k: int, n: int) -> Progress | None:
+    """Progress whose message names the step: the bar shows the whole calibration's fraction, so a
+    bare "batch 23 of 92" next to "4%" read as a mismatch."""
+    return None if progress is None else (lambda frac, msg: progress(frac, f"step {k} of {n} · {msg}"))
+
+
 def _tick(progress: Progress | None, span, frac: float, msg: str) -> None:
     if progress is not None:
         progress(span[0] + (span[1] - span[0]) * frac, msg)
@@ -317,16 +323,17 @@ def layer_mi(base: M.ModelInfo, experts: list[M.ModelInfo], rows: list[dict], *,
         texts = format_prompts(tok, rows)
         dtype = M.default_dtype(dev) if dev != "cpu" else torch.float32
         model = M.load_model(base, device=dev, dtype=dtype)
+        steps = (selection is None) + 1 + len(todo)   # embed the pool (unless cached), the base, each expert
         with M.cpu_threads_for(model):   # tiny models: one thread is 3-10x faster on a busy CPU
             if selection is None:
                 if clusters > len(texts):
                     raise UserError(f"ACM's clusters ({clusters}) exceed the {len(texts)} calibration samples; "
                                     "lower clusters or give more samples.")
                 pool = Batches(tok, texts, max_length=max_len)
-                feats = mean_states(model, pool, progress, (0.0, 0.15))
+                feats = mean_states(model, pool, _staged(progress, 1, steps), (0.0, 0.15))
                 selection = select_even(kmeans_labels(feats, clusters, seed), n_calibration, seed)
             batches = Batches(tok, [texts[i] for i in selection], max_length=max_len)
-            names, kept = base_bins(model, batches, seed, progress, (0.15, 0.3))
+            names, kept = base_bins(model, batches, seed, _staged(progress, steps - len(todo), steps), (0.15, 0.3))
         del model   # one model in memory at a time
         vocab = int(base.config.get("vocab_size") or 0)
         share = 0.7 / max(1, len(todo))
@@ -335,7 +342,8 @@ def layer_mi(base: M.ModelInfo, experts: list[M.ModelInfo], rows: list[dict], *,
             with M.cpu_threads_for(em):
                 span = (0.3 + j * share, 0.3 + (j + 1) * share)
                 mi_by_fp[e.fingerprint()] = expert_mi(em, batches, names, kept, vocab or int(em.config.vocab_size),
-                                                      seed, progress, span, label=f"{quoted(e.ref)}")
+                                                      seed, _staged(progress, steps - len(todo) + 1 + j, steps), span,
+                                                      label=f"{quoted(e.ref)}")
             del em
         entry = {"points": names, "selection": list(selection), "experts": mi_by_fp, "n_pool": len(rows)}
         _store_entry(key, entry)
