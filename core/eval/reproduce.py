@@ -248,7 +248,9 @@ def run(quick: bool = False, progress: Progress | None = None, show_bar: bool = 
 
     def row(method: str, settings: dict, selection: str, hits, experts: tuple) -> dict:
         test = ev.metrics(hits, "test")
-        return {"method": method, "settings": settings, "selection": selection, **test,
+        # a per-task value (LED's r) is shown for the experts this set merges only
+        shown = {k: {t: v[t] for t in experts if t in v} if isinstance(v, dict) else v for k, v in settings.items()}
+        return {"method": method, "settings": shown, "selection": selection, **test,
                 "score": score(test, experts)}
 
     def hits(label: str, settings: dict, experts: tuple):

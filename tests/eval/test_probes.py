@@ -213,6 +213,9 @@ def test_reproduce_quick_runs_end_to_end(tmp_path, cli):
     assert p.returncode == 0, p.stderr
     tables = json.loads(p.stdout)["tables"]
     assert [t["experts"] for t in tables] == [["safety", "math"], ["safety", "math", "code"]]
+    led = {len(t["experts"]): next(r for r in t["rows"] if r["method"] == "LED-Merging") for t in tables}
+    assert led[2]["settings"]["mask_ratio"] == {"safety": 0.1, "math": 0.4}   # only the merged experts' r
+    assert led[3]["settings"]["mask_ratio"] == {"safety": 0.1, "math": 0.4, "code": 0.5}
     rows = tables[1]["rows"]
     methods = [r["method"] for r in rows]
     assert methods[:4] == ["base (no merge)", "safety expert alone", "math expert alone", "code expert alone"]
