@@ -36,6 +36,8 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ["NO_PROXY"] = "127.0.0.1,localhost"
 
+from core.zoo.data import EXAMPLE_PROMPTS  # noqa: E402
+
 # the new text has arrived when the element holds the wanted word and no longer holds the old text
 # (while the step runs, Gradio's progress overlay shows its timer next to the OLD text)
 WAIT_JS = """([sel, old, want]) => {
@@ -129,9 +131,9 @@ def run(repeat: int) -> dict:
                 res["probes_again"].append(timed(page, lambda: page.locator("#probe-btn").click(), "#probe-status",
                                                  "Probed", "probes_again"))
                 tab(page, "Chat")
-                for kind, word in (("math", "47"), ("code", "Python"), ("benign", "wash")):
+                for kind in ("math", "code", "benign"):    # each example prompt, as the family defines it
                     res["roundtrip"].append(timed(page, lambda kind=kind: page.locator(f"#ex-{kind}").click(),
-                                                  "#prompt textarea", word))
+                                                  "#prompt textarea", EXAMPLE_PROMPTS[kind]))
                 choose(page, "ACM (activation-guided)", "acm")
                 timed(page, lambda: page.locator("#merge-btn").click(), "#merge-status", "ACM")
                 for j in range(2):
