@@ -105,9 +105,15 @@ class ModelInfo:
         sizes and headers, so only content tells them apart. Files up to
         64 MiB are hashed whole; larger ones by 16 evenly spaced 1 MiB
         blocks (fine-tunes change every block, so this stays cheap and safe).
+        The config counts too: the same weights under another rope_theta,
+        norm epsilon or activation score differently for LED and ACM. Keys
+        that only say where or by what a file was written do not.
         """
         import hashlib
+        import json
         h = hashlib.sha256()
+        cfg = {k: v for k, v in self.config.items() if not k.startswith("_") and k != "transformers_version"}
+        h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
         block, whole = 1 << 20, 64 << 20
         for f in sorted({t.file for t in self.tensors.values()}):
             size = os.path.getsize(f)

@@ -81,3 +81,17 @@ def test_names_from_files_stay_on_one_line(tiny_family, tmp_path, write_model):
     odd = write_model(tmp_path / "odd", {**tensors, "x\ny": torch.zeros(2)})   # one tensor more, named oddly
     rep = M.compatibility(base, [M.inspect(odd)])
     assert not rep.ok and "\n" not in rep.sentence() and "'x\\ny'" in rep.sentence()
+
+
+def test_fingerprint_follows_weights_and_config_not_provenance(tmp_path, write_model):
+    """Cached LED scores and ACM statistics are filed under the fingerprint: the same weights under
+    another rope_theta must not reuse them, a copy written elsewhere (or by another transformers) must."""
+    w = {"model.embed_tokens.weight": torch.arange(12.0).reshape(4, 3)}
+    a = headers.inspect(write_model(tmp_path / "a", w, rope_theta=10000.0))
+    copy = headers.inspect(write_model(tmp_path / "b", w, rope_theta=10000.0, _name_or_path="/elsewhere",
+                                       transformers_version="9.9"))
+    other_cfg = headers.inspect(write_model(tmp_path / "c", w, rope_theta=500000.0))
+    other_w = headers.inspect(write_model(tmp_path / "d", {"model.embed_tokens.weight": torch.arange(12.0).reshape(4, 3) + 0.5},
+                                          rope_theta=10000.0))
+    assert a.fingerprint() == copy.fingerprint()
+    assert len({a.fingerprint(), other_cfg.fingerprint(), other_w.fingerprint()}) == 3
