@@ -433,6 +433,20 @@ def test_walkthrough_steps_set_their_recipes():
     assert not any("%" in text for _, _, text in L.STEPS)      # no scores quoted: the probes say them
 
 
+def test_tour_steps_that_switch_tabs_keep_track_of_the_look_tab(session, merged):
+    """Gradio's select event fires only on a click, so a tour step that opens the Look tab must say so
+    itself: after it, a re-merge redraws the pictures at once; after a step that leaves it, never."""
+    LN.learn_recipe("ta")
+    assert session.look_open is False
+    assert LK.after_merge(merged) == {} and session.look_stale
+    LK.open_tab("look")
+    assert session.look_open is True
+    out = LK.after_merge(merged)
+    assert "Pictures updated" in out["look_status"] and "tv_norms" in out and not session.look_stale
+    LK.open_tab("probe")
+    assert LK.after_merge(merged) == {} and session.look_stale
+
+
 def test_build_demo_has_every_tab_and_the_public_api():
     demo = A.build_demo()
     cfg = demo.get_config_file()

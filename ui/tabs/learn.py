@@ -11,12 +11,13 @@ from .. import state as S
 from .common import Named, guard
 
 
-def learn_recipe(step: str) -> dict:
+def learn_recipe(step: str, request=None) -> dict:
     """Controls for a walkthrough step's merge, and the tab it opens (the Merge tab: its sliders are the lesson)."""
+    from .look import open_tab
     if step == "ta":
-        return {**C.values_from_recipe(L.TA_RECIPE), "tabs": gr.Tabs(selected="merge")}
+        return {**C.values_from_recipe(L.TA_RECIPE), "tabs": open_tab("merge", request)}
     if step == "led":
-        return {**C.values_from_recipe(L.led_recipe(C.spec_of("led"))), "tabs": gr.Tabs(selected="merge")}
+        return {**C.values_from_recipe(L.led_recipe(C.spec_of("led"))), "tabs": open_tab("merge", request)}
     raise ValueError(step)
 
 
@@ -63,20 +64,20 @@ def wire(ui: Named, demo) -> None:
     from core.zoo.data import EXAMPLE_PROMPTS
     from .chat import send_from
     from .compare import BOARD_OUTPUTS
-    from .look import LOOK_OUTPUTS, after_merge, led_pictures
+    from .look import LOOK_OUTPUTS, after_merge, led_pictures, open_tab
     from .merge import HISTORY_OUTPUTS, do_merge
     controls = ui.controls()
     look = LOOK_OUTPUTS + ["look_status"]
     for step in ("ta", "led"):
-        d = ui.on(ui[f"learn-{step}"].click, lambda v, request=None, step=step: learn_recipe(step), [],
+        d = ui.on(ui[f"learn-{step}"].click, lambda v, request=None, step=step: learn_recipe(step, request), [],
                   controls + ["tabs"])
         d = ui.on(d.success, do_merge, controls, HISTORY_OUTPUTS, **ui.heavy)
         ui.on(d.success, after_merge, controls, look, **ui.heavy)
     d = ui.on(ui["learn-ask_harmful"].click,
-              lambda v, request=None: {"prompt": EXAMPLE_PROMPTS["harmful"], "tabs": gr.Tabs(selected="chat")},
+              lambda v, request=None: {"prompt": EXAMPLE_PROMPTS["harmful"], "tabs": open_tab("chat", request)},
               [], ["prompt", "tabs"])
     send_from(ui, d.then)
-    d = ui.on(ui["learn-overlap"].click, lambda v, request=None: {"tabs": gr.Tabs(selected="look")}, [], ["tabs"])
+    d = ui.on(ui["learn-overlap"].click, lambda v, request=None: {"tabs": open_tab("look", request)}, [], ["tabs"])
     ui.on(d.then, led_pictures, controls, ["importance", "elected", "overlap", "look_status"], **ui.heavy)
-    d = ui.on(ui["learn-compare"].click, lambda v, request=None: {"tabs": gr.Tabs(selected="probe")}, [], ["tabs"])
+    d = ui.on(ui["learn-compare"].click, lambda v, request=None: {"tabs": open_tab("probe", request)}, [], ["tabs"])
     ui.on(d.then, compare_tour, controls + ["suites", "limit"], BOARD_OUTPUTS + ["probe_status"], **ui.heavy)

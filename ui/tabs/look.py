@@ -172,6 +172,13 @@ def tab_selected(evt: gr.SelectData, request: gr.Request = None) -> None:
     S.get(request).look_open = evt.value == "Look"
 
 
+def open_tab(tab_id: str, request=None) -> gr.Tabs:
+    """Switch the page to a tab from a handler. Gradio's select event fires only on a person's click, so
+    a switch made here must tell the session itself whether the Look tab is now the open one."""
+    S.get(request).look_open = tab_id == "look"
+    return gr.Tabs(selected=tab_id)
+
+
 @guard
 def led_pictures(v: dict, progress=gr.Progress(), request=None) -> dict:
     """Importance, elected and overlap heatmaps for the current experts (LED
