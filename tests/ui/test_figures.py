@@ -91,10 +91,14 @@ def test_acm_shows_lambda_over_n_which_is_what_the_merge_keeps(session):
 
 def test_one_colour_per_expert_and_cosines_on_their_own_scale():
     import plotly.colors as pc
-    cos = LK.tv_figures({"experts": ["zoo:safety", "zoo:math", "zoo:code"], "layers": ["layer 0"],
-                         "modules": ["q", "attn_norm"], "rel_norms": {e: [[0.1, 0.2]] for e in
-                                                                        ["zoo:safety", "zoo:math", "zoo:code"]},
-                         "cosines": {"zoo:safety vs zoo:math": [[0.05, -0.3]]}})[1]
+    norms, cos = LK.tv_figures({"experts": ["zoo:safety", "zoo:math", "zoo:code"], "layers": ["layer 0"],
+                                "modules": ["q", "attn_norm"], "rel_norms": {e: [[0.1, 0.2]] for e in
+                                                                               ["zoo:safety", "zoo:math", "zoo:code"]},
+                                "cosines": {"zoo:safety vs zoo:math": [[0.05, -0.3]]}},
+                               {"zoo:safety": "safety", "zoo:math": "math", "zoo:code": "code"})
+    # the task-vector panels are titled in their expert's colour, as in every other figure
+    assert {a.text: a.font.color for a in norms.layout.annotations if a.text in ("safety", "math", "code")} == \
+        {t: F.TASK_COLOURS[t] for t in ("safety", "math", "code")}
     scale = [c for _, c in cos.data[0].colorscale]
     experts = {pc.hex_to_rgb(F.TASK_COLOURS[t]) for t in ("safety", "math", "code", "custom")}
     assert not experts & {pc.unlabel_rgb(c) if c.startswith("rgb") else pc.hex_to_rgb(c) for c in scale}

@@ -87,11 +87,12 @@ def acm_figure(a: dict, tasks: dict) -> object:
                    f"N = {n})", "coefficient", yrange=[0.0, 1.02], colours=colours, hline=0.5, dashed=added)
 
 
-def tv_figures(tv: dict) -> tuple:
+def tv_figures(tv: dict, tasks: dict) -> tuple:
     experts = tv["experts"]
+    colours = {_short(e): c for e, c in _colours(experts, tasks).items()}
     norms = F.heatmaps({_short(e): tv["rel_norms"][e] for e in experts}, tv["layers"], tv["modules"],
                        "How much fine-tuning changed each part: ‖τ‖ / ‖θ₀‖", "relative change",
-                       colorscale=F.SEQUENTIAL["norms"], zmin=0.0, fmt=".3f")
+                       colorscale=F.SEQUENTIAL["norms"], zmin=0.0, fmt=".3f", panel_colours=colours)
     if tv["cosines"]:
         pairs = {" vs ".join(_short(x) for x in k.split(" vs ")): v for k, v in tv["cosines"].items()}
         cos = F.heatmaps(pairs, tv["layers"], tv["modules"],
@@ -128,7 +129,7 @@ def look_refresh(v: dict, request=None) -> dict:
     notes = []
     if experts:
         tv = service.task_vector_analysis(base, experts)
-        out["tv_norms"], out["tv_cos"] = tv_figures(tv)
+        out["tv_norms"], out["tv_cos"] = tv_figures(tv, tasks)
         with sess.lock:
             if sess.model is not None and sess.merged_recipe is not None and sess.base_ref == base:
                 pv = service.provenance(base, experts, sess.model)
