@@ -124,7 +124,8 @@ def test_pick_tune_merge_look_chat_probe(page):
     tab(page, "Probe")
     page.locator("#limit input[type=range]").fill("4")
     page.locator("#probe-btn").click()
-    expect(page.locator("#probe-status")).to_contain_text("Probed 4 prompts per suite", timeout=120_000)
+    expect(page.locator("#probe-status")).to_contain_text("4 prompts per suite", timeout=120_000)
+    expect(page.locator("#probe-status")).to_contain_text("Probed merge #2")    # which merge the rows are of
     expect(page.locator("#probe-table")).to_contain_text("merged (Task Arithmetic)")
     expect(page.locator("#board")).to_contain_text("#2")          # the board holds the probed merge
     expect(page.locator("#plot-probe")).to_contain_text("Safety vs utility")

@@ -164,7 +164,9 @@ def test_knob_release_re_merges_only_after_a_first_merge_and_only_on_a_change(se
     MG.do_merge(v)
     assert MG.auto_merge(v) == {} and len(session.history) == 1        # released where it was: nothing new
     v2 = controls(recipe(w=(0.1, 0.9)), auto=False)
-    assert MG.auto_merge(v2) == {} and len(session.history) == 1
+    # re-merging is off: nothing merges, and the status stops describing merge #1 as what the knobs show
+    assert MG.auto_merge(v2) == {"merge_status": "Settings changed since the last merge (#1); press Merge."}
+    assert len(session.history) == 1
     out = MG.auto_merge({**v2, "auto": True})
     assert len(out["history"]) == 2 and "weight=0.1" in out["history"][0][2]
     assert session.merged_recipe == C.recipe_from_values(v2)
@@ -313,6 +315,7 @@ def test_probes_table_scatter_board_and_parent_cache(merged, monkeypatch, sessio
     assert all(r[2].endswith("%") and r[4].endswith("%") and r[3] == "—" for r in rows)
     fig = out["plot_probe"]
     assert len(fig.data) == 4 and "4 prompts" in out["probe_status"]
+    assert out["probe_status"].startswith("Probed merge #1, its base and parents")
     # utility is judged on the experts' own tasks: math here, not code
     assert fig.layout.xaxis.title.text == "utility: math solved"
     math_acc = [r[4] for r in rows]

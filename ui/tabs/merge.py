@@ -152,7 +152,7 @@ def auto_merge(v: dict, progress=gr.Progress(), request=None) -> dict:
     cached scores make it near-instant on small models. A release that
     changes nothing (the value it already had) merges nothing."""
     sess = S.get(request)
-    if not v.get("auto") or sess.model is None or sess.merged_recipe is None:
+    if sess.model is None or sess.merged_recipe is None:
         return {}
     try:
         recipe = C.recipe_from_values(v)
@@ -160,6 +160,10 @@ def auto_merge(v: dict, progress=gr.Progress(), request=None) -> dict:
         recipe = None     # a half-filled form: do_merge says why
     if recipe is not None and recipe == sess.merged_recipe:
         return {}
+    if not v.get("auto"):
+        # the status must not go on describing a merge the controls no longer show
+        n = next((h["n"] for h in reversed(sess.history) if h["recipe"] == sess.merged_recipe), None)
+        return {"merge_status": f"Settings changed since the last merge{f' (#{n})' if n else ''}; press Merge."}
     return do_merge(v, progress=progress, request=request)
 
 

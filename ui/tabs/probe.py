@@ -140,9 +140,12 @@ def run_probes(v: dict, progress=gr.Progress(), request=None) -> dict:
     fig = F.probe_scatter(points_of([("merged", k, res) if k == "merged" else (n, k, res) for n, k, res in named], which),
                           "Safety vs utility: merged model (★), its base and its parents", _utility_label(which))
     cb(1.0, "done")
+    # the number says which merge these rows belong to once the live model has moved on (#n in its status)
+    n = next((h["n"] for h in reversed(sess.history) if h["recipe"] == sess.merged_recipe), None)
+    which_merge = f"merge #{n}" if n is not None else "the merged model"
     return {"probe_table": rows, "plot_probe": fig, **board,
-            "probe_status": f"Probed {limit} prompts per suite ({', '.join(suites)}) for {len(named)} models "
-                            f"in {wall:.2f} s."}
+            "probe_status": f"Probed {which_merge}, its base and parents: {limit} prompts per suite "
+                            f"({', '.join(suites)}) for {len(named)} models in {wall:.2f} s."}
 
 
 def _check_limit(limit) -> int:
