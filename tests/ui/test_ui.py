@@ -251,6 +251,23 @@ def test_the_look_tab_draws_an_led_merge_from_the_merge_result(session, monkeypa
     assert len(out["importance"].data) == 2 and out["look_status"].startswith("Pictures updated")
 
 
+def test_look_sends_only_the_figures_a_re_merge_changed(session):
+    """A redraw after moving LED's r re-sends the pictures r moves (provenance, elected, overlap) and not the
+    ones no knob moves (task vectors, importance); a redraw with nothing changed sends no figure at all."""
+    v = controls(LED)
+    MG.do_merge(v)
+    LK.open_tab("look")
+    first = LK.after_merge(v)
+    assert set(first) >= {"importance", "elected", "overlap", "tv_norms", "tv_cos", "prov_share", "prov_coef"}
+    assert set(LK.look_refresh(v)) == {"look_status"}
+    v2 = {**v, C.key("led", "mask_ratio", 1): 0.25}
+    MG.do_merge(v2)
+    again = LK.after_merge(v2)
+    assert {"prov_share", "prov_coef", "elected", "overlap"} <= set(again)
+    assert not {"tv_norms", "tv_cos", "importance"} & set(again)
+    assert again["look_status"].startswith("Pictures updated")
+
+
 # ------------------------------------------------------------- chat
 def _answers(msgs):
     return [m["content"] for m in msgs if m["role"] == "assistant" and not m["content"].startswith("**──")]

@@ -55,11 +55,14 @@ def _top(grids, floor: float = 0.1) -> float:
 def led_figures(a: dict) -> tuple:
     rows, cols = a["layers"], a["modules"]
     experts = a["experts"]
+    # r decides what is elected, not how important a weight is: only the elected panels name it, so
+    # moving r leaves the importance picture as it is (and unsent)
     label = {e: f"{_short(e)} (r={a['mask_ratio'].get(e, 0):g})" for e in experts}
-    colours = {label[e]: c for e, c in _colours(experts, a.get("tasks", {})).items()}
-    imp = F.heatmaps({label[e]: a["importance"][e] for e in experts}, rows, cols,
-                     "Where each skill lives: weight importance",
-                     "mean score", colorscale=F.SEQUENTIAL["importance"], fmt=".3g", log=True, panel_colours=colours)
+    by_task = _colours(experts, a.get("tasks", {}))
+    colours = {label[e]: c for e, c in by_task.items()}
+    imp = F.heatmaps({_short(e): a["importance"][e] for e in experts}, rows, cols,
+                     "Where each skill lives: weight importance", "mean score", colorscale=F.SEQUENTIAL["importance"],
+                     fmt=".3g", log=True, panel_colours={_short(e): c for e, c in by_task.items()})
     el = F.heatmaps({label[e]: a["elected"][e] for e in experts}, rows, cols,
                     f"Elected: important in {'base AND expert' if a['election'] == '11' else ('the base' if a['election'] == '10' else 'the expert')}",
                     "elected fraction", colorscale=F.SEQUENTIAL["elected"], zmin=0.0,
@@ -115,6 +118,25 @@ def prov_figures(pv: dict, tasks: dict) -> tuple:
     return share, coef
 
 
+def only_changed(sess: S.Session, out: dict) -> dict:
+    """Leave out the figures the page already shows as they are.
+
+    Drawing is most of what a redraw costs the person (eight Plotly figures serialised, sent and drawn
+    by the browser; the server needs a fraction of it), and a re-merge moves only some of them: the
+    task vectors and LED's importance do not depend on any knob."""
+    import hashlib
+    for key in LOOK_OUTPUTS:
+        fig = out.get(key)
+        if fig is None:
+            continue
+        digest = hashlib.sha1(fig.to_json().encode()).hexdigest()
+        if sess.drawn.get(key) == digest:
+            del out[key]
+        else:
+            sess.drawn[key] = digest
+    return out
+
+
 @guard
 def look_refresh(v: dict, request=None) -> dict:
     """Cheap pictures after every merge: task vectors, provenance, and the
@@ -144,6 +166,7 @@ def look_refresh(v: dict, request=None) -> dict:
         out["importance"], out["elected"], out["overlap"] = led_figures(merged or service.led_analysis(recipe))
     if recipe["merge_method"] == "acm":
         out["acm"] = acm_figure(merged or service.acm_analysis(recipe), tasks)
+    only_changed(sess, out)
     out["look_status"] = f"Pictures updated in {time.perf_counter() - t0:.3f} s." + \
         (f" ({'; '.join(notes)})" if notes else "")
     return out
@@ -188,8 +211,8 @@ def led_pictures(v: dict, progress=gr.Progress(), request=None) -> dict:
     a = service.led_analysis(recipe, progress=_progress(progress))
     imp, el, ov = led_figures(a)
     note = " (scores from the cache)" if a.get("cached") else ""
-    return {"importance": imp, "elected": el, "overlap": ov,
-            "look_status": f"Importance and overlap computed{note}. " + " ".join(a.get("notes") or [])}
+    out = only_changed(S.get(request), {"importance": imp, "elected": el, "overlap": ov})
+    return {**out, "look_status": f"Importance and overlap computed{note}. " + " ".join(a.get("notes") or [])}
 
 
 @guard
@@ -198,7 +221,8 @@ def acm_pictures(v: dict, progress=gr.Progress(), request=None) -> dict:
     tasks = {m["model"]: m.get("task", "custom") for m in recipe["models"]}
     a = service.acm_analysis(recipe, progress=_progress(progress))
     note = " (from the cache)" if a.get("cached") else ""
-    return {"acm": acm_figure(a, tasks), "look_status": f"ACM coefficients computed{note}."}
+    return {**only_changed(S.get(request), {"acm": acm_figure(a, tasks)}),
+            "look_status": f"ACM coefficients computed{note}."}
 
 
 CAPTIONS = {
