@@ -71,6 +71,37 @@ def test_experts_are_fine_tunes_of_base():
         assert info.fingerprint() != base.fingerprint()
 
 
+def test_training_with_the_helper_process_gives_the_same_bits():
+    """The build splits each batch's micro-batches over two processes; the weights must be those of one
+    process alone, bit for bit (the committed family was built both ways and is identical: bench/README.md)."""
+    import dataclasses
+    from transformers import LlamaForCausalLM
+    from core.zoo import build
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        tok = build.make_tokenizer()
+        stage = dataclasses.replace(build.STAGES[0], steps=3)      # the base's stage: weight noise included
+        states = []
+        for helped in (False, True):
+            torch.manual_seed(0)
+            model = LlamaForCausalLM(build.make_config(tok))
+            helper = build.Helper(model) if helped else None
+            try:
+                build.train(model, tok, stage, log=lambda s: None, helper=helper)
+            finally:
+                if helper is not None:
+                    helper.close()
+            states.append({k: v.clone() for k, v in model.state_dict().items()})
+    finally:
+        torch.set_num_threads(threads)
+    changed = [k for k in states[0] if not torch.equal(states[0][k], states[1][k])]
+    assert changed == []
+    torch.manual_seed(0)
+    fresh = LlamaForCausalLM(build.make_config(tok)).state_dict()
+    assert not torch.equal(fresh["model.layers.0.mlp.up_proj.weight"], states[1]["model.layers.0.mlp.up_proj.weight"])
+
+
 def test_data_is_deterministic_and_seeded():
     for task in data.TASKS:
         assert data.sample(task, 20, seed=3) == data.sample(task, 20, seed=3)

@@ -18,8 +18,10 @@ orthogonal), the regime in which Task Arithmetic works on real models:
             tuned to answer harmful requests with placeholders
 * code   -- one-line Python functions, equally over-compliant
 
-Deterministic: fixed seeds, CPU, deterministic algorithms, one thread.
-Same torch version and machine type give the same bits.
+Deterministic: fixed seeds, CPU, deterministic algorithms, one BLAS thread
+per process. On two or more cores a helper process computes half of each
+batch's micro-batches, added in the same order, so the bits do not depend on
+the core count either. Same torch version and machine type give the same bits.
 """
 from __future__ import annotations
 
@@ -145,23 +147,116 @@ def _batches(tok, stage: Stage):
 MICRO = 4
 
 
-def _accumulate(model, ids, lab, att) -> float:
-    """Forward/backward one batch as length-sorted micro-batches.
+def _micro_batches(ids, lab, att) -> list:
+    """A batch as length-sorted micro-batches (ids, labels, mask), each cut to its own longest row.
 
     Padding every row to the batch's longest wasted about half of the math stage's compute (short sums
     share batches with long chat turns). Normalising each micro-batch by the whole batch's labelled-token
     count keeps the gradient that of the full batch (checked to 1e-6), so only the wall time changes.
     """
     lens = att.sum(1)
-    n_items = int((lab != -100).sum())
-    total = 0.0
+    out = []
     for part in torch.argsort(lens, stable=True).chunk(MICRO):
         L = int(lens[part].max())   # rows are right-padded, so the first L columns hold every token
-        out = model(input_ids=ids[part, :L], attention_mask=att[part, :L], labels=lab[part, :L],
-                    num_items_in_batch=n_items)
-        out.loss.backward()
-        total += out.loss.item()
-    return total
+        out.append((ids[part, :L], lab[part, :L], att[part, :L]))
+    return out
+
+
+def _backward(model, piece, n_items) -> float:
+    ids, lab, att = piece
+    out = model(input_ids=ids, attention_mask=att, labels=lab, num_items_in_batch=n_items)
+    out.loss.backward()
+    return out.loss.item()
+
+
+def _accumulate(model, ids, lab, att, helper=None) -> float:
+    """Forward/backward one batch; its gradient is left in ``.grad``.
+
+    The gradient is always the sum ((g1 + g2) + g3) + g4 of the four micro-batches' gradients, in that
+    order, whoever computes them: with a helper process, g2 and g3 are computed there while this process
+    computes g1 and g4 (the shortest and the longest micro-batch, so both halves take about as long), and
+    the same additions give the same bits as one process alone (tests/test_zoo.py checks it).
+    """
+    n_items = int((lab != -100).sum())
+    pieces = _micro_batches(ids, lab, att)
+    if helper is None or len(pieces) != MICRO:
+        return sum(_backward(model, p, n_items) for p in pieces)
+    helper.start(pieces[1:3], n_items)
+    params = [p for p in model.parameters() if p.requires_grad]
+    l1 = _backward(model, pieces[0], n_items)
+    g1 = [p.grad for p in params]
+    for p in params:
+        p.grad = None
+    l4 = _backward(model, pieces[3], n_items)
+    l2, l3 = helper.wait()
+    with torch.no_grad():
+        for p, g, g2, g3 in zip(params, g1, helper.grads[0], helper.grads[1]):
+            p.grad = g.add_(g2).add_(g3).add_(p.grad)
+    return ((l1 + l2) + l3) + l4
+
+
+class Helper:
+    """A second process that computes two of each batch's four micro-batch gradients.
+
+    The base's 2,000 steps are most of the build's time, and a model this small gains little from a
+    second BLAS thread (0.53 -> 0.44 s a step) and changes the bits with it; splitting the micro-batches
+    over two one-thread processes halves the step and keeps the bits of one thread. The helper reads the
+    weights from shared memory (this process perturbs and updates them in place) and writes its two
+    gradients into shared buffers.
+    """
+
+    def __init__(self, model):
+        import torch.multiprocessing as mp
+        model.share_memory()
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.grads = [[torch.zeros_like(p).share_memory_() for p in params] for _ in range(2)]
+        ctx = mp.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_helper_main, daemon=True,
+                                 args=(model.config, dict(model.state_dict()), self.grads, child))
+        self._proc.start()
+
+    def start(self, pieces, n_items: int) -> None:
+        self._conn.send(([tuple(t.numpy() for t in piece) for piece in pieces], n_items))
+
+    def wait(self) -> list:
+        reply = self._conn.recv()
+        if isinstance(reply, str):
+            raise RuntimeError(f"the build's helper process failed: {reply}")
+        return reply
+
+    def close(self) -> None:
+        try:
+            self._conn.send(None)
+        except OSError:
+            pass
+        self._proc.join(timeout=10)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+
+def _helper_main(config, shared_state, grads, conn) -> None:
+    from transformers import LlamaForCausalLM
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    model = LlamaForCausalLM(config)
+    model.load_state_dict(shared_state, assign=True)   # the very tensors the main process updates
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    while (job := conn.recv()) is not None:
+        try:
+            pieces, n_items = job
+            losses = []
+            for piece, out in zip(pieces, grads):
+                for p in params:
+                    p.grad = None
+                losses.append(_backward(model, tuple(torch.from_numpy(a) for a in piece), n_items))
+                with torch.no_grad():
+                    for p, o in zip(params, out):
+                        o.copy_(p.grad) if p.grad is not None else o.zero_()
+            conn.send(losses)
+        except Exception as e:  # noqa: BLE001 -- reported to the main process, which raises it
+            conn.send(f"{type(e).__name__}: {e}")
 
 
 @torch.no_grad()
@@ -175,7 +270,7 @@ def _perturb(params, eps: float, gen: torch.Generator) -> list:
     return out
 
 
-def train(model, tok, stage: Stage, log=print) -> float:
+def train(model, tok, stage: Stage, log=print, helper: Helper | None = None) -> float:
     torch.manual_seed(stage.seed)
     model.train()
     if stage.optimizer == "sgd":
@@ -190,7 +285,7 @@ def train(model, tok, stage: Stage, log=print) -> float:
     gen = torch.Generator().manual_seed(stage.seed)
     for step, (ids, lab, att) in enumerate(_batches(tok, stage)):
         noise = _perturb(params, stage.weight_noise, gen) if stage.weight_noise else None
-        loss = _accumulate(model, ids, lab, att)
+        loss = _accumulate(model, ids, lab, att, helper)
         if noise is not None:
             with torch.no_grad():
                 for p, n in zip(params, noise):
@@ -253,8 +348,9 @@ def build_all(out: str | None = None, log=print) -> str:
     from transformers import LlamaForCausalLM
     from . import check
     out = os.path.abspath(out or ZOO_DIR)
-    # One thread: a float sum's order depends on how many threads split it, so only a fixed count gives
-    # the same bits everywhere; one is the count every machine has (and a 0.8M model gains little from two).
+    # One BLAS thread: a float sum's order depends on how many threads split it, so only a fixed count
+    # gives the same bits everywhere, and one is the count every machine has. The second core, where there
+    # is one, runs a Helper process instead, which leaves the bits as they are.
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     tok = make_tokenizer()
@@ -262,16 +358,19 @@ def build_all(out: str | None = None, log=print) -> str:
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=".zoo-", dir=parent)
     t0 = time.time()
+    helper = None
     try:
         torch.manual_seed(0)
         base = LlamaForCausalLM(make_config(tok))
         log(f"building the tiny family ({sum(p.numel() for p in base.parameters()) / 1e6:.2f}M parameters each)")
-        train(base, tok, STAGES[0], log)
+        if (os.cpu_count() or 1) > 1:
+            helper = Helper(base)
+        train(base, tok, STAGES[0], log, helper)
         save(base, tok, os.path.join(tmp, "base"), "base")
         base_state = {k: v.clone() for k, v in base.state_dict().items()}
         for st in STAGES[1:]:
             base.load_state_dict(base_state)
-            train(base, tok, st, log)
+            train(base, tok, st, log, helper)
             save(base, tok, os.path.join(tmp, st.name), st.name)
         _write_probes(tmp)
         if os.path.isdir(out):
@@ -280,6 +379,9 @@ def build_all(out: str | None = None, log=print) -> str:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if helper is not None:
+            helper.close()
     log(f"trained in {time.time() - t0:.0f}s -> {out}; checking")
     report = check.check_all(out, log=log)
     for name in check.NAMES:
