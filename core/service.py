@@ -187,6 +187,29 @@ def probe(model_or_ref, suites="harmful,benign,math,code", limit: int | None = N
     return probes.run_probes(model_or_ref, tok, suites, limit, progress, **options)
 
 
+def probe_references(refs: list[str], suites, limit: int | None, load, progress=None) -> list[dict]:
+    """Probe results of unmerged models (the base, the parents) by reference, remembered for the whole
+    process (probes.RESULTS): the same prompts give the same greedy answers, so they are computed once
+    for every session. ``load(refs)`` gives [(model, tokenizer)] for the references that must run (the
+    UI passes its chat's model cache, so the chat's parents are not loaded twice). Do not modify the
+    returned dicts: they are shared."""
+    from .eval import probes
+    check_probe_suites(suites)
+    keys = [probes.result_key(checkpoint.inspect(r), suites, limit) for r in refs]
+    missing = [r for r, k in zip(refs, keys) if probes.RESULTS.remembered(k) is None]
+    loaded = dict(zip(missing, load(missing))) if missing else {}
+    out = []
+    for i, (ref, key) in enumerate(zip(refs, keys)):
+        hit = probes.RESULTS.remembered(key)
+        if hit is None:
+            model, tok = loaded[ref]
+            if progress:
+                progress(i / len(refs), f"probing {ref}")
+            hit = probes.RESULTS.remember(key, {**probes.run_probes(model, tok, suites, limit), "model": ref})
+        out.append(hit)
+    return out
+
+
 def chat_session(models: list, **options):
     """A chat.ChatSession over references and/or loaded models; see core/eval/chat.py.
 

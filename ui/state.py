@@ -38,7 +38,6 @@ class Session:
     stop_pressed: float = 0.0                            # time.monotonic() of the last Stop
     history: list[dict] = field(default_factory=list)    # {"n", "time", "recipe", "label", "seconds", "scores"}
     board_refs: dict = field(default_factory=dict)       # base/parent ref -> (role, last probe result)
-    probes: dict = field(default_factory=dict)           # (ref, suites, limit) -> result, parents only
     figures: dict = field(default_factory=dict)          # last analysis dicts (led, acm, tv, prov)
     look_open: bool = False                              # the Look tab is the one shown
     look_stale: bool = False                             # a merge happened since its pictures were drawn

@@ -25,6 +25,7 @@ from typing import Callable
 import torch
 
 from .. import PROBES_DIR, userfiles
+from ..scores import Cache
 from . import scorers
 from ..errors import UserError, quoted
 
@@ -290,6 +291,18 @@ def run_probes(model, tok=None, suites=SUITES, limit: int | None = None, progres
         progress(1.0, "probes done")
     res["seconds"] = time.perf_counter() - t0
     return res
+
+
+# Probe results of unmerged models (a base, the parents), in memory for the process: greedy answers to
+# the same prompts never change, so one visitor's probes of zoo:math serve every later session.
+RESULTS = Cache("probes", "1")
+
+
+def result_key(info, suites, limit: int | None) -> str:
+    """Identity of a probe run of one model (a ModelInfo): its weights and config, its tokenizer files,
+    the prompts and expected answers of each suite, the limit and the token budgets."""
+    loaded = [[key, kind, load_suite(src, kind)[:limit]] for key, kind, src in parse_suites(suites)]
+    return f"{info.fingerprint()}-" + RESULTS.data_hash(loaded, info.path, limit=limit, budgets=MAX_NEW_TOKENS)
 
 
 def summary(res: dict, examples: bool = False) -> dict:

@@ -340,11 +340,19 @@ def test_probes_table_scatter_board_and_parent_cache(merged, monkeypatch, sessio
     # the board holds the merge with its scores, the base and the parents
     assert [r[0] for r in out["board"]] == ["#1", "base", "safety", "math"]
     assert out["board"][0][2] == rows[0][2]
+    from core.eval import probes
     calls = []
-    real = service.probe
-    monkeypatch.setattr(service, "probe", lambda *a, **k: calls.append(a) or real(*a, **k))
+    real = probes.run_probes
+    monkeypatch.setattr(probes, "run_probes", lambda model, *a, **k: calls.append(model) or real(model, *a, **k))
     PR.run_probes({**merged, "suites": ["harmful", "math"], "limit": 4})
-    assert len(calls) == 1          # the base's and parents' numbers are reused; only the merge is probed again
+    assert calls == [session.model]   # the base's and parents' numbers are reused; only the merge is probed again
+    # ... by every session of the process: a new visitor's first probes run the merge alone
+    S.drop(None)
+    MG.do_merge(merged)
+    again = PR.run_probes({**merged, "suites": ["harmful", "math"], "limit": 4})
+    assert calls[1:] == [S.get(None).model] and again["probe_table"][1:] == rows[1:]
+    PR.run_probes({**merged, "suites": ["harmful", "math"], "limit": 5})      # other prompts: run again
+    assert len(calls) == 2 + 4
 
 
 def test_compare_board_probes_restores_and_deletes_entries(session):

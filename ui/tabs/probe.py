@@ -51,23 +51,12 @@ def _pct(v) -> str:
 
 
 def _probe_parents(sess: S.Session, refs: list[str], suites: list[str], limit: int, cb) -> list[dict]:
-    """Probe results of reference models (the base, the parents), cached per session: they never change."""
+    """Probe results of reference models (the base, the parents): computed once per process (service)."""
     from core.eval import chat
     if sess.cache is None:
         sess.cache = chat.ModelCache()
-    out = []
-    missing = [r for r in refs if (r, tuple(suites), limit) not in sess.probes]
-    # the cache holds the chat's parents: loading the same set reuses them
-    pairs = dict(zip(refs, sess.cache.load(refs))) if missing else {}
-    for k, r in enumerate(refs):
-        key = (r, tuple(suites), limit)
-        if key not in sess.probes:
-            model, tok = pairs[r]
-            cb(k / max(1, len(refs)), f"probing {r}")
-            sess.probes[key] = service.probe(model, ",".join(suites), limit, tokenizer=tok)
-            sess.probes[key]["model"] = r
-        out.append(sess.probes[key])
-    return out
+    # the session's model cache holds the chat's parents: loading the same set reuses them
+    return service.probe_references(refs, suites, limit, sess.cache.load, progress=cb)
 
 
 def _probe_row(name: str, role: str, res: dict) -> list:
@@ -253,7 +242,7 @@ def layout(ui: Named) -> None:
         ui.add("probe_btn", gr.Button("Run probes", variant="primary", elem_id="probe-btn"))
         ui.add("probe_status", gr.Markdown(elem_id="probe-status"))
         ui.add("probe_table", gr.Dataframe(headers=["model", "role", "refuses harmful", "over-refuses benign",
-                                                    "math solved", "code passes", "seconds"],
+                                                    "math solved", "code passes", "seconds (when probed)"],
                                            interactive=False, elem_id="probe-table"))
         ui.add("plot_probe", gr.Plot(F.empty("Run probes to place the models here."), show_label=False,
                                      elem_id="plot-probe"))
