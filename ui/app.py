@@ -16,6 +16,7 @@ import os
 
 import gradio as gr
 
+from . import controls as C
 from . import state as S
 from .tabs import chat, compare, export, learn, look, merge, models, probe
 from .tabs.common import CONCURRENCY, Named
@@ -52,6 +53,14 @@ def _warm_imports() -> None:
     """
     from transformers import (AutoModelForCausalLM, AutoTokenizer,  # noqa: F401
                               StoppingCriteria, StoppingCriteriaList)
+    # The first compatibility check builds the architecture on the meta device (checkpoint.layout), which
+    # imports its modeling code: 3-5 s that the first visitor waited for before "Compatible" appeared.
+    # Paid here, at start-up, for the family the page opens with.
+    from core import checkpoint
+    try:
+        checkpoint.layout(checkpoint.inspect(C.ZOO[0]))
+    except Exception:   # the page reports a broken family itself, in one sentence
+        log.debug("warming the default family's layout failed", exc_info=True)
 
 
 def build_demo() -> gr.Blocks:
