@@ -502,3 +502,12 @@ def test_acm_coefficients_picture(session):
     for t in fig.data[:2]:
         assert list(t.x)[0] == "embed" and list(t.x)[-1] == "lm_head"
         assert all(0.5 <= y < 1.0 for y in t.y)          # λ = 1 − 1/(1 + e^(−t·(I − max I))) ∈ [0.5, 1)
+
+
+def test_model_names_in_labels_are_short_but_tell_folders_apart():
+    from ui.tabs.common import _short
+    assert _short("zoo:math") == "math"
+    assert _short("/data/runs/qwen-math/final") == "qwen-math/final"
+    assert _short("/data/runs/qwen-code/final/") == "qwen-code/final"
+    assert _short("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"      # a Hub id stays whole
+    assert _short("./e1") == "e1"

@@ -195,7 +195,8 @@ def layout(ui: Named) -> None:
         with gr.Row():
             for i in range(CHAT_COLUMNS):
                 label = "Merged" if i == 0 else ("Base" if i == BASE_COLUMN else f"Expert {i}")
-                ui.add(f"chat{i}", gr.Chatbot(label=label, height=360, visible=i < 3, elem_id=f"chat-{i}"))
+                ui.add(f"chat{i}", gr.Chatbot(label=label, height=360, visible=i < 3, elem_id=f"chat-{i}",
+                                              elem_classes="chat-col"))
 
 
 CHAT_INPUTS = ["prompt", "max_new", "multi", "with_base"]

@@ -155,5 +155,12 @@ class Named:
 
 
 def _short(ref: str) -> str:
-    return ref.removeprefix("zoo:")
+    """A model's name in labels, legends and status lines: zoo:math -> math; a local folder by its last
+    two path parts (/data/runs/qwen-math/final -> qwen-math/final: a whole path does not fit a column's
+    label, and the parent part tells apart the many folders called "final"); a Hub id as it is."""
+    ref = ref.removeprefix("zoo:")
+    if os.path.isabs(ref) or ref.startswith(("./", "../", "~")):
+        parts = [p for p in os.path.normpath(ref).split(os.sep) if p]
+        return "/".join(parts[-2:]) or ref
+    return ref
 
