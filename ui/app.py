@@ -30,6 +30,7 @@ CSS = """
 #merge-status, #probe-status, #look-status, #export-status, #model-report {min-height: 1.5em}
 /* a chat column's label floats over its top edge: start the scrolling messages below it, or a scrolled
    answer (and a new merge's section header) runs under the label */
+.plotly-preload {position: absolute; left: -10000px; width: 10px; height: 10px; overflow: hidden}
 .chat-col .bubble-wrap {margin-top: 2.6em; height: calc(100% - 2.6em)}
 """
 
@@ -77,6 +78,11 @@ def build_demo() -> gr.Blocks:
         gr.Markdown("# Merge Explorer\nPick a base model and experts, tune a merge, look inside, then chat with "
                     "the result next to its parents. New here? The **Learn** tab is a five-minute tour.",
                     elem_id="title")
+        # Plotly's library is ~3.5 MB of JavaScript that the page fetches and parses when it first draws a
+        # plot: 2.3 s of the first Look tab's 4.8 s here. A tiny plot that is never shown, drawn with the first
+        # tab, makes the browser do that while the person reads the Models tab.
+        from . import figures as F
+        gr.Plot(F.empty("", height=10), show_label=False, elem_classes="plotly-preload", container=False)
         with ui.add("tabs", gr.Tabs(elem_id="tabs")):
             for tab in TABS:
                 tab.layout(ui)
