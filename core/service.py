@@ -197,7 +197,9 @@ def probe_references(refs: list[str], suites, limit: int | None, load, progress=
     check_probe_suites(suites)
     keys = [probes.result_key(checkpoint.inspect(r), suites, limit) for r in refs]
     missing = [r for r, k in zip(refs, keys) if probes.RESULTS.remembered(k) is None]
-    loaded = dict(zip(missing, load(missing))) if missing else {}
+    # the whole set, not only the missing ones: the UI's loader is the chat's model cache, which keeps
+    # exactly the set it is given
+    loaded = dict(zip(refs, load(refs))) if missing else {}
     out = []
     for i, (ref, key) in enumerate(zip(refs, keys)):
         hit = probes.RESULTS.remembered(key)

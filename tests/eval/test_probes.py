@@ -241,3 +241,21 @@ def test_reproduce_writes_nothing_unless_told_and_refuses_a_bad_out_before_runni
     assert _parser().parse_args(["reproduce"]).out is None   # default: print only
 
 # The foundation thresholds on the committed family live in tests/test_zoo.py.
+
+
+def test_remembered_probe_results_follow_the_generation_config(tmp_path):
+    """generate() reads generation_config.json (a repetition_penalty changes the answers): a copy of a model
+    with another one is probed again, an identical copy is not."""
+    import json
+    import shutil
+    from core import checkpoint as M
+    from core.eval import probes
+    same, other = tmp_path / "same", tmp_path / "other"
+    for d in (same, other):
+        shutil.copytree(M.resolve("zoo:math"), d)
+    with open(other / "generation_config.json") as f:
+        cfg = json.load(f)
+    with open(other / "generation_config.json", "w") as f:
+        json.dump({**cfg, "repetition_penalty": 1.3}, f)
+    key = {d: probes.result_key(M.inspect(str(d)), "math", 4) for d in (same, other)}
+    assert key[same] == probes.result_key(M.inspect("zoo:math"), "math", 4) != key[other]
