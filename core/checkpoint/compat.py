@@ -94,7 +94,13 @@ def _same_tensors(base: ModelInfo, e: ModelInfo) -> bool:
     """The same tensor names and shapes, and the same say on tied embeddings."""
     return (e.tensors.keys() == base.tensors.keys()
             and all(e.tensors[k].shape == t.shape for k, t in base.tensors.items())
-            and e.config.get("tie_word_embeddings") == base.config.get("tie_word_embeddings"))
+            and _tie_flag(e.config) == _tie_flag(base.config))
+
+
+def _tie_flag(config: dict):
+    """tie_word_embeddings, where multimodal configs keep it too (under text_config)."""
+    text = config.get("text_config")
+    return (config.get("tie_word_embeddings"), text.get("tie_word_embeddings") if isinstance(text, dict) else None)
 
 
 def _tied_mismatch(base: ModelInfo, e: ModelInfo) -> str | None:

@@ -107,12 +107,14 @@ class ModelInfo:
         blocks (fine-tunes change every block, so this stays cheap and safe).
         The config counts too: the same weights under another rope_theta,
         norm epsilon or activation score differently for LED and ACM. Keys
-        that only say where or by what a file was written do not.
+        that only say where, by what or in which dtype a file was written do not.
         """
         import hashlib
         import json
         h = hashlib.sha256()
-        cfg = {k: v for k, v in self.config.items() if not k.startswith("_") and k != "transformers_version"}
+        # the stored dtypes are hashed with the tensors below; transformers renamed torch_dtype to dtype
+        cfg = {k: v for k, v in self.config.items()
+               if not k.startswith("_") and k not in ("transformers_version", "torch_dtype", "dtype")}
         h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
         block, whole = 1 << 20, 64 << 20
         for f in sorted({t.file for t in self.tensors.values()}):

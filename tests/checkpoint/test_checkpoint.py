@@ -112,3 +112,13 @@ def test_compatibility_of_matching_tensors_builds_no_layout(tiny_family, monkeyp
     # a grown vocabulary is a shape that differs: then the layout says which tensors are the vocabulary
     rep = compat.compatibility(base, [headers.inspect(tiny_family["grown"])])
     assert rep.ok and rep.vocab_extra == {tiny_family["grown"]: 6} and tiny_family["base"] in built
+
+
+def test_tied_and_untied_text_configs_are_not_taken_for_matching_tensors(tmp_path, write_model):
+    """Multimodal configs keep tie_word_embeddings under text_config: the fast path must see it there."""
+    from core.checkpoint import compat
+    w = {"model.embed_tokens.weight": torch.zeros(4, 3)}
+    a = headers.inspect(write_model(tmp_path / "a", w, text_config={"tie_word_embeddings": True}))
+    b = headers.inspect(write_model(tmp_path / "b", w, text_config={"tie_word_embeddings": False}))
+    c = headers.inspect(write_model(tmp_path / "c", w, text_config={"tie_word_embeddings": True}))
+    assert not compat._same_tensors(a, b) and compat._same_tensors(a, c)
