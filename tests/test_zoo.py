@@ -97,6 +97,14 @@ def test_training_with_the_helper_process_gives_the_same_bits():
         torch.set_num_threads(threads)
     changed = [k for k in states[0] if not torch.equal(states[0][k], states[1][k])]
     assert changed == []
+    # a helper that died is one sentence, not a hang or a pipe error
+    helper = build.Helper(LlamaForCausalLM(build.make_config(tok)))
+    helper._proc.kill()
+    helper._proc.join()
+    with pytest.raises(RuntimeError, match="helper process has stopped"):
+        helper.start([], 1)
+        helper.wait()
+    helper.close()
     torch.manual_seed(0)
     fresh = LlamaForCausalLM(build.make_config(tok)).state_dict()
     assert not torch.equal(fresh["model.layers.0.mlp.up_proj.weight"], states[1]["model.layers.0.mlp.up_proj.weight"])

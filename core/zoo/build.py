@@ -217,12 +217,18 @@ class Helper:
         self._proc.start()
 
     def start(self, pieces, n_items: int) -> None:
-        self._conn.send(([tuple(t.numpy() for t in piece) for piece in pieces], n_items))
+        try:
+            self._conn.send(([tuple(t.numpy() for t in piece) for piece in pieces], n_items))
+        except (OSError, EOFError) as exc:
+            raise RuntimeError(f"The build's helper process has stopped ({type(exc).__name__}).") from None
 
     def wait(self) -> list:
-        reply = self._conn.recv()
+        try:
+            reply = self._conn.recv()
+        except (OSError, EOFError) as exc:
+            raise RuntimeError(f"The build's helper process has stopped ({type(exc).__name__}).") from None
         if isinstance(reply, str):
-            raise RuntimeError(f"the build's helper process failed: {reply}")
+            raise RuntimeError(f"The build's helper process failed: {reply}")
         return reply
 
     def close(self) -> None:
@@ -363,7 +369,7 @@ def build_all(out: str | None = None, log=print) -> str:
         torch.manual_seed(0)
         base = LlamaForCausalLM(make_config(tok))
         log(f"building the tiny family ({sum(p.numel() for p in base.parameters()) / 1e6:.2f}M parameters each)")
-        if (os.cpu_count() or 1) > 1:
+        if len(os.sched_getaffinity(0)) > 1:     # the cores this process may use, not the machine's
             helper = Helper(base)
         train(base, tok, STAGES[0], log, helper)
         save(base, tok, os.path.join(tmp, "base"), "base")
