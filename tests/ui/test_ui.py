@@ -167,6 +167,10 @@ def test_knob_release_re_merges_only_after_a_first_merge_and_only_on_a_change(se
     # re-merging is off: nothing merges, and the status stops describing merge #1 as what the knobs show
     assert MG.auto_merge(v2) == {"merge_status": "Settings changed since the last merge (#1); press Merge."}
     assert len(session.history) == 1
+    LK.open_tab("look")
+    assert LK.after_merge(v2) == {}             # nothing merged: the pictures stay those of merge #1
+    assert MG.auto_merge({**v, "auto": False}) == {"merge_status": "The controls match the last merge (#1) again."}
+    LK.open_tab("merge")
     out = MG.auto_merge({**v2, "auto": True})
     assert len(out["history"]) == 2 and "weight=0.1" in out["history"][0][2]
     assert session.merged_recipe == C.recipe_from_values(v2)
@@ -260,6 +264,7 @@ def test_look_sends_only_the_figures_a_re_merge_changed(session):
     first = LK.after_merge(v)
     assert set(first) >= {"importance", "elected", "overlap", "tv_norms", "tv_cos", "prov_share", "prov_coef"}
     assert set(LK.look_refresh(v)) == {"look_status"}
+    assert set(LK.look_update(v)) == set(first)      # the button draws everything again (zoom, lost response)
     v2 = {**v, C.key("led", "mask_ratio", 1): 0.25}
     MG.do_merge(v2)
     again = LK.after_merge(v2)
@@ -351,8 +356,27 @@ def test_probes_table_scatter_board_and_parent_cache(merged, monkeypatch, sessio
     MG.do_merge(merged)
     again = PR.run_probes({**merged, "suites": ["harmful", "math"], "limit": 4})
     assert calls[1:] == [S.get(None).model] and again["probe_table"][1:] == rows[1:]
+    # every result remembered: nothing was even loaded
+    assert S.get(None).cache is None or len(S.get(None).cache) == 0
     PR.run_probes({**merged, "suites": ["harmful", "math"], "limit": 5})      # other prompts: run again
     assert len(calls) == 2 + 4
+
+
+def test_reference_probes_load_the_whole_set_when_one_is_missing():
+    """The UI's loader is the chat's model cache, which keeps exactly the set it is asked for: with one
+    result remembered and one not, asking for the missing one alone would evict the chat's other model."""
+    asked = []
+
+    def load(refs):
+        asked.append(list(refs))
+        return [(M.load_model(r), M.load_tokenizer(r)) for r in refs]
+    from core.eval import probes
+    probes.RESULTS.clear_memory()
+    first = service.probe_references(["zoo:base"], "harmful", 3, load)
+    both = service.probe_references(["zoo:base", "zoo:code"], "harmful", 3, load)
+    again = service.probe_references(["zoo:base", "zoo:code"], "harmful", 3, load)
+    assert asked == [["zoo:base"], ["zoo:base", "zoo:code"]]          # the third call loads nothing
+    assert both[0] is first[0] and again == both and both[1]["model"] == "zoo:code"
 
 
 def test_compare_board_probes_restores_and_deletes_entries(session):
@@ -505,7 +529,13 @@ def test_acm_coefficients_picture(session):
 
 
 def test_model_names_in_labels_are_short_but_tell_folders_apart():
-    from ui.tabs.common import _short
+    from ui.tabs.common import _short, short_names
+    assert short_names(["/runs/a/qwen/final", "/runs/b/qwen/final", "zoo:math"]) == \
+        {"/runs/a/qwen/final": "a/qwen/final", "/runs/b/qwen/final": "b/qwen/final", "zoo:math": "math"}
+    tv = LK.tv_figures({"experts": ["/runs/a/qwen/final", "/runs/b/qwen/final"], "layers": ["layer 0"],
+                        "modules": ["q"], "rel_norms": {"/runs/a/qwen/final": [[0.1]], "/runs/b/qwen/final": [[0.2]]},
+                        "cosines": {"/runs/a/qwen/final vs /runs/b/qwen/final": [[0.5]]}}, {})
+    assert len(tv[0].data) == 2 and tv[1].layout.annotations[0].text == "a/qwen/final vs b/qwen/final"
     assert _short("zoo:math") == "math"
     assert _short("/data/runs/qwen-math/final") == "qwen-math/final"
     assert _short("/data/runs/qwen-code/final/") == "qwen-code/final"

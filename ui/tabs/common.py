@@ -154,13 +154,28 @@ class Named:
         return trigger(self.adapt(fn, len(outs)), ins, outs, **kw)
 
 
-def _short(ref: str) -> str:
+def _short(ref: str, parts: int = 2) -> str:
     """A model's name in labels, legends and status lines: zoo:math -> math; a local folder by its last
     two path parts (/data/runs/qwen-math/final -> qwen-math/final: a whole path does not fit a column's
     label, and the parent part tells apart the many folders called "final"); a Hub id as it is."""
     ref = ref.removeprefix("zoo:")
     if os.path.isabs(ref) or ref.startswith(("./", "../", "~")):
-        parts = [p for p in os.path.normpath(ref).split(os.sep) if p]
-        return "/".join(parts[-2:]) or ref
+        names = [p for p in os.path.normpath(ref).split(os.sep) if p]
+        return "/".join(names[-parts:]) or ref
     return ref
+
+
+def short_names(refs) -> dict[str, str]:
+    """``_short`` of each of a set of models, with more of a folder's path where two would share a name
+    (figures key their panels and legends by these names: a clash would drop a panel)."""
+    refs = list(dict.fromkeys(refs))
+    depth = dict.fromkeys(refs, 2)
+    while True:
+        names = {r: _short(r, depth[r]) for r in refs}
+        clash = [r for r in refs if list(names.values()).count(names[r]) > 1]
+        grown = [r for r in clash if _short(r, depth[r] + 1) != names[r]]
+        if not clash or not grown:
+            return names if not clash else {r: r.removeprefix("zoo:") for r in refs}
+        for r in grown:
+            depth[r] += 1
 

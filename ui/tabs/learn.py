@@ -64,7 +64,7 @@ def wire(ui: Named, demo) -> None:
     from core.zoo.data import EXAMPLE_PROMPTS
     from .chat import send_from
     from .compare import BOARD_OUTPUTS
-    from .look import LOOK_OUTPUTS, after_merge, led_pictures, open_tab
+    from .look import LOOK_OUTPUTS, after_merge, led_pictures, look_opened, open_tab
     from .merge import HISTORY_OUTPUTS, do_merge
     controls = ui.controls()
     look = LOOK_OUTPUTS + ["look_status"]
@@ -78,6 +78,8 @@ def wire(ui: Named, demo) -> None:
               [], ["prompt", "tabs"])
     send_from(ui, d.then)
     d = ui.on(ui["learn-overlap"].click, lambda v, request=None: {"tabs": open_tab("look", request)}, [], ["tabs"])
+    # the tab opened by the tour, not by a click: draw what the earlier steps' merges changed, then LED's pictures
+    d = ui.on(d.then, look_opened, controls, look, **ui.heavy)
     ui.on(d.then, led_pictures, controls, ["importance", "elected", "overlap", "look_status"], **ui.heavy)
     d = ui.on(ui["learn-compare"].click, lambda v, request=None: {"tabs": open_tab("probe", request)}, [], ["tabs"])
     ui.on(d.then, compare_tour, controls + ["suites", "limit"], BOARD_OUTPUTS + ["probe_status"], **ui.heavy)

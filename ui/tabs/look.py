@@ -7,11 +7,12 @@ import time
 import gradio as gr
 
 from core import service
+from core.errors import UserError
 
 from .. import controls as C
 from .. import figures as F
 from .. import state as S
-from .common import Named, _progress, _short, guard
+from .common import Named, _progress, guard, short_names
 
 
 # ------------------------------------------------------------------ look
@@ -57,19 +58,20 @@ def led_figures(a: dict) -> tuple:
     experts = a["experts"]
     # r decides what is elected, not how important a weight is: only the elected panels name it, so
     # moving r leaves the importance picture as it is (and unsent)
-    label = {e: f"{_short(e)} (r={a['mask_ratio'].get(e, 0):g})" for e in experts}
+    name = short_names(experts)
+    label = {e: f"{name[e]} (r={a['mask_ratio'].get(e, 0):g})" for e in experts}
     by_task = _colours(experts, a.get("tasks", {}))
     colours = {label[e]: c for e, c in by_task.items()}
-    imp = F.heatmaps({_short(e): a["importance"][e] for e in experts}, rows, cols,
+    imp = F.heatmaps({name[e]: a["importance"][e] for e in experts}, rows, cols,
                      "Where each skill lives: weight importance", "mean score", colorscale=F.SEQUENTIAL["importance"],
-                     fmt=".3g", log=True, panel_colours={_short(e): c for e, c in by_task.items()})
+                     fmt=".3g", log=True, panel_colours={name[e]: c for e, c in by_task.items()})
     el = F.heatmaps({label[e]: a["elected"][e] for e in experts}, rows, cols,
                     f"Elected: important in {'base AND expert' if a['election'] == '11' else ('the base' if a['election'] == '10' else 'the expert')}",
                     "elected fraction", colorscale=F.SEQUENTIAL["elected"], zmin=0.0,
                     zmax=max(0.05, max(a["mask_ratio"].values() or [0.05])), fmt=".1%", panel_colours=colours)
     if a.get("overlap"):
-        s = _short(a.get("safety_expert") or "safety")
-        ov = F.heatmaps({f"{s} ∩ {_short(u)}": z for u, z in a["overlap"].items()}, rows, cols,
+        s = name.get(a.get("safety_expert"), "safety")
+        ov = F.heatmaps({f"{s} ∩ {name.get(u, u)}": z for u, z in a["overlap"].items()}, rows, cols,
                         "Where safety and utility collide: overlap of their important weights (Jaccard)",
                         "Jaccard", colorscale=F.SEQUENTIAL["overlap"], zmin=0.0, zmax=_top(a["overlap"].values()), fmt=".2f")
     else:
@@ -83,21 +85,23 @@ def acm_figure(a: dict, tasks: dict) -> object:
     "fraction kept" shows λᵢ/N, not λᵢ."""
     experts = a["experts"]
     n = len(experts)
-    series = {f"{_short(e)}": a["coef"][e] for e in experts}
-    added = {f"{_short(e)} · λ/N (added)": [c / n for c in a["coef"][e]] for e in experts}
-    colours = {_short(e): c for e, c in _colours(experts, tasks).items()}
+    name = short_names(experts)
+    series = {name[e]: a["coef"][e] for e in experts}
+    added = {f"{name[e]} · λ/N (added)": [c / n for c in a["coef"][e]] for e in experts}
+    colours = {name[e]: c for e, c in _colours(experts, tasks).items()}
     return F.lines(a["layers"], series, f"ACM: how much of each expert each layer keeps (t = {a['temperature']:g}, "
                    f"N = {n})", "coefficient", yrange=[0.0, 1.02], colours=colours, hline=0.5, dashed=added)
 
 
 def tv_figures(tv: dict, tasks: dict) -> tuple:
     experts = tv["experts"]
-    colours = {_short(e): c for e, c in _colours(experts, tasks).items()}
-    norms = F.heatmaps({_short(e): tv["rel_norms"][e] for e in experts}, tv["layers"], tv["modules"],
+    name = short_names(experts)
+    colours = {name[e]: c for e, c in _colours(experts, tasks).items()}
+    norms = F.heatmaps({name[e]: tv["rel_norms"][e] for e in experts}, tv["layers"], tv["modules"],
                        "How much fine-tuning changed each part: ‖τ‖ / ‖θ₀‖", "relative change",
                        colorscale=F.SEQUENTIAL["norms"], zmin=0.0, fmt=".3f", panel_colours=colours)
     if tv["cosines"]:
-        pairs = {" vs ".join(_short(x) for x in k.split(" vs ")): v for k, v in tv["cosines"].items()}
+        pairs = {" vs ".join(name.get(x, x) for x in k.split(" vs ")): v for k, v in tv["cosines"].items()}
         cos = F.heatmaps(pairs, tv["layers"], tv["modules"],
                          "Do the experts push the same way? Cosine of their task vectors",
                          "cosine", colorscale=F.COSINE_SCALE, zmin=-1.0, zmax=1.0, zmid=0.0, fmt=".2f")
@@ -108,11 +112,12 @@ def tv_figures(tv: dict, tasks: dict) -> tuple:
 
 def prov_figures(pv: dict, tasks: dict) -> tuple:
     experts = pv["experts"]
-    colours = {_short(e): c for e, c in _colours(experts, tasks).items()}
-    share = F.stacked_shares(pv["points"], {_short(e): pv["share"][e] for e in experts}, pv["other"],
+    name = short_names(experts)
+    colours = {name[e]: c for e, c in _colours(experts, tasks).items()}
+    share = F.stacked_shares(pv["points"], {name[e]: pv["share"][e] for e in experts}, pv["other"],
                              "Where the merged change came from, per layer",
                              colours=colours)
-    coef = F.lines(pv["points"], {_short(e): pv["coef"][e] for e in experts},
+    coef = F.lines(pv["points"], {name[e]: pv["coef"][e] for e in experts},
                    "How much of each expert's change the merge keeps",
                    "fraction kept", colours=colours, hline=1.0)
     return share, coef
@@ -176,6 +181,12 @@ def after_merge(v: dict, request=None) -> dict:
     """After a merge: redraw now if the Look tab is open, else once it is opened (a re-merge on every
     slider release must not wait for pictures nobody is looking at)."""
     sess = S.get(request)
+    try:
+        unmerged = C.recipe_from_values(v) != sess.merged_recipe
+    except UserError:
+        unmerged = True
+    if unmerged:
+        return {}       # a knob moved with re-merging off: the pictures stay those of the live model
     if not sess.look_open:
         sess.look_stale = True
         return {}
@@ -201,6 +212,14 @@ def open_tab(tab_id: str, request=None) -> gr.Tabs:
     a switch made here must tell the session itself whether the Look tab is now the open one."""
     S.get(request).look_open = tab_id == "look"
     return gr.Tabs(selected=tab_id)
+
+
+@guard
+def look_update(v: dict, request=None) -> dict:
+    """The 'Update pictures' button: every picture drawn again, changed or not (it also undoes a zoom or
+    a hidden legend entry, and repairs a picture a lost response left behind)."""
+    S.get(request).drawn.clear()
+    return look_refresh(v, request=request)
 
 
 @guard
@@ -283,7 +302,7 @@ def layout(ui: Named) -> None:
 
 def wire(ui: Named, demo) -> None:
     controls = ui.controls()
-    ui.on(ui["look_btn"].click, look_refresh, controls, LOOK_OUTPUTS + ["look_status"], **ui.heavy)
+    ui.on(ui["look_btn"].click, look_update, controls, LOOK_OUTPUTS + ["look_status"], **ui.heavy)
     seen = ui["tabs"].select(tab_selected, None, None, api_visibility="private", queue=False)
     ui.on(seen.then, look_opened, controls, LOOK_OUTPUTS + ["look_status"], **ui.heavy)
     ui.on(ui["led_btn"].click, led_pictures, controls, ["importance", "elected", "overlap", "look_status"],

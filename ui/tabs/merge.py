@@ -158,12 +158,14 @@ def auto_merge(v: dict, progress=gr.Progress(), request=None) -> dict:
         recipe = C.recipe_from_values(v)
     except UserError:
         recipe = None     # a half-filled form: do_merge says why
+    n = next((h["n"] for h in reversed(sess.history) if h["recipe"] == sess.merged_recipe), None)
+    merge_n = f" (#{n})" if n else ""
     if recipe is not None and recipe == sess.merged_recipe:
-        return {}
+        # back where the live model is: nothing to merge, and the status says so again if it had said otherwise
+        return {} if v.get("auto") else {"merge_status": f"The controls match the last merge{merge_n} again."}
     if not v.get("auto"):
         # the status must not go on describing a merge the controls no longer show
-        n = next((h["n"] for h in reversed(sess.history) if h["recipe"] == sess.merged_recipe), None)
-        return {"merge_status": f"Settings changed since the last merge{f' (#{n})' if n else ''}; press Merge."}
+        return {"merge_status": f"Settings changed since the last merge{merge_n}; press Merge."}
     return do_merge(v, progress=progress, request=request)
 
 
