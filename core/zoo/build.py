@@ -369,7 +369,7 @@ def build_all(out: str | None = None, log=print) -> str:
         torch.manual_seed(0)
         base = LlamaForCausalLM(make_config(tok))
         log(f"building the tiny family ({sum(p.numel() for p in base.parameters()) / 1e6:.2f}M parameters each)")
-        if len(os.sched_getaffinity(0)) > 1:     # the cores this process may use, not the machine's
+        if _usable_cores() > 1:
             helper = Helper(base)
         train(base, tok, STAGES[0], log, helper)
         save(base, tok, os.path.join(tmp, "base"), "base")
@@ -394,6 +394,12 @@ def build_all(out: str | None = None, log=print) -> str:
         write_card(os.path.join(out, name), name, report)
     log(check.format_check(report))
     return out
+
+
+def _usable_cores() -> int:
+    """The cores this process may use (its affinity, where the OS tells it), not the machine's count."""
+    affinity = getattr(os, "sched_getaffinity", None)     # Linux only
+    return len(affinity(0)) if affinity else (os.cpu_count() or 1)
 
 
 def _write_probes(zoo_tmp: str) -> None:
