@@ -28,9 +28,9 @@ CSS = """
 .caption {color: var(--body-text-color-subdued); font-size: 0.9em; padding: 0 8px}
 .expert-box {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 6px}
 #merge-status, #probe-status, #look-status, #export-status, #model-report {min-height: 1.5em}
+.plotly-preload {position: absolute; left: -10000px; width: 10px; height: 10px; overflow: hidden}
 /* a chat column's label floats over its top edge: start the scrolling messages below it, or a scrolled
    answer (and a new merge's section header) runs under the label */
-.plotly-preload {position: absolute; left: -10000px; width: 10px; height: 10px; overflow: hidden}
 .chat-col .bubble-wrap {margin-top: 2.6em; height: calc(100% - 2.6em)}
 """
 

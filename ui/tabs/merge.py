@@ -158,8 +158,8 @@ def auto_merge(v: dict, progress=gr.Progress(), request=None) -> dict:
         recipe = C.recipe_from_values(v)
     except UserError:
         recipe = None     # a half-filled form: do_merge says why
-    n = next((h["n"] for h in reversed(sess.history) if h["recipe"] == sess.merged_recipe), None)
-    merge_n = f" (#{n})" if n else ""
+    entry = live_entry(sess)
+    merge_n = f" (#{entry['n']})" if entry else ""
     if recipe is not None and recipe == sess.merged_recipe:
         # back where the live model is: nothing to merge, and the status says so again if it had said otherwise
         return {} if v.get("auto") else {"merge_status": f"The controls match the last merge{merge_n} again."}
@@ -167,6 +167,11 @@ def auto_merge(v: dict, progress=gr.Progress(), request=None) -> dict:
         # the status must not go on describing a merge the controls no longer show
         return {"merge_status": f"Settings changed since the last merge{merge_n}; press Merge."}
     return do_merge(v, progress=progress, request=request)
+
+
+def live_entry(sess: S.Session) -> dict | None:
+    """The history entry of the merge the live model holds (None before a merge)."""
+    return next((h for h in reversed(sess.history) if h["recipe"] == sess.merged_recipe), None)
 
 
 def entry_of(sess: S.Session, choice) -> dict:

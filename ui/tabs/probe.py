@@ -12,7 +12,7 @@ from core.errors import UserError
 from .. import controls as C
 from .. import figures as F
 from .. import state as S
-from .merge import merge_into_session
+from .merge import live_entry, merge_into_session
 from .common import Named, _experts, _progress, _sentence, _short, guard
 
 
@@ -76,10 +76,9 @@ def probe_live(sess: S.Session, suites: list[str], limit: int, cb) -> dict:
     """Probe the live merged model and keep the scores on its history entry (the compare board shows them)."""
     res = service.probe(sess.model, ",".join(suites), limit, tokenizer=sess.tokenizer,
                         progress=lambda f, m="": cb(f, f"merged model: {m}"))
-    for h in reversed(sess.history):
-        if h["recipe"] == sess.merged_recipe:
-            h["scores"] = res
-            break
+    entry = live_entry(sess)
+    if entry is not None:
+        entry["scores"] = res
     return res
 
 
@@ -130,8 +129,8 @@ def run_probes(v: dict, progress=gr.Progress(), request=None) -> dict:
                           "Safety vs utility: merged model (★), its base and its parents", _utility_label(which))
     cb(1.0, "done")
     # the number says which merge these rows belong to once the live model has moved on (#n in its status)
-    n = next((h["n"] for h in reversed(sess.history) if h["recipe"] == sess.merged_recipe), None)
-    which_merge = f"merge #{n}" if n is not None else "the merged model"
+    entry = live_entry(sess)
+    which_merge = f"merge #{entry['n']}" if entry else "the merged model"
     return {"probe_table": rows, "plot_probe": fig, **board,
             "probe_status": f"Probed {which_merge}, its base and parents: {limit} prompts per suite "
                             f"({', '.join(suites)}) for {len(named)} models in {wall:.2f} s."}
