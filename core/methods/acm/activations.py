@@ -310,15 +310,17 @@ def layer_mi(base: M.ModelInfo, experts: list[M.ModelInfo], rows: list[dict], *,
     cached (True when no forward pass ran).
     """
     dev = M.pick_device(device)
-    max_len = M.max_length(base, MAX_LENGTH)
+    # keyed by the cap: a shorter context of the model's own is in its config,
+    # so in its fingerprint (asking it costs the layout, which a hit never needs)
     key = f"{base.fingerprint()}-" + data_hash(rows, base.path, n=n_calibration, k=clusters, seed=seed,
-                                                max_length=max_len)
+                                                max_length=MAX_LENGTH)
     entry = dict(_load_entry(key))
     mi_by_fp: dict = dict(entry.get("experts") or {})
     todo = [e for e in experts if e.fingerprint() not in mi_by_fp]
     selection = entry.get("selection")
     cached = not todo and selection is not None
     if not cached:
+        max_len = M.max_length(base, MAX_LENGTH)
         tok = M.load_tokenizer(base)
         texts = format_prompts(tok, rows)
         dtype = M.default_dtype(dev) if dev != "cpu" else torch.float32

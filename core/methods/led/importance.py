@@ -303,13 +303,14 @@ def compute(jobs: list[Job], method: str = "snip", *, seed: int = 0, device: str
                         else RandomScores(key, info, keep, seed))
             out[i] = CACHE.remember_new(key, make)
         return out, True
-    keys = []
-    for j in jobs:
-        max_len = M.max_length(j.info, MAX_LENGTH)
-        keys.append((cache_key(j.info, method, j.rows, tokenizer_dir=_tokenizer_dir(j), dtype=dtype_name,
-                               max_length=max_len), max_len))
+    # keyed by the cap, not by the model's own context when shorter: that is
+    # in its config, so in its fingerprint, and asking it builds the
+    # architecture's layout (transformers' modeling imports, ~10 s at 0.5B)
+    # that a cache hit never needs
+    keys = [cache_key(j.info, method, j.rows, tokenizer_dir=_tokenizer_dir(j), dtype=dtype_name,
+                      max_length=MAX_LENGTH) for j in jobs]
     todo: dict[str, list[int]] = {}
-    for i, (key, _) in enumerate(keys):
+    for i, key in enumerate(keys):
         hit = cached(key)
         if hit is not None:
             out[i] = hit
@@ -335,7 +336,7 @@ def compute(jobs: list[Job], method: str = "snip", *, seed: int = 0, device: str
             with M.cpu_threads_for(model):
                 for i in idx:
                     j = jobs[i]
-                    key, max_len = keys[i]
+                    key, max_len = keys[i], M.max_length(j.info, MAX_LENGTH)
                     tok = M.load_tokenizer(_tokenizer_dir(j))
                     samples = encode(tok, j.rows or [], max_len)
                     if not samples:
