@@ -9,7 +9,7 @@ import json
 import os
 import shutil
 import uuid
-from typing import Mapping
+from typing import Iterable, Mapping
 
 import torch
 
@@ -107,10 +107,17 @@ def write_file(path: str, tensors: dict[str, torch.Tensor], metadata: dict[str, 
     """One safetensors file, streamed tensor by tensor: no serialized copy of
     the whole set in memory (safetensors' save_file builds one, a model-sized
     block for LED's scores at 0.5B), and views or tied tensors need no clone."""
-    layout = [(k, _ST_NAMES[v.dtype], tuple(v.shape)) for k, v in tensors.items()]
-    w = ShardWriter(os.path.dirname(path) or ".", layout, 1 << 62, metadata, os.path.basename(path))
+    write_stream(path, [(k, v.dtype, tuple(v.shape)) for k, v in tensors.items()], tensors.items(), metadata)
+
+
+def write_stream(path: str, layout: list[tuple[str, torch.dtype, tuple[int, ...]]],
+                 tensors: Iterable[tuple[str, torch.Tensor]], metadata: dict[str, str] | None = None) -> None:
+    """One safetensors file of the planned (name, dtype, shape) ``layout``,
+    from tensors made one at a time in that order (none held after it is written)."""
+    w = ShardWriter(os.path.dirname(path) or ".", [(k, _ST_NAMES[d], s) for k, d, s in layout], 1 << 62,
+                    metadata, os.path.basename(path))
     try:
-        for k, v in tensors.items():
+        for k, v in tensors:
             w.add(k, v)
         w.finish()
     finally:

@@ -33,8 +33,7 @@ def elementwise(spec) -> bool:
 
 def _chunked(p: Plan, name: str) -> bool:
     meta = p.base.tensors[name]
-    return (elementwise(p.spec) and p.spec.prepare is None and meta.is_float
-            and len(meta.shape) >= 1 and meta.numel > CHUNK_ELEMS)
+    return (elementwise(p.spec) and meta.is_float and len(meta.shape) >= 1 and meta.numel > CHUNK_ELEMS)
 
 
 class _Buffers:

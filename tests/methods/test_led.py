@@ -222,6 +222,105 @@ def test_encode_marks_the_answer_and_eos_as_targets():
 
 
 # ------------------------------------------------------------------ cache
+# ------------------------------------------------------------ rank codes
+def test_rank_codes_give_the_first_grid_step_whose_top_r_holds_the_entry():
+    s = T([1.0, 2.0, 2.0, 2.0, 0.5, 3.0, 0.0])
+    # n = 7: k_j = floor(7j/100); the 3 comes in at k = 1 (j = 15), the 2s in
+    # index order at k = 2, 3, 4 (j = 29, 43, 58), 1 at k = 5 (j = 72),
+    # 0.5 at k = 6 (j = 86); a zero score never
+    assert K.rank_codes(s).tolist() == [72, 29, 43, 58, 86, 15, K.NEVER]
+    assert K.rank_codes(torch.zeros(2, 3)).tolist() == [[K.NEVER] * 3] * 2
+    assert K.rank_codes(T([[float("nan"), 1.0], [2.0, 0.0]])).tolist() == [[K.NEVER, 50], [25, K.NEVER]]   # n = 4
+
+
+@pytest.mark.parametrize("chunk", [1 << 22, 7])
+def test_codes_below_each_step_are_exactly_top_r(monkeypatch, chunk):
+    monkeypatch.setattr(K, "_CHUNK", chunk)   # 7: runs of ties cut by chunk edges too
+    g = torch.Generator().manual_seed(5)
+    cases = [torch.randint(0, 4, (n,), generator=g).float() for n in (1, 2, 37, 101, 250)]
+    cases += [torch.rand(300, generator=g) * (torch.rand(300, generator=g) > 0.3),
+              torch.randint(0, 3, (13, 11), generator=g).float(),
+              T([3.0] * 150 + [1.0] * 50)]
+    for s in cases:
+        codes = K.rank_codes(s)
+        assert codes.shape == s.shape and codes.dtype == torch.uint8
+        for j in range(K.GRID + 1):
+            assert torch.equal(codes <= j, K.top_r(s, j / K.GRID)), (s.tolist(), j)
+
+
+def test_grid_step_answers_only_where_the_mask_is_the_same():
+    assert K.grid_step(0.29, 100) == 29
+    assert K.grid_step(0.1 + 0.2 - 0.01, 1000) == 29   # 0.29000000000000004: the same k
+    assert K.grid_step(0.295, 1000) is None             # k = 295 is on no step
+    assert K.grid_step(0.295, 10) == 29                  # k = 2, as at 0.29
+    assert K.grid_step(0.0, 10) == 0 and K.grid_step(1.0, 10) == K.GRID
+
+
+def test_stored_scores_answer_grid_ratios_from_their_ranks(cache):
+    g = torch.Generator().manual_seed(3)
+    tensors = {"a": torch.rand(40, 5, generator=g), "b": torch.randint(0, 3, (64,), generator=g).float()}
+    scores = I.store("unit-ranks", dict(tensors), {"method": "test"})
+    ranks = os.path.join(str(cache), "led", "unit-ranks" + I.RANKS_EXT)
+    assert os.path.isfile(ranks)
+    for name, t in tensors.items():
+        assert scores.total(name) == float(t.numpy().sum(dtype="float64"))
+        for r in (0.05, 0.3, 0.77):
+            assert torch.equal(scores.top(name, r), K.top_r(t, r))
+    # the ranks alone answer a ratio on the grid; off it the scores are read
+    scores.tensors.clear()
+    assert torch.equal(scores.top("a", 0.3), K.top_r(tensors["a"], 0.3))
+    with pytest.raises(UserError, match="No importance score"):
+        scores.top("a", 0.305)
+    # a cut vocabulary (fewer shared rows) is ranked from the scores, not the codes
+    with pytest.raises(UserError, match="No importance score"):
+        scores.top("a", 0.3, rows=30)
+
+
+def test_ranks_missing_or_older_than_their_scores_are_made_again(cache):
+    tensors = {"w": torch.arange(1.0, 61.0).reshape(6, 10)}
+    I.store("unit-stale", dict(tensors), {"method": "test"})
+    path = os.path.join(str(cache), "led", "unit-stale")
+    os.remove(path + I.RANKS_EXT)
+    I.clear_memory_cache()
+    again = I.cached("unit-stale")
+    assert os.path.isfile(path + I.RANKS_EXT) and torch.equal(again.top("w", 0.25), K.top_r(tensors["w"], 0.25))
+    # the scores rewritten (another mtime): their old ranks are not trusted
+    st = os.stat(path + ".safetensors")
+    os.utime(path + ".safetensors", ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    assert I.Ranks.read(path + I.RANKS_EXT, path + ".safetensors", keep=True) is None
+    I.clear_memory_cache()
+    assert I.cached("unit-stale").ranks is not None
+    assert I.Ranks.read(path + I.RANKS_EXT, path + ".safetensors", keep=True) is not None
+
+
+@pytest.mark.parametrize("models", [["zoo:safety", "zoo:math", "zoo:code"], ["zoo:safety", "zoo:math"]])
+def test_the_rank_code_path_merges_as_the_float_scores_do(cache, monkeypatch, tmp_path, models):
+    """The election from rank codes, in chunks, and the merge in row blocks
+    give the bits and the pictures the float-score path gives."""
+    from core.merge import engine, walk
+    rec = fam_recipe(models=[{"model": m, "parameters": {"mask_ratio": r, "weight": w}}
+                             for m, r, w in zip(models, (0.12, 0.35, 0.6), (1.0, 0.7, 0.5))])
+    fast, fast_info = engine.merge_state_dict(R.from_dict(rec))
+    fast_an = led.analyse(build(R.from_dict(rec)))
+    monkeypatch.setattr(I.Scores, "codes", lambda self, name, r, rows=None: None)   # no ranks: top_r on the scores
+    monkeypatch.setattr(led.SPEC, "elementwise", False)                          # whole tensors
+    slow, _ = engine.merge_state_dict(R.from_dict(rec))
+    assert fast.keys() == slow.keys()
+    for k in fast:
+        assert torch.equal(fast[k], slow[k]), k
+    assert led.analyse(build(R.from_dict(rec))) == fast_an
+    # a merge into a folder streams: the family's tensors in many row blocks
+    # (inputs not held from the merges above: those are never fed in blocks)
+    monkeypatch.setattr(walk, "CHUNK_ELEMS", 1000)
+    monkeypatch.setattr(walk, "_LAST_INPUTS", None)
+    monkeypatch.setattr(led.SPEC, "elementwise", True)
+    service.merge({**rec, "dtype": "float32"}, out_dir=str(tmp_path / "blocks"))
+    blocks = _load(tmp_path / "blocks")
+    assert blocks.keys() == slow.keys()
+    for k in fast:
+        assert torch.equal(blocks[k], slow[k].float()), k
+
+
 def test_a_cache_hit_runs_no_backward_pass(cache):
     base = M.inspect("zoo:base")
     rows = I.builtin_rows("math", 3, seed=11)

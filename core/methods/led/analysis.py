@@ -22,22 +22,25 @@ class Summary:
         self.safety = next((i for i, e in enumerate(setup.experts) if e.task == "safety"), None)
         self._tensors: dict[str, tuple] = {}
 
-    def add(self, name: str, importance: list[float], importance_base: list[float], elected: list, final: list
-            ) -> None:
-        """One tensor: Σ scores of each expert and of the base on its data, and the elected and final masks."""
+    def add(self, name: str, importance: list[float], importance_base: list[float], elected: list, final: list,
+            counts: list[tuple[int, int]] | None = None, inter: list[int] | None = None) -> None:
+        """One tensor: Σ scores of each expert and of the base on its data, and
+        the elected and final masks -- or their counts (|Eᵢ|, |mᵢ|) and each
+        |E_safety ∩ Eᵢ| when the election gathered them (masks.elect_codes)."""
         # numpy counts (one thread); a mask not changed by Disjoint is counted once,
         # and a union is |a| + |b| - |a ∩ b|, so each overlap costs one pass
-        counts = []
-        for e, f in zip(elected, final):
-            ce = int(np.count_nonzero(e.numpy()))
-            counts.append((ce, ce if f is e else int(np.count_nonzero(f.numpy()))))
+        if counts is None:
+            counts = []
+            for e, f in zip(elected, final):
+                ce = int(np.count_nonzero(e.numpy()))
+                counts.append((ce, ce if f is e else int(np.count_nonzero(f.numpy()))))
         overlap = []
         if self.safety is not None:
             s = elected[self.safety].numpy()
             for j in range(len(elected)):
                 if j != self.safety:
-                    inter = int(np.count_nonzero(np.logical_and(s, elected[j].numpy())))
-                    overlap.append((inter, counts[self.safety][0] + counts[j][0] - inter))
+                    both = inter[j] if inter is not None else int(np.count_nonzero(np.logical_and(s, elected[j].numpy())))
+                    overlap.append((both, counts[self.safety][0] + counts[j][0] - both))
         self._tensors[name] = (importance, importance_base, counts, overlap)
 
     def to_dict(self, cached: bool) -> dict:

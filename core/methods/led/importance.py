@@ -18,6 +18,7 @@ the passes so tests can prove a cache hit runs none.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from typing import Callable
@@ -29,6 +30,7 @@ from ... import checkpoint as M
 from ... import userfiles
 from ...scores import Cache
 from ...errors import UserError, quoted
+from .masks import GRID
 from .scoring import MAX_LENGTH, encode, snip, wanda
 
 Progress = Callable[[float, str], None]
@@ -36,6 +38,8 @@ Progress = Callable[[float, str], None]
 METHODS = ("snip", "wanda", "magnitude", "random")
 DEFAULT_N = 128
 VERSION = "led-scores/v2"   # part of every cache key: bump when a score's definition changes
+RANKS_VERSION = "led-ranks/v1"   # the rank-code file beside each score file (masks.rank_codes)
+RANKS_EXT = ".ranks.safetensors"
 
 # scores held in memory up to this many bytes in all; larger sets are read
 # per tensor from their cache file instead
@@ -84,22 +88,97 @@ def builtin_rows(task: str, n: int, seed: int = 0) -> list[dict]:
 
 
 # ---------------------------------------------------------------- scores
+class Ranks:
+    """A score set's rank codes (masks.rank_codes) and per-tensor Σ scores:
+    what a re-merge at an r on the slider's grid needs instead of the float
+    scores (a quarter of the bytes, a compare instead of a selection). Held
+    in memory, or read per tensor from their cache file."""
+
+    def __init__(self, totals: dict[str, float], codes: dict[str, torch.Tensor] | None = None,
+                 path: str | None = None):
+        self.totals, self._codes = totals, codes
+        self._reader = None
+        if codes is None:
+            info = M.ModelInfo(ref=path, path=os.path.dirname(path), config={}, tensors=M.read_safetensors_header(path))
+            self._reader = M.Reader(info)
+
+    def shape(self, name: str) -> tuple:
+        if self._codes is not None:
+            return tuple(self._codes[name].shape)
+        return tuple(self._reader.info.tensors[name].shape)
+
+    def codes(self, name: str) -> torch.Tensor:
+        return self._codes[name] if self._codes is not None else self._reader.read(name)
+
+    def nbytes(self) -> int:
+        """Bytes held in memory."""
+        return sum(c.numel() for c in self._codes.values()) if self._codes is not None else 0
+
+    @classmethod
+    def read(cls, path: str, scores_path: str, keep: bool) -> "Ranks | None":
+        """The ranks filed for the scores at ``scores_path`` (written after
+        them, same grid), in memory when ``keep``; None when absent or stale."""
+        try:
+            from safetensors import safe_open
+            with safe_open(path, framework="pt", device="cpu") as f:
+                meta = f.metadata() or {}
+                if (meta.get("version") != RANKS_VERSION or meta.get("grid") != str(GRID)
+                        or meta.get("scores_mtime_ns") != str(os.stat(scores_path).st_mtime_ns)):
+                    return None
+                totals = json.loads(meta["totals"])
+                codes = {n: f.get_tensor(n) for n in f.keys()} if keep else None
+            return cls(totals, codes, path)
+        except Exception:
+            return None   # unreadable: rebuilt from the scores
+
+
 class Scores:
     """Per-tensor scores of one model on one data set; ``get(name)`` gives a
     float32 CPU tensor shaped like the model's tensor (do not modify it)."""
 
     key: str = ""
+    ranks: Ranks | None = None
 
     def get(self, name: str) -> torch.Tensor:
         raise NotImplementedError
 
     def nbytes(self) -> int:
-        return 0
+        return self.ranks.nbytes() if self.ranks is not None else 0
+
+    def _whole(self, name: str, rows: int | None) -> bool:
+        """Whether the ranks answer for this tensor: it has them, and a grown
+        vocabulary does not cut it to fewer rows (codes rank the whole tensor)."""
+        if self.ranks is None or name not in self.ranks.totals:
+            return False
+        shape = self.ranks.shape(name)
+        return rows is None or not shape or shape[0] <= rows
+
+    def codes(self, name: str, r: float, rows: int | None = None) -> tuple[np.ndarray, int] | None:
+        """(rank codes, j) when ``codes <= j`` is this tensor's top-r; None
+        when the ranks cannot answer (none, a cut vocabulary, r off the grid)."""
+        from .masks import grid_step
+        if not self._whole(name, rows):
+            return None
+        codes = self.ranks.codes(name)
+        j = grid_step(r, codes.numel())
+        return (codes.numpy(), j) if j is not None else None
+
+    def top(self, name: str, r: float, rows: int | None = None) -> torch.Tensor:
+        """top_r of a tensor's scores (its first ``rows`` rows when given):
+        from the rank codes when r is on their grid, else from the scores."""
+        from .masks import top_r
+        got = self.codes(name, r, rows)
+        if got is not None:
+            # numpy compare: one thread, no torch pool spinning on a busy CPU
+            return torch.from_numpy(got[0] <= got[1])
+        return top_r(shared_rows(self.get(name), rows), r)
 
     def total(self, name: str, rows: int | None = None) -> float:
         """Σ of a tensor's scores (its first ``rows`` rows when given),
         remembered with the scores: the UI's heatmaps after a re-merge need
         no pass over them. numpy: one thread, no pool spinning on a busy CPU."""
+        if self._whole(name, rows):
+            return self.ranks.totals[name]
         memo = self.__dict__.setdefault("_totals", {})
         if (name, rows) not in memo:
             memo[(name, rows)] = float(shared_rows(self.get(name), rows).numpy().sum(dtype=np.float64))
@@ -112,8 +191,8 @@ def shared_rows(t: torch.Tensor, rows: int | None) -> torch.Tensor:
 
 
 class DictScores(Scores):
-    def __init__(self, key: str, tensors: dict[str, torch.Tensor]):
-        self.key, self.tensors = key, tensors
+    def __init__(self, key: str, tensors: dict[str, torch.Tensor], ranks: Ranks | None = None):
+        self.key, self.tensors, self.ranks = key, tensors, ranks
 
     def get(self, name: str) -> torch.Tensor:
         t = self.tensors.get(name)
@@ -123,7 +202,7 @@ class DictScores(Scores):
         return t
 
     def nbytes(self) -> int:
-        return sum(t.numel() * 4 for t in self.tensors.values())
+        return sum(t.numel() * 4 for t in self.tensors.values()) + super().nbytes()
 
 
 class FileScores(Scores):
@@ -132,8 +211,8 @@ class FileScores(Scores):
     per score set counted in the process's RSS once read, 10 GB for a 0.5B
     re-merge)."""
 
-    def __init__(self, key: str, path: str):
-        self.key, self.path = key, path
+    def __init__(self, key: str, path: str, ranks: Ranks | None = None):
+        self.key, self.path, self.ranks = key, path, ranks
         info = M.ModelInfo(ref=path, path=os.path.dirname(path), config={},
                            tensors=M.read_safetensors_header(path))
         self._reader = M.Reader(info)
@@ -219,14 +298,18 @@ def cached(key: str) -> Scores | None:
             meta = f.metadata() or {}
             if meta.get("version") != VERSION:
                 return None
-            names = list(f.keys())
-            size = sum(_numel(f.get_slice(n).get_shape()) * 4 for n in names)
-            if size <= _room():
-                scores: Scores = DictScores(key, {n: f.get_tensor(n).float() for n in names})
+            shapes = {n: tuple(f.get_slice(n).get_shape()) for n in f.keys()}
+            numel = sum(_numel(s) for s in shapes.values())
+            if numel * 5 <= _room():
+                scores: Scores = DictScores(key, {n: f.get_tensor(n).float() for n in shapes})
             else:
                 scores = None
         if scores is None:
             scores = FileScores(key, path)
+        keep = numel <= _room() - scores.nbytes()
+        scores.ranks = Ranks.read(CACHE.path(key, RANKS_EXT), path, keep)
+        if scores.ranks is None:   # written before ranks existed, or stale: made once from the scores
+            scores.ranks = _make_ranks(key, shapes, scores.get, keep, written=True)
     except Exception:
         return None   # corrupt or unreadable: recomputed and rewritten
     return CACHE.remember(key, scores)
@@ -243,18 +326,50 @@ def _room() -> int:
     return MEMORY_BYTES - sum(s.nbytes() for s in CACHE.values())
 
 
+def _make_ranks(key: str, shapes: dict[str, tuple], get, keep: bool, written: bool) -> Ranks:
+    """Ranks of the score set ``get(name)`` reads, filed beside its score
+    file (when that was ``written``) one tensor at a time; held in memory
+    when ``keep``, or when they cannot be filed."""
+    from ...checkpoint.writer import write_stream
+    from .masks import rank_codes
+    totals = {n: float(get(n).numpy().sum(dtype=np.float64)) for n in shapes}
+    codes: dict[str, torch.Tensor] = {}
+    scores_path = CACHE.path(key, ".safetensors")
+
+    def each():
+        for n in shapes:
+            c = rank_codes(get(n))
+            if keep:
+                codes[n] = c
+            yield n, c
+
+    def write(tmp: str) -> None:
+        write_stream(tmp, [(n, torch.uint8, s) for n, s in shapes.items()], each(),
+                     {"version": RANKS_VERSION, "grid": str(GRID), "totals": json.dumps(totals),
+                      "scores_mtime_ns": str(os.stat(scores_path).st_mtime_ns)})
+    if written and CACHE.write(key, RANKS_EXT, write):
+        return Ranks(totals, codes) if keep else Ranks(totals, path=CACHE.path(key, RANKS_EXT))
+    return Ranks(totals, {n: rank_codes(get(n)) for n in shapes})
+
+
 def store(key: str, tensors: dict[str, torch.Tensor], meta: dict) -> Scores:
-    """Write scores to the disk cache and remember them."""
+    """Write scores and their ranks to the disk cache and remember them."""
     from ...checkpoint.writer import write_file
 
     def write(tmp: str) -> None:
         write_file(tmp, tensors, {"version": VERSION, **{k: str(v) for k, v in meta.items()}})
     written = CACHE.write(key, ".safetensors", write)
-    total = sum(t.numel() * 4 for t in tensors.values())
-    if total <= _room() or not written:
-        scores: Scores = DictScores(key, tensors)
+    numel = sum(t.numel() for t in tensors.values())
+    # a set that fits is held whole (scores 4 bytes an entry, ranks 1); a
+    # larger one is read back from its files -- its ranks too, though they
+    # might fit: held now, they would sit beside the next model's backward
+    # pass, the scoring's peak (a later cached() holds them when they fit)
+    whole = numel * 5 <= _room() or not written
+    ranks = _make_ranks(key, {n: tuple(t.shape) for n, t in tensors.items()}, tensors.__getitem__, whole, written)
+    if whole:
+        scores: Scores = DictScores(key, tensors, ranks)
     else:
-        scores = FileScores(key, CACHE.path(key, ".safetensors"))
+        scores = FileScores(key, CACHE.path(key, ".safetensors"), ranks)
     return CACHE.remember(key, scores)
 
 

@@ -23,6 +23,13 @@ Election codes (the paper's ablation, Table 5):
 
 Disjoint: mᵢ = Eᵢ \\ ∪_{j≠i} Eⱼ -- an entry elected by two experts is
 taken from neither, so no expert's update is written over another's.
+
+Rank codes (``rank_codes``): one byte per entry, the smallest grid step j
+(r = j/GRID) whose top-r holds the entry, so ``codes <= j`` IS top_r(j/GRID)
+-- ties, zeros and NaN included -- without the float scores or a partition.
+A re-merge after moving r (the UI's slider moves in steps of 1/GRID) reads
+a quarter of the bytes and compares instead of selecting; an r off the
+grid still goes through ``top_r`` on the scores.
 """
 from __future__ import annotations
 
@@ -77,20 +84,96 @@ def top_r(scores: torch.Tensor, r: float) -> torch.Tensor:
     return torch.from_numpy(out).view(shape).to(scores.device)
 
 
+GRID = 100     # r steps the rank codes answer exactly: the UI slider's 0.01
+NEVER = 255    # the code of an entry no r elects (zero score)
+
+
+def rank_codes(scores: torch.Tensor) -> torch.Tensor:
+    """uint8 codes (shape of ``scores``): entry e's code is the smallest j in
+    1..GRID with e in top_r(scores, j/GRID), or NEVER.
+
+    One sort of the values finds each step's threshold (the k_j-th largest);
+    an entry's code is the first step whose threshold it reaches, found in
+    chunks (a few MB of temporaries, not several copies of a 136M-entry
+    embedding). Where a run of equal scores straddles a step's k, top_r
+    takes the run's earlier indices first, so those entries are ranked by
+    index explicitly.
+    """
+    shape = scores.shape
+    a = scores.detach().to("cpu", torch.float32).reshape(-1).numpy()
+    if np.isnan(a).any():
+        a = np.nan_to_num(a, nan=0.0)
+    n = a.size
+    out = np.full(n, NEVER, dtype=np.uint8)
+    s = np.sort(a)
+    pos = n - int(np.searchsorted(s, np.float32(0), side="right"))
+    if not pos:
+        return torch.from_numpy(out).view(shape)
+    k = np.array([min(k_of(j / GRID, n), pos) for j in range(GRID + 1)], dtype=np.int64)
+    # thr[j]: the k_j-th largest score (+inf where k_j = 0); non-increasing in j
+    thr = np.where(k > 0, s[np.minimum(n - k, n - 1)], np.inf).astype(np.float32)
+    rising = thr[::-1].copy()
+    split = np.array(sorted({thr[j] for j in range(1, GRID + 1) if 0 < k[j] < n and s[n - k[j] - 1] == thr[j]}),
+                     dtype=np.float32)
+    on_split = []
+    # one set of chunk buffers for the whole tensor: fresh temporaries per chunk
+    # leave the allocator holding hundreds of MB after a 136M-entry embedding
+    rising_t = torch.from_numpy(rising)
+    reached_t = torch.empty(min(n, _CHUNK), dtype=torch.int32)
+    reached, top, yes = reached_t.numpy(), np.empty(min(n, _CHUNK), np.float32), np.empty(min(n, _CHUNK), np.bool_)
+    for lo in range(0, n, _CHUNK):
+        part = a[lo:lo + _CHUNK]
+        m = part.size
+        # how many steps' thresholds each entry reaches; its code is the first of them
+        torch.bucketize(torch.from_numpy(part), rising_t, right=True, out_int32=True, out=reached_t[:m])
+        np.greater(reached[:m], 0, out=yes[:m])
+        np.subtract(GRID + 1, reached[:m], out=out[lo:lo + m], where=yes[:m], casting="unsafe")
+        if split.size:
+            # entries equal to the highest threshold they reach, kept when that value is split
+            np.maximum(reached[:m], 1, out=reached[:m])
+            np.subtract(reached[:m], 1, out=reached[:m])
+            np.take(rising, reached[:m], out=top[:m])
+            np.logical_and(yes[:m], top[:m] == part, out=yes[:m])
+            eq = np.flatnonzero(yes[:m])
+            on_split.append(lo + eq[np.isin(part[eq], split)])
+    if split.size:
+        idx = np.concatenate(on_split)
+        for v in split:
+            at = idx[a[idx] == v]   # in index order: top_r's order among equal scores
+            rank = (n - int(np.searchsorted(s, v, side="right"))) + np.arange(at.size)
+            first = np.searchsorted(k, rank, side="right")   # the first step with k_j > rank
+            out[at] = np.where(first <= GRID, first, NEVER)
+    return torch.from_numpy(out).view(shape)
+
+
+_CHUNK = 1 << 22
+
+
+def grid_step(r: float, n: int) -> int | None:
+    """j when top_r(·, r) of n entries keeps as many as top_r(·, j/GRID) --
+    then ``codes <= j`` is that mask exactly; None off the grid."""
+    j, k = int(round(r * GRID)), k_of(r, n)
+    return next((i for i in (j, j - 1, j + 1) if 0 <= i <= GRID and k_of(i / GRID, n) == k), None)
+
+
 def elect(base_scores: torch.Tensor | None, expert_scores: torch.Tensor | None, r: float,
           code: str = "11") -> torch.Tensor:
     """Eᵢ for one expert and one tensor under election ``code`` (see module doc).
 
     Only the scores the code needs must be given (the other may be None).
     """
-    if code == "11":
-        both = top_r(base_scores, r).cpu().numpy() & top_r(expert_scores, r).cpu().numpy()
-        return torch.from_numpy(both).to(base_scores.device)
-    if code == "10":
-        return top_r(base_scores, r)
-    if code == "01":
-        return top_r(expert_scores, r)
-    raise ValueError(f"unknown election code {code!r}; use one of {', '.join(ELECTIONS)}")
+    if code not in ELECTIONS:
+        raise ValueError(f"unknown election code {code!r}; use one of {', '.join(ELECTIONS)}")
+    return combine(top_r(base_scores, r) if code != "01" else None,
+                   top_r(expert_scores, r) if code != "10" else None)
+
+
+def combine(top_base: torch.Tensor | None, top_expert: torch.Tensor | None) -> torch.Tensor:
+    """Eᵢ from the top-r masks an election code asks for (the other None):
+    both given, their intersection."""
+    if top_base is None or top_expert is None:
+        return top_expert if top_base is None else top_base
+    return torch.from_numpy(top_base.cpu().numpy() & top_expert.cpu().numpy()).to(top_base.device)
 
 
 def disjoint(elected: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -98,6 +181,9 @@ def disjoint(elected: list[torch.Tensor]) -> list[torch.Tensor]:
     if len(elected) <= 1:
         return [e.clone() for e in elected]
     arrays = [e.cpu().numpy() for e in elected]
+    if len(arrays) == 2:   # the common case, in two passes: what one elected and the other did not
+        a, b = arrays
+        return [torch.from_numpy(a > b).to(elected[0].device), torch.from_numpy(b > a).to(elected[1].device)]
     count = np.zeros(arrays[0].shape, dtype=np.int16)
     for a in arrays:
         count += a
@@ -111,6 +197,52 @@ def masks_for(base_scores: list, expert_scores: list, ratios: list[float], code:
     elected = [elect(b, e, r, code) for b, e, r in zip(base_scores, expert_scores, ratios)]
     final = disjoint(elected) if use_disjoint else elected
     return elected, final
+
+
+def elect_codes(codes: list[list[np.ndarray]], steps: list[int], use_disjoint: bool, pair: int | None = None
+                ) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[int, int]], list[int]]:
+    """Eᵢ and mᵢ of one tensor from rank codes (``rank_codes``, flat):
+    expert i's entry is elected when each of its code arrays (base and
+    expert for "11", one for "10"/"01") is <= its step jᵢ, i.e. when their
+    maximum is. The same sets as ``masks_for``, made chunk by chunk so every
+    pass runs in cache, with what the UI's summary counts gathered on the
+    way: (elected, final, [(|Eᵢ|, |mᵢ|)], [|E_pair ∩ Eᵢ|] (0 at pair)).
+    """
+    n, k = codes[0][0].size, len(codes)
+    elected = [np.empty(n, dtype=np.bool_) for _ in range(k)]
+    final = [np.empty(n, dtype=np.bool_) for _ in range(k)] if use_disjoint and k > 1 else elected
+    big = np.empty(min(n, _CHUNK), dtype=np.uint8)
+    count = np.empty(min(n, _CHUNK), dtype=np.uint8) if final is not elected and k > 2 else None
+    n_el, n_fin, inter = [0] * k, [0] * k, [0] * k
+    for lo in range(0, n, _CHUNK):
+        hi = min(n, lo + _CHUNK)
+        e = [x[lo:hi] for x in elected]
+        for i, (cs, j) in enumerate(zip(codes, steps)):
+            src = cs[0][lo:hi]
+            if len(cs) > 1:
+                src = np.maximum(src, cs[1][lo:hi], out=big[:hi - lo])
+            np.less_equal(src, j, out=e[i])
+            n_el[i] += int(np.count_nonzero(e[i]))
+        if final is not elected:
+            f = [x[lo:hi] for x in final]
+            if k == 2:   # what one elected and the other did not
+                np.greater(e[0], e[1], out=f[0])
+                np.greater(e[1], e[0], out=f[1])
+            else:
+                c = count[:hi - lo]
+                c[:] = 0
+                for x in e:
+                    np.add(c, x, out=c, casting="unsafe")
+                for x, y in zip(e, f):
+                    np.logical_and(x, c == 1, out=y)
+            for i in range(k):
+                n_fin[i] += int(np.count_nonzero(f[i]))
+        if pair is not None:
+            for i in range(k):
+                if i != pair:
+                    inter[i] += int(np.count_nonzero(np.logical_and(e[pair], e[i], out=big[:hi - lo].view(np.bool_))))
+    counts = [(a, b if final is not elected else a) for a, b in zip(n_el, n_fin)]
+    return elected, final, counts, inter
 
 
 def jaccard_counts(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
