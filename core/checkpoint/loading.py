@@ -10,6 +10,19 @@ from ..errors import UserError, quoted
 from .headers import ModelInfo, inspect
 from .refs import resolve
 
+def release_memory() -> None:
+    """Hand the C heap's freed pages back to the system (glibc; a no-op
+    elsewhere). A model's 3-17 MB tensors live on the heap, below glibc's
+    mmap threshold, and once freed their pages stayed resident: 1.6-2 GB
+    after a 0.5B model, under the next model loaded beside them."""
+    import ctypes
+    import ctypes.util
+    try:
+        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def pick_device(prefer: str = "auto") -> str:
     if prefer != "auto":
         return prefer

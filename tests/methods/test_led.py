@@ -261,6 +261,8 @@ def test_stored_scores_answer_grid_ratios_from_their_ranks(cache):
     tensors = {"a": torch.rand(40, 5, generator=g), "b": torch.randint(0, 3, (64,), generator=g).float()}
     scores = I.store("unit-ranks", dict(tensors), {"method": "test"})
     ranks = os.path.join(str(cache), "led", "unit-ranks" + I.RANKS_EXT)
+    assert scores.ranks is None and not os.path.exists(ranks)
+    I.rank(scores, keep=True)
     assert os.path.isfile(ranks)
     for name, t in tensors.items():
         assert scores.total(name) == float(t.numpy().sum(dtype="float64"))
@@ -278,7 +280,7 @@ def test_stored_scores_answer_grid_ratios_from_their_ranks(cache):
 
 def test_ranks_missing_or_older_than_their_scores_are_made_again(cache):
     tensors = {"w": torch.arange(1.0, 61.0).reshape(6, 10)}
-    I.store("unit-stale", dict(tensors), {"method": "test"})
+    I.rank(I.store("unit-stale", dict(tensors), {"method": "test"}), keep=False)
     path = os.path.join(str(cache), "led", "unit-stale")
     os.remove(path + I.RANKS_EXT)
     I.clear_memory_cache()
@@ -293,14 +295,19 @@ def test_ranks_missing_or_older_than_their_scores_are_made_again(cache):
     assert I.Ranks.read(path + I.RANKS_EXT, path + ".safetensors", keep=True) is not None
 
 
-@pytest.mark.parametrize("models", [["zoo:safety", "zoo:math", "zoo:code"], ["zoo:safety", "zoo:math"]])
-def test_the_rank_code_path_merges_as_the_float_scores_do(cache, monkeypatch, tmp_path, models):
+@pytest.mark.parametrize("models, disjoint", [(["zoo:safety", "zoo:math", "zoo:code"], True),
+                                              (["zoo:safety", "zoo:math"], True),
+                                              (["zoo:safety", "zoo:math", "zoo:code"], False)])
+def test_the_rank_code_path_merges_as_the_float_scores_do(cache, monkeypatch, tmp_path, models, disjoint):
     """The election from rank codes, in chunks, and the merge in row blocks
     give the bits and the pictures the float-score path gives."""
     from core.merge import engine, walk
     rec = fam_recipe(models=[{"model": m, "parameters": {"mask_ratio": r, "weight": w}}
-                             for m, r, w in zip(models, (0.12, 0.35, 0.6), (1.0, 0.7, 0.5))])
+                             for m, r, w in zip(models, (0.12, 0.35, 0.6), (1.0, 0.7, 0.5))], disjoint=disjoint)
     fast, fast_info = engine.merge_state_dict(R.from_dict(rec))
+    prep = led.prepare(build(R.from_dict(rec)))
+    sets = prep.base_scores + prep.expert_scores
+    assert all(s.ranks is not None and s.codes("model.layers.0.mlp.up_proj.weight", 0.35) for s in sets)
     fast_an = led.analyse(build(R.from_dict(rec)))
     monkeypatch.setattr(I.Scores, "codes", lambda self, name, r, rows=None: None)   # no ranks: top_r on the scores
     monkeypatch.setattr(led.SPEC, "elementwise", False)                          # whole tensors

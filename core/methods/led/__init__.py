@@ -105,7 +105,7 @@ class Setup:
 
 
 class Prepared:
-    """Per-tensor ``aux`` for the engine: {"masks": [mᵢ], "elected": [Eᵢ]};
+    """Per-tensor ``aux`` for the engine: {"masks": [mᵢ]};
     ``summary()``: what the UI plots, gathered from the same masks."""
 
     def __init__(self, setup: Setup, base_scores: list, expert_scores: list, cached: bool):
@@ -125,21 +125,21 @@ class Prepared:
         used = [[s for s, on in ((b, code != "01"), (x, code != "10")) if on]
                 for b, x in zip(self.base_scores, self.expert_scores)]
         got = [[s.codes(name, e.ratio, rows) for s in sets] for sets, e in zip(used, setup.experts)]
-        counts = inter = None
+        imp = [s.total(name, rows) for s in self.expert_scores]
+        imp_base = [s.total(name, rows) for s in self.base_scores]
         if all(c is not None for cs in got for c in cs):
             # every set answers from its rank codes: elect in cache-sized chunks, counting on the way
             out_shape = tuple(self.base_scores[0].ranks.shape(name))
-            el, fin, counts, inter = masks.elect_codes([[c[0].reshape(-1) for c in cs] for cs in got],
-                                                       [cs[0][1] for cs in got], setup.disjoint, self._summary.safety)
-            elected = [torch.from_numpy(x).view(out_shape) for x in el]
-            final = elected if fin is el else [torch.from_numpy(x).view(out_shape) for x in fin]
+            fin, counts, inter = masks.elect_codes([[c[0].reshape(-1) for c in cs] for cs in got],
+                                                   [cs[0][1] for cs in got], setup.disjoint, self._summary.safety)
+            final = [torch.from_numpy(x).view(out_shape) for x in fin]
+            self._summary.add_counts(name, imp, imp_base, counts, inter)
         else:
             elected = [masks.combine(*[s.top(name, e.ratio, rows) for s in sets]) if len(sets) == 2
                        else sets[0].top(name, e.ratio, rows) for sets, e in zip(used, setup.experts)]
             final = masks.disjoint(elected) if setup.disjoint else elected
-        self._summary.add(name, [s.total(name, rows) for s in self.expert_scores],
-                          [s.total(name, rows) for s in self.base_scores], elected, final, counts, inter)
-        return {"masks": final, "elected": elected}
+            self._summary.add(name, imp, imp_base, elected, final)
+        return {"masks": final}
 
     def summary(self) -> dict:
         """The schema of core.service.led_analysis, for the tensors ``aux`` has seen."""

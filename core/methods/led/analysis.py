@@ -22,25 +22,30 @@ class Summary:
         self.safety = next((i for i, e in enumerate(setup.experts) if e.task == "safety"), None)
         self._tensors: dict[str, tuple] = {}
 
-    def add(self, name: str, importance: list[float], importance_base: list[float], elected: list, final: list,
-            counts: list[tuple[int, int]] | None = None, inter: list[int] | None = None) -> None:
-        """One tensor: Σ scores of each expert and of the base on its data, and
-        the elected and final masks -- or their counts (|Eᵢ|, |mᵢ|) and each
-        |E_safety ∩ Eᵢ| when the election gathered them (masks.elect_codes)."""
-        # numpy counts (one thread); a mask not changed by Disjoint is counted once,
-        # and a union is |a| + |b| - |a ∩ b|, so each overlap costs one pass
-        if counts is None:
-            counts = []
-            for e, f in zip(elected, final):
-                ce = int(np.count_nonzero(e.numpy()))
-                counts.append((ce, ce if f is e else int(np.count_nonzero(f.numpy()))))
-        overlap = []
+    def add(self, name: str, importance: list[float], importance_base: list[float], elected: list, final: list
+            ) -> None:
+        """One tensor: Σ scores of each expert and of the base on its data, and the elected and final masks."""
+        # numpy counts (one thread); a mask not changed by Disjoint is counted once
+        counts = []
+        for e, f in zip(elected, final):
+            ce = int(np.count_nonzero(e.numpy()))
+            counts.append((ce, ce if f is e else int(np.count_nonzero(f.numpy()))))
+        inter = [0] * len(elected)
         if self.safety is not None:
             s = elected[self.safety].numpy()
-            for j in range(len(elected)):
-                if j != self.safety:
-                    both = inter[j] if inter is not None else int(np.count_nonzero(np.logical_and(s, elected[j].numpy())))
-                    overlap.append((both, counts[self.safety][0] + counts[j][0] - both))
+            inter = [int(np.count_nonzero(np.logical_and(s, x.numpy()))) if j != self.safety else 0
+                     for j, x in enumerate(elected)]
+        self.add_counts(name, importance, importance_base, counts, inter)
+
+    def add_counts(self, name: str, importance: list[float], importance_base: list[float],
+                   counts: list[tuple[int, int]], inter: list[int]) -> None:
+        """One tensor from its counts: (|Eᵢ|, |mᵢ|) per expert and |E_safety ∩ Eᵢ|
+        (masks.elect_codes gathers them while it elects)."""
+        # a union is |a| + |b| - |a ∩ b|, so each overlap costs one pass
+        overlap = []
+        if self.safety is not None:
+            overlap = [(inter[j], counts[self.safety][0] + counts[j][0] - inter[j])
+                       for j in range(len(counts)) if j != self.safety]
         self._tensors[name] = (importance, importance_base, counts, overlap)
 
     def to_dict(self, cached: bool) -> dict:

@@ -145,6 +145,10 @@ class Scores:
     def nbytes(self) -> int:
         return self.ranks.nbytes() if self.ranks is not None else 0
 
+    def shapes(self) -> dict[str, tuple]:
+        """{tensor name: shape} of the scores held (DictScores, FileScores)."""
+        raise NotImplementedError
+
     def _whole(self, name: str, rows: int | None) -> bool:
         """Whether the ranks answer for this tensor: it has them, and a grown
         vocabulary does not cut it to fewer rows (codes rank the whole tensor)."""
@@ -204,6 +208,9 @@ class DictScores(Scores):
     def nbytes(self) -> int:
         return sum(t.numel() * 4 for t in self.tensors.values()) + super().nbytes()
 
+    def shapes(self) -> dict[str, tuple]:
+        return {n: tuple(t.shape) for n, t in self.tensors.items()}
+
 
 class FileScores(Scores):
     """Scores read per tensor from their cache file (sets too big to hold),
@@ -221,6 +228,9 @@ class FileScores(Scores):
         if name not in self._reader.info.tensors:
             raise UserError(f"No importance score for tensor {quoted(name)} in {quoted(self.path)}; delete the file to recompute.")
         return self._reader.get(name, torch.float32)
+
+    def shapes(self) -> dict[str, tuple]:
+        return {n: tuple(t.shape) for n, t in self._reader.info.tensors.items()}
 
 
 class _LazyScores(Scores):
@@ -306,10 +316,7 @@ def cached(key: str) -> Scores | None:
                 scores = None
         if scores is None:
             scores = FileScores(key, path)
-        keep = numel <= _room() - scores.nbytes()
-        scores.ranks = Ranks.read(CACHE.path(key, RANKS_EXT), path, keep)
-        if scores.ranks is None:   # written before ranks existed, or stale: made once from the scores
-            scores.ranks = _make_ranks(key, shapes, scores.get, keep, written=True)
+        rank(scores, keep=numel <= _room() - scores.nbytes())
     except Exception:
         return None   # corrupt or unreadable: recomputed and rewritten
     return CACHE.remember(key, scores)
@@ -326,19 +333,24 @@ def _room() -> int:
     return MEMORY_BYTES - sum(s.nbytes() for s in CACHE.values())
 
 
-def _make_ranks(key: str, shapes: dict[str, tuple], get, keep: bool, written: bool) -> Ranks:
-    """Ranks of the score set ``get(name)`` reads, filed beside its score
-    file (when that was ``written``) one tensor at a time; held in memory
-    when ``keep``, or when they cannot be filed."""
+def rank(scores: Scores, keep: bool) -> None:
+    """Give ``scores`` their ranks: the file filed beside their score file
+    when it is theirs, else made from the scores (one tensor at a time) and
+    filed there; held in memory when ``keep``, or when they cannot be filed."""
     from ...checkpoint.writer import write_stream
     from .masks import rank_codes
-    totals = {n: float(get(n).numpy().sum(dtype=np.float64)) for n in shapes}
+    key, shapes = scores.key, scores.shapes()
+    path, ranks_path = CACHE.path(key, ".safetensors"), CACHE.path(key, RANKS_EXT)
+    on_disk = isinstance(scores, FileScores) or os.path.isfile(path)
+    scores.ranks = Ranks.read(ranks_path, path, keep) if on_disk else None
+    if scores.ranks is not None:
+        return
+    totals = {n: float(scores.get(n).numpy().sum(dtype=np.float64)) for n in shapes}
     codes: dict[str, torch.Tensor] = {}
-    scores_path = CACHE.path(key, ".safetensors")
 
     def each():
         for n in shapes:
-            c = rank_codes(get(n))
+            c = rank_codes(scores.get(n))
             if keep:
                 codes[n] = c
             yield n, c
@@ -346,30 +358,26 @@ def _make_ranks(key: str, shapes: dict[str, tuple], get, keep: bool, written: bo
     def write(tmp: str) -> None:
         write_stream(tmp, [(n, torch.uint8, s) for n, s in shapes.items()], each(),
                      {"version": RANKS_VERSION, "grid": str(GRID), "totals": json.dumps(totals),
-                      "scores_mtime_ns": str(os.stat(scores_path).st_mtime_ns)})
-    if written and CACHE.write(key, RANKS_EXT, write):
-        return Ranks(totals, codes) if keep else Ranks(totals, path=CACHE.path(key, RANKS_EXT))
-    return Ranks(totals, {n: rank_codes(get(n)) for n in shapes})
+                      "scores_mtime_ns": str(os.stat(path).st_mtime_ns)})
+    if on_disk and CACHE.write(key, RANKS_EXT, write):
+        scores.ranks = Ranks(totals, codes) if keep else Ranks(totals, path=ranks_path)
+    else:
+        scores.ranks = Ranks(totals, {n: rank_codes(scores.get(n)) for n in shapes})
 
 
 def store(key: str, tensors: dict[str, torch.Tensor], meta: dict) -> Scores:
-    """Write scores and their ranks to the disk cache and remember them."""
+    """Write scores to the disk cache and remember them (without ranks: see ``rank``)."""
     from ...checkpoint.writer import write_file
 
     def write(tmp: str) -> None:
         write_file(tmp, tensors, {"version": VERSION, **{k: str(v) for k, v in meta.items()}})
     written = CACHE.write(key, ".safetensors", write)
-    numel = sum(t.numel() for t in tensors.values())
-    # a set that fits is held whole (scores 4 bytes an entry, ranks 1); a
-    # larger one is read back from its files -- its ranks too, though they
-    # might fit: held now, they would sit beside the next model's backward
-    # pass, the scoring's peak (a later cached() holds them when they fit)
-    whole = numel * 5 <= _room() or not written
-    ranks = _make_ranks(key, {n: tuple(t.shape) for n, t in tensors.items()}, tensors.__getitem__, whole, written)
-    if whole:
-        scores: Scores = DictScores(key, tensors, ranks)
+    # held whole when scores and ranks fit (4 bytes an entry, and 1); a larger
+    # set is read back from its files
+    if sum(t.numel() for t in tensors.values()) * 5 <= _room() or not written:
+        scores: Scores = DictScores(key, tensors)
     else:
-        scores = FileScores(key, CACHE.path(key, ".safetensors"), ranks)
+        scores = FileScores(key, CACHE.path(key, ".safetensors"))
     return CACHE.remember(key, scores)
 
 
@@ -481,6 +489,15 @@ def compute(jobs: list[Job], method: str = "snip", *, seed: int = 0, device: str
                     done += 1
         finally:
             del model
+            M.release_memory()
+        # ranked once the model is gone: the sort and the codes never sit beside
+        # a model and its gradients, the scoring's peak (a large set's ranks are
+        # read from their file, not held, for the same reason)
+        for i in idx:
+            if progress is not None:
+                progress(done / n_todo, f"ranking the scores of {jobs[i].label}")
+            rank(out[i], keep=isinstance(out[i], DictScores))
+        M.release_memory()
     if bar is not None:
         bar.close()
         progress = None

@@ -200,49 +200,58 @@ def masks_for(base_scores: list, expert_scores: list, ratios: list[float], code:
 
 
 def elect_codes(codes: list[list[np.ndarray]], steps: list[int], use_disjoint: bool, pair: int | None = None
-                ) -> tuple[list[np.ndarray], list[np.ndarray], list[tuple[int, int]], list[int]]:
-    """Eᵢ and mᵢ of one tensor from rank codes (``rank_codes``, flat):
-    expert i's entry is elected when each of its code arrays (base and
-    expert for "11", one for "10"/"01") is <= its step jᵢ, i.e. when their
-    maximum is. The same sets as ``masks_for``, made chunk by chunk so every
-    pass runs in cache, with what the UI's summary counts gathered on the
-    way: (elected, final, [(|Eᵢ|, |mᵢ|)], [|E_pair ∩ Eᵢ|] (0 at pair)).
+                ) -> tuple[list[np.ndarray], list[tuple[int, int]], list[int]]:
+    """mᵢ of one tensor from rank codes (``rank_codes``, flat): expert i's
+    entry is elected when each of its code arrays (base and expert for "11",
+    one for "10"/"01") is <= its step jᵢ, i.e. when their maximum is. The
+    same sets as ``masks_for``, made chunk by chunk so every pass runs in
+    cache, with what the UI's summary counts gathered on the way:
+    (final masks, [(|Eᵢ|, |mᵢ|)], [|E_pair ∩ Eᵢ|] (0 at pair)). With
+    Disjoint, Eᵢ lives only a chunk at a time: nothing needs it whole.
     """
     n, k = codes[0][0].size, len(codes)
-    elected = [np.empty(n, dtype=np.bool_) for _ in range(k)]
-    final = [np.empty(n, dtype=np.bool_) for _ in range(k)] if use_disjoint and k > 1 else elected
+    separate = use_disjoint and k > 1
+    final = [np.empty(n, dtype=np.bool_) for _ in range(k)]
+    scratch = [np.empty(min(n, _CHUNK), dtype=np.bool_) for _ in range(k)] if separate else None
     big = np.empty(min(n, _CHUNK), dtype=np.uint8)
-    count = np.empty(min(n, _CHUNK), dtype=np.uint8) if final is not elected and k > 2 else None
-    n_el, n_fin, inter = [0] * k, [0] * k, [0] * k
+    count = np.empty(min(n, _CHUNK), dtype=np.uint8) if separate and k > 2 else None
+    n_el, n_fin, inter, n_el_chunk = [0] * k, [0] * k, [0] * k, [0] * k
     for lo in range(0, n, _CHUNK):
         hi = min(n, lo + _CHUNK)
-        e = [x[lo:hi] for x in elected]
+        e = [x[:hi - lo] for x in scratch] if separate else [x[lo:hi] for x in final]
         for i, (cs, j) in enumerate(zip(codes, steps)):
             src = cs[0][lo:hi]
             if len(cs) > 1:
                 src = np.maximum(src, cs[1][lo:hi], out=big[:hi - lo])
             np.less_equal(src, j, out=e[i])
-            n_el[i] += int(np.count_nonzero(e[i]))
-        if final is not elected:
+            n_el_chunk[i] = int(np.count_nonzero(e[i]))
+            n_el[i] += n_el_chunk[i]
+        if separate:
             f = [x[lo:hi] for x in final]
-            if k == 2:   # what one elected and the other did not
+            if k == 2:
+                # what one elected and the other did not; one count of the
+                # shared entries gives both |mᵢ| and the pair's overlap
                 np.greater(e[0], e[1], out=f[0])
                 np.greater(e[1], e[0], out=f[1])
-            else:
-                c = count[:hi - lo]
-                c[:] = 0
-                for x in e:
-                    np.add(c, x, out=c, casting="unsafe")
-                for x, y in zip(e, f):
-                    np.logical_and(x, c == 1, out=y)
-            for i in range(k):
-                n_fin[i] += int(np.count_nonzero(f[i]))
+                both = int(np.count_nonzero(np.logical_and(e[0], e[1], out=big[:hi - lo].view(np.bool_))))
+                n_fin[0] += n_el_chunk[0] - both
+                n_fin[1] += n_el_chunk[1] - both
+                if pair is not None:
+                    inter[1 - pair] += both
+                continue
+            c = count[:hi - lo]
+            c[:] = 0
+            for x in e:
+                np.add(c, x, out=c, casting="unsafe")
+            for i, (x, y) in enumerate(zip(e, f)):
+                np.logical_and(x, c == 1, out=y)
+                n_fin[i] += int(np.count_nonzero(y))
         if pair is not None:
             for i in range(k):
                 if i != pair:
                     inter[i] += int(np.count_nonzero(np.logical_and(e[pair], e[i], out=big[:hi - lo].view(np.bool_))))
-    counts = [(a, b if final is not elected else a) for a, b in zip(n_el, n_fin)]
-    return elected, final, counts, inter
+    counts = [(a, b if separate else a) for a, b in zip(n_el, n_fin)]
+    return final, counts, inter
 
 
 def jaccard_counts(a: torch.Tensor, b: torch.Tensor) -> tuple[int, int]:
