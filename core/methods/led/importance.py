@@ -195,8 +195,8 @@ def shared_rows(t: torch.Tensor, rows: int | None) -> torch.Tensor:
 
 
 class DictScores(Scores):
-    def __init__(self, key: str, tensors: dict[str, torch.Tensor], ranks: Ranks | None = None):
-        self.key, self.tensors, self.ranks = key, tensors, ranks
+    def __init__(self, key: str, tensors: dict[str, torch.Tensor]):
+        self.key, self.tensors = key, tensors
 
     def get(self, name: str) -> torch.Tensor:
         t = self.tensors.get(name)
@@ -218,8 +218,8 @@ class FileScores(Scores):
     per score set counted in the process's RSS once read, 10 GB for a 0.5B
     re-merge)."""
 
-    def __init__(self, key: str, path: str, ranks: Ranks | None = None):
-        self.key, self.path, self.ranks = key, path, ranks
+    def __init__(self, key: str, path: str):
+        self.key, self.path = key, path
         info = M.ModelInfo(ref=path, path=os.path.dirname(path), config={},
                            tensors=M.read_safetensors_header(path))
         self._reader = M.Reader(info)
