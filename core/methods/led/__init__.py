@@ -129,7 +129,7 @@ class Prepared:
         imp_base = [s.total(name, rows) for s in self.base_scores]
         if all(c is not None for cs in got for c in cs):
             # every set answers from its rank codes: elect in cache-sized chunks, counting on the way
-            out_shape = tuple(self.base_scores[0].ranks.shape(name))
+            out_shape = got[0][0][0].shape
             fin, counts, inter = masks.elect_codes([[c[0].reshape(-1) for c in cs] for cs in got],
                                                    [cs[0][1] for cs in got], setup.disjoint, self._summary.safety)
             final = [torch.from_numpy(x).view(out_shape) for x in fin]
