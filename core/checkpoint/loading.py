@@ -16,9 +16,8 @@ def release_memory() -> None:
     mmap threshold, and once freed their pages stayed resident: 1.6-2 GB
     after a 0.5B model, under the next model loaded beside them."""
     import ctypes
-    import ctypes.util
     try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
+        ctypes.CDLL(None).malloc_trim(0)   # the process's own symbols: libc's, without a search
     except (OSError, AttributeError):
         pass
 

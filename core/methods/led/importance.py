@@ -38,8 +38,9 @@ Progress = Callable[[float, str], None]
 METHODS = ("snip", "wanda", "magnitude", "random")
 DEFAULT_N = 128
 VERSION = "led-scores/v2"   # part of every cache key: bump when a score's definition changes
-RANKS_VERSION = "led-ranks/v1"   # the rank-code file beside each score file (masks.rank_codes)
+RANKS_VERSION = "led-ranks/v2"   # the rank-code file beside each score file (masks.rank_codes)
 RANKS_EXT = ".ranks.safetensors"
+SUMS = "__sums__"   # the ranks file's tensor of per-tensor Σ scores (no parameter is named so)
 
 # scores held in memory up to this many bytes in all; larger sets are read
 # per tensor from their cache file instead
@@ -125,8 +126,9 @@ class Ranks:
                 if (meta.get("version") != RANKS_VERSION or meta.get("grid") != str(GRID)
                         or meta.get("scores_mtime_ns") != str(os.stat(scores_path).st_mtime_ns)):
                     return None
-                totals = json.loads(meta["totals"])
-                codes = {n: f.get_tensor(n) for n in f.keys()} if keep else None
+                names = json.loads(meta["names"])
+                totals = dict(zip(names, f.get_tensor(SUMS).tolist()))
+                codes = {n: f.get_tensor(n) for n in names} if keep else None
             return cls(totals, codes, path)
         except Exception:
             return None   # unreadable: rebuilt from the scores
@@ -345,24 +347,36 @@ def rank(scores: Scores, keep: bool) -> None:
     scores.ranks = Ranks.read(ranks_path, path, keep) if on_disk else None
     if scores.ranks is not None:
         return
-    totals = {n: float(scores.get(n).numpy().sum(dtype=np.float64)) for n in shapes}
+    names = list(shapes)
+    sums = torch.zeros(len(names), dtype=torch.float64)
     codes: dict[str, torch.Tensor] = {}
 
     def each():
-        for n in shapes:
-            c = rank_codes(scores.get(n))
-            if keep:
-                codes[n] = c
+        # one read of each score tensor gives its codes and its sum; the sums
+        # go last, as a tensor, since a header written first cannot hold them
+        for i, n in enumerate(names):
+            t = scores.get(n)
+            sums[i] = float(t.numpy().sum(dtype=np.float64))
+            codes[n] = c = rank_codes(t)
+            del t
             yield n, c
+            if not keep:
+                del codes[n]
+        yield SUMS, sums
 
     def write(tmp: str) -> None:
-        write_stream(tmp, [(n, torch.uint8, s) for n, s in shapes.items()], each(),
-                     {"version": RANKS_VERSION, "grid": str(GRID), "totals": json.dumps(totals),
-                      "scores_mtime_ns": str(os.stat(path).st_mtime_ns)})
+        write_stream(tmp, [(n, torch.uint8, s) for n, s in shapes.items()] + [(SUMS, torch.float64, (len(names),))],
+                     each(), {"version": RANKS_VERSION, "grid": str(GRID), "names": json.dumps(names),
+                              "scores_mtime_ns": str(os.stat(path).st_mtime_ns)})
     if on_disk and CACHE.write(key, RANKS_EXT, write):
+        totals = dict(zip(names, sums.tolist()))
         scores.ranks = Ranks(totals, codes) if keep else Ranks(totals, path=ranks_path)
-    else:
-        scores.ranks = Ranks(totals, {n: rank_codes(scores.get(n)) for n in shapes})
+    else:   # not filed: made in memory (the folder may be read-only)
+        keep = True
+        codes.clear()
+        for _ in each():
+            pass
+        scores.ranks = Ranks(dict(zip(names, sums.tolist())), codes)
 
 
 def store(key: str, tensors: dict[str, torch.Tensor], meta: dict) -> Scores:
