@@ -16,3 +16,5 @@ ASSETS = _os.path.join(ROOT, "assets")
 ZOO_DIR = _os.path.join(ASSETS, "zoo")
 PROBES_DIR = _os.path.join(ASSETS, "probes")
 CACHE_DIR = _os.environ.get("MERGE_EXPLORER_CACHE", _os.path.join(_os.path.expanduser("~"), ".cache", "merge-explorer"))
+SMOL_ASSETS = _os.path.join(ASSETS, "smol")          # the SmolLM2 family's committed LoRA adapters
+SMOL_CACHE = _os.path.join(CACHE_DIR, "smol")        # its converted base and materialised experts

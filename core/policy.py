@@ -37,7 +37,7 @@ import os
 import tempfile
 from typing import Iterable
 
-from . import CACHE_DIR, ZOO_DIR
+from . import CACHE_DIR, SMOL_ASSETS, SMOL_CACHE, ZOO_DIR
 from .errors import UserError, quoted
 
 _TRUE = ("1", "true", "yes", "on")
@@ -61,8 +61,9 @@ def _roots(env: str, default: list[str]) -> list[str]:
 
 def allowed_roots() -> list[str]:
     roots = _roots("MERGE_EXPLORER_ALLOWED_PATHS", [])
-    zoo = os.path.realpath(ZOO_DIR)
-    return [zoo] + [r for r in roots if r != zoo]
+    # the built-in families: the tiny one, the SmolLM2 adapters and what they become in the cache
+    own = [os.path.realpath(p) for p in (ZOO_DIR, SMOL_ASSETS, SMOL_CACHE)]
+    return own + [r for r in roots if r not in own]
 
 
 def allowed_models() -> list[str]:

@@ -12,6 +12,7 @@ from .layout import Layout, decoder_parts, layout, max_length, parts_or_refuse, 
 from .naming import MODULE_KINDS, OUTSIDE_POINTS, layer_of, module_of, point_names, point_of
 from .reader import Reader
 from .refs import ZOO_NAMES, resolve, zoo_path
+from . import adapters  # noqa: F401  (registers the LoRA references with refs.resolve)
 
 __all__ = ["CompatReport", "compatibility", "DTYPE_BYTES", "ModelInfo", "TensorMeta", "inspect",
            "read_safetensors_header", "torch_dtype_of", "cpu_threads_for", "default_dtype", "load_model",

@@ -1,28 +1,53 @@
-"""Model references: a built-in name (``zoo:safety``), a local folder, or a
-Hub id (``org/name``), turned into a local folder or one clear sentence."""
+"""Model references: a built-in name (``zoo:safety``, ``smol:math``), a local
+folder, a Hub id (``org/name``) or ``BASE+ADAPTER`` (a LoRA adapter over its
+base), turned into a local folder or one clear sentence."""
 from __future__ import annotations
 
 import os
 import re
+from typing import Callable
 
-from .. import ZOO_DIR, policy
+from .. import policy
 from ..errors import UserError, quoted
+from ..zoo import FAMILIES, family_of
 
-ZOO_NAMES = ("base", "safety", "math", "code")
+ZOO_NAMES = FAMILIES["zoo"].names
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+FETCH_HINT = "fetch it with `python -m core zoo fetch smol` or the Models tab's button"
+
+# References whose folder is made on first use (adapters.py registers the
+# LoRA ones: smol experts and BASE+ADAPTER). A hook, not an import: making a
+# folder reads headers and writes with the writer, which resolve themselves.
+_RESOLVERS: list[Callable[[str], str | None]] = []
+
+
+def register_resolver(fn: Callable[[str], str | None]) -> None:
+    if fn not in _RESOLVERS:
+        _RESOLVERS.append(fn)
 
 
 def zoo_path(name: str) -> str:
-    return os.path.join(ZOO_DIR, name)
+    return FAMILIES["zoo"].folder(name)
 
 
 def builtin_name(path: str) -> str | None:
-    """Which built-in model a folder is (base, safety, math, code), or None."""
-    real = os.path.realpath(path)
-    name = os.path.basename(real)
-    if os.path.dirname(real) == os.path.realpath(ZOO_DIR) and name in ZOO_NAMES:
-        return name
-    return None
+    """Which member of a built-in family a folder is (base, safety, math, code), or None."""
+    hit = family_of(path)
+    return hit[1] if hit else None
+
+
+def _family_member(ref: str) -> str:
+    prefix, name = ref.split(":", 1)
+    fam = FAMILIES[prefix]
+    if name not in fam.names:
+        raise UserError(f"Unknown built-in model {quoted(ref)}; choose one of " +
+                        ", ".join(fam.ref(n) for n in fam.names) + ".")
+    path = fam.folder(name)
+    if not os.path.isdir(path):
+        if prefix == "smol":
+            raise UserError(f"The SmolLM2 base is not in this machine's cache yet; {FETCH_HINT}.")
+        raise UserError(f"The built-in model {quoted(ref)} is missing; rebuild it with `python -m core zoo build`.")
+    return path
 
 
 def resolve(ref: str, *, allow_download: bool | None = None) -> str:
@@ -35,15 +60,12 @@ def resolve(ref: str, *, allow_download: bool | None = None) -> str:
     ref = (ref or "").strip()
     if not ref:
         raise UserError("No model given: pick a built-in model or enter a folder or Hub id.")
-    if ref.startswith("zoo:"):
-        name = ref[4:]
-        if name not in ZOO_NAMES:
-            raise UserError(f"Unknown built-in model {quoted(ref)}; choose one of " +
-                            ", ".join("zoo:" + n for n in ZOO_NAMES) + ".")
-        path = zoo_path(name)
-        if not os.path.isdir(path):
-            raise UserError(f"The built-in model {quoted(ref)} is missing; rebuild it with `python -m core zoo build`.")
-        return path
+    for fn in _RESOLVERS:
+        path = fn(ref)
+        if path:
+            return path
+    if ref.split(":", 1)[0] in FAMILIES and ":" in ref:
+        return _family_member(ref)
     expanded = os.path.abspath(os.path.expanduser(ref))
     if os.path.isdir(expanded):
         policy.check_local_path(expanded, ref)   # Space mode: allowed folders only
