@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -29,7 +30,7 @@ from ..scores import Cache
 from . import scorers
 from ..errors import UserError, quoted
 
-SUITES = ("harmful", "benign", "math", "code")
+KINDS = ("harmful", "benign", "math", "code")   # what a suite measures: its scorer and its metric
 METRIC = {"harmful": "refusal_rate", "benign": "over_refusal_rate", "math": "accuracy", "code": "pass_rate"}
 # tokens generated per answer: a refusal shows in its first words, a sum in
 # one line; code needs a whole function. Budgets only cap rambling answers:
@@ -38,6 +39,39 @@ METRIC = {"harmful": "refusal_rate", "benign": "over_refusal_rate", "math": "acc
 # tokenizer, about 200 for a BPE model: enough to see a refusal; a model that
 # reasons at length before its final number needs max_new_tokens raised.)
 MAX_NEW_TOKENS = {"harmful": 48, "benign": 48, "math": 48, "code": 96}
+
+
+@dataclass(frozen=True)
+class Suite:
+    """A built-in probe suite: assets/probes/NAME.jsonl, scored as ``kind``."""
+    name: str
+    kind: str
+    about: str                    # one line: what it holds and where it comes from
+    budget: int | None = None     # tokens per answer, when not the kind's
+
+    @property
+    def path(self) -> str:
+        return os.path.join(PROBES_DIR, f"{self.name}.jsonl")
+
+    @property
+    def max_new_tokens(self) -> int:
+        return self.budget or MAX_NEW_TOKENS[self.kind]
+
+
+REGISTRY = {s.name: s for s in [
+    Suite("harmful", "harmful", "the tiny family's held-out harmful requests (refusal)"),
+    Suite("benign", "benign", "the tiny family's held-out benign requests (over-refusal)"),
+    Suite("math", "math", "the tiny family's held-out arithmetic (two digits ± one digit)"),
+    Suite("code", "code", "the tiny family's held-out one-line Python functions"),
+    Suite("smol-harmful", "harmful", "held-out harmful requests in held-out phrasings (refusal; SmolLM2 family)"),
+    Suite("smol-benign", "benign", "held-out look-alikes of harmful requests, 'How do I kill a Python process?' "
+          "(over-refusal; SmolLM2 family)"),
+    # worked answers spell every digit (SmolLM2 tokenizes digits one by one): 64 tokens, not 48
+    Suite("smol-math", "math", "held-out arithmetic up to 100 (+, -, x one digit), bare and word problems "
+          "(SmolLM2 family)", budget=64),
+    Suite("smol-code", "code", "held-out one-line Python functions (SmolLM2 family)", budget=128),
+]}
+SUITES = tuple(REGISTRY)   # every built-in suite's name
 # one batch per built-in suite: fewer decoding steps matter more than
 # padding for a small model (measured: 128 vs 64 saves ~15% CPU)
 DEFAULT_BATCH = 128
@@ -131,12 +165,12 @@ def check_rows(kind: str, rows: list[dict], where: str) -> None:
 
 def load_suite(name_or_path: str, kind: str | None = None) -> list[dict]:
     """A built-in suite by name, or a user file (checked for ``kind``)."""
-    if name_or_path in SUITES and not os.path.isfile(name_or_path):
-        path = os.path.join(PROBES_DIR, f"{name_or_path}.jsonl")
-        if not os.path.isfile(path):
+    if name_or_path in REGISTRY and not os.path.isfile(name_or_path):
+        suite = REGISTRY[name_or_path]
+        if not os.path.isfile(suite.path):
             raise UserError(f"The built-in probe suite {quoted(name_or_path)} is missing; rebuild it with `python -m core zoo build`.")
-        rows = load_jsonl(path)
-        check_rows(name_or_path, rows, path)
+        rows = load_jsonl(suite.path)
+        check_rows(suite.kind, rows, suite.path)
         return rows
     rows = load_file(name_or_path)
     check_rows(kind or guess_kind(rows, name_or_path), rows, name_or_path)
@@ -146,20 +180,22 @@ def load_suite(name_or_path: str, kind: str | None = None) -> list[dict]:
 def parse_suites(spec) -> list[tuple[str, str, str]]:
     """``"harmful,benign=my.jsonl,adv.csv"`` -> [(key, kind, source)].
 
-    The key is the name in the result: the kind itself unless two entries
-    share a kind, then ``kind:file``.
+    An entry is a built-in suite's name (``smol-math`` is scored as math), a
+    file (its kind guessed) or KIND=FILE. The key is the name in the result:
+    the kind itself unless two entries share a kind, then ``kind:name``
+    (the suite's name, or the file's).
     """
     items = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec) if s and s.strip()]
     if not items:
-        raise UserError("No probe suites given; use harmful, benign, math, code or a file.")
+        raise UserError(f"No probe suites given; use {', '.join(SUITES)} or a file.")
     out: list[tuple[str, str, str]] = []
     for it in items:
-        if it in SUITES:
-            kind, src = it, it
-        elif "=" in it and it.split("=", 1)[0].strip() in SUITES:
+        if it in REGISTRY:
+            kind, src = REGISTRY[it].kind, it
+        elif "=" in it and it.split("=", 1)[0].strip() in KINDS:
             kind, src = (x.strip() for x in it.split("=", 1))
         elif "=" in it:
-            raise UserError(f"Unknown probe kind {quoted(it.split('=', 1)[0])}; use one of {', '.join(SUITES)}.")
+            raise UserError(f"Unknown probe kind {quoted(it.split('=', 1)[0])}; use one of {', '.join(KINDS)}.")
         elif os.path.splitext(it)[1].lower() in (".csv", ".jsonl", ".json", ".ndjson") or os.path.exists(it):
             kind, src = "", it
         else:
@@ -169,10 +205,19 @@ def parse_suites(spec) -> list[tuple[str, str, str]]:
     for it, kind, src in out:
         if not kind:
             kind = guess_kind(load_file(src), src)
-        key = kind if kind not in used else f"{kind}:{os.path.basename(src)}"
+        key = kind if kind not in used else f"{kind}:{src if src in REGISTRY else os.path.basename(src)}"
         used.add(kind)
         result.append((key, kind, src))
     return result
+
+
+def budget(kind: str, src: str, override: dict | int | None = None) -> int:
+    """Tokens per answer for one suite: the caller's, else the built-in suite's, else its kind's."""
+    if isinstance(override, int):
+        return override
+    if isinstance(override, dict) and kind in override:
+        return override[kind]
+    return REGISTRY[src].max_new_tokens if src in REGISTRY else MAX_NEW_TOKENS[kind]
 
 
 # ------------------------------------------------------------- generation
@@ -268,7 +313,7 @@ def run_probes(model, tok=None, suites=SUITES, limit: int | None = None, progres
     if limit is not None and limit < 1:
         raise UserError("--limit must be at least 1 prompt per suite.")
     plan = parse_suites(suites)
-    loaded = [(key, kind, load_suite(src, kind)[:limit]) for key, kind, src in plan]
+    loaded = [(key, kind, src, load_suite(src, kind)[:limit]) for key, kind, src in plan]
     t0 = time.perf_counter()
     if isinstance(model, str):
         name = name or model
@@ -276,17 +321,13 @@ def run_probes(model, tok=None, suites=SUITES, limit: int | None = None, progres
         model = M.load_model(model, device=device, quantization=quantization)
     elif tok is None:
         tok = M.load_tokenizer(_model_name(model))
-    budgets = dict(MAX_NEW_TOKENS)
-    if isinstance(max_new_tokens, int):
-        budgets = {k: max_new_tokens for k in budgets}
-    elif isinstance(max_new_tokens, dict):
-        budgets.update(max_new_tokens)
     res: dict = {"model": name or _model_name(model), "suites": {}}
-    for i, (key, kind, rows) in enumerate(loaded):
+    for i, (key, kind, src, rows) in enumerate(loaded):
         if progress:
             progress(i / len(loaded), f"probing {key} ({len(rows)} prompts)")
-        answers = generate(model, tok, [r["prompt"] for r in rows], budgets[kind], batch_size)
-        res["suites"][key] = score_suite(kind, rows, answers, phrases or scorers.DEFAULT_PHRASES)
+        answers = generate(model, tok, [r["prompt"] for r in rows], budget(kind, src, max_new_tokens), batch_size)
+        res["suites"][key] = {**score_suite(kind, rows, answers, phrases or scorers.DEFAULT_PHRASES),
+                              "suite": src if src in REGISTRY else os.path.basename(src)}
     if progress:
         progress(1.0, "probes done")
     res["seconds"] = time.perf_counter() - t0
@@ -302,10 +343,10 @@ def result_key(info, suites, limit: int | None) -> str:
     """Identity of a probe run of one model (a ModelInfo): its weights and config, its tokenizer files,
     the prompts and expected answers of each suite, the limit and the token budgets."""
     from ..scores import _file_digest
-    loaded = [[key, kind, load_suite(src, kind)[:limit]] for key, kind, src in parse_suites(suites)]
+    loaded = [[key, kind, load_suite(src, kind)[:limit], budget(kind, src)] for key, kind, src in parse_suites(suites)]
     gen = os.path.join(info.path, "generation_config.json")   # generate() reads it (a repetition_penalty...)
     return f"{info.fingerprint()}-" + RESULTS.data_hash(
-        loaded, info.path, limit=limit, budgets=MAX_NEW_TOKENS,
+        loaded, info.path, limit=limit,
         generation=_file_digest(gen).hex() if os.path.isfile(gen) else None)
 
 
@@ -320,7 +361,7 @@ def summary(res: dict, examples: bool = False) -> dict:
 def format_table(res: dict) -> str:
     lines = [f"model: {res['model']}", f"{'suite':<24}{'n':>5}  metric"]
     for key, v in res["suites"].items():
-        metric = next(k for k in v if k not in ("n", "examples"))
+        metric = METRIC[next(k for k, m in METRIC.items() if m in v)]
         lines.append(f"{key:<24}{v['n']:>5}  {metric.replace('_', ' ')} {v[metric]:.1%}")
     if "seconds" in res:
         lines.append(f"({res['seconds']:.1f} s)")
