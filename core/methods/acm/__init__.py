@@ -73,13 +73,13 @@ class Prepared:
         return {"coeffs": list(self._by_point.get(p, self._fallback)), "point": p}
 
 
-def _rows(glob: dict, n: int) -> list[dict]:
+def _rows(glob: dict, n: int, base_path: str) -> list[dict]:
     from . import activations
     path = glob["calibration"]
     if path:
         return activations.read_jsonl(path)
-    from ...zoo.data import calibration_pool
-    return [{"prompt": p} for p in calibration_pool(POOL_PER_SAMPLE * n, seed=0)]
+    from ...zoo import data_for   # the tiny family's prompts for its models, English ones for the rest
+    return [{"prompt": p} for p in data_for(base_path).calibration_pool(POOL_PER_SAMPLE * n, seed=0)]
 
 
 def analyse(p, progress=None) -> dict:
@@ -93,7 +93,7 @@ def analyse(p, progress=None) -> dict:
     n, k = glob["n_calibration"], glob["clusters"]
     if k > n:
         raise UserError(f"ACM's clusters ({k}) must not exceed n_calibration ({n}).")
-    points, mi, details = activations.layer_mi(p.base, list(p.sources), _rows(glob, n), n_calibration=n,
+    points, mi, details = activations.layer_mi(p.base, list(p.sources), _rows(glob, n, p.base.path), n_calibration=n,
                                                clusters=k, seed=p.seed, progress=progress)
     t = glob["temperature"]
     experts = [s.ref for s in p.sources]

@@ -80,7 +80,7 @@ class Setup:
                     rows = importance.read_location_data(path)[:self.n]
                     label = f"{quoted(info.ref)} on {quoted(os.path.basename(path))}"
                 elif task in BUILTIN_TASKS:
-                    rows = importance.builtin_rows(task, self.n, self.seed)
+                    rows = importance.builtin_rows(task, self.n, self.seed, p.base.path)
                     label = f"{quoted(info.ref)} on built-in {task} data"
                 else:
                     raise UserError(f"{quoted(info.ref)} has task {task}, so LED needs its location data: set its "

@@ -1,8 +1,9 @@
 """LED-Merging's Location step, the cached side: which scores a merge needs,
 from the cache or computed (scoring.py does the passes).
 
-Location data: the built-in family's training generators
-(core.zoo.data.location_samples, train split) or a user file: JSONL of
+Location data: the built-in families' training generators (the tiny
+family's for its models, the SmolLM2 family's English data for any other
+model; ``location_samples``, train split) or a user file: JSONL of
 {"prompt", "response"} or an AdvBench-style CSV (goal,target). Scores are
 computed on the base model AND on each expert, each time with that
 expert's task data (core.methods.led).
@@ -82,10 +83,12 @@ def read_location_data(path: str) -> list[dict]:
     return rows
 
 
-def builtin_rows(task: str, n: int, seed: int = 0) -> list[dict]:
-    """The built-in family's location data for ``task`` (safety | math | code)."""
-    from ...zoo.data import location_samples
-    return [{"prompt": r["prompt"], "response": r["response"]} for r in location_samples(task, n, seed)]
+def builtin_rows(task: str, n: int, seed: int = 0, base_path: str | None = None) -> list[dict]:
+    """Built-in location data for ``task`` (safety | math | code): the tiny family's for its own models,
+    the English data of the SmolLM2 family for every other model (core.zoo.data_for)."""
+    from ...zoo import data_for
+    return [{"prompt": r["prompt"], "response": r["response"]}
+            for r in data_for(base_path).location_samples(task, n, seed)]
 
 
 # ---------------------------------------------------------------- scores
