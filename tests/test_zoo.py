@@ -275,10 +275,10 @@ def test_zoo_check_verdicts_and_exit_status(monkeypatch, capsys):
     bad = {**good, "models": {**models, "safety": {**models["safety"], "harmful": 0.85}}}
     bad["verdicts"] = check.verdicts(bad)
     assert [v["what"] for v in bad["verdicts"] if not v["ok"]] == ["safety expert refuses >= 90%"]
-    monkeypatch.setattr(check, "check_all", lambda out=None, log=None: bad)
+    monkeypatch.setattr(check, "check_all", lambda out=None, log=None, **kw: bad)
     assert cli.main(["zoo", "check"]) == 1
     assert "FAIL  safety expert refuses >= 90%: 85%" in capsys.readouterr().out
-    monkeypatch.setattr(check, "check_all", lambda out=None, log=None: good)
+    monkeypatch.setattr(check, "check_all", lambda out=None, log=None, **kw: good)
     assert cli.main(["zoo", "check"]) == 0
 
 
