@@ -1,9 +1,10 @@
-"""The paper-style table on the built-in family: every merge method, probed.
+"""The paper-style table on a built-in family: every merge method, probed.
 
-``python -m core reproduce [--json] [--quick] [--limit N] [--out FILE.md]``
-merges two sets of experts into zoo:base with every method -- safety+math
-(the LED-Merging paper's main setting) and all three (zoo:safety, zoo:math,
-zoo:code) -- live in memory (no files), probes each result, and prints, per
+``python -m core reproduce [--family smol] [--json] [--quick] [--limit N] [--out FILE.md]``
+merges sets of experts into the family's base with every method -- on the
+tiny family safety+math (the LED-Merging paper's main setting) and all
+three (zoo:safety, zoo:math, zoo:code); on the SmolLM2 family safety+math --
+live in memory (no files), probes each result, and prints, per
 set, one row per method at its default settings and one at the best
 setting of a small grid (the LED-Merging paper tuned r and λ by grid
 search). It writes only where ``--out`` says (bench/reproduce.md holds the
@@ -45,10 +46,14 @@ from .. import checkpoint as M
 from . import probes
 from ..errors import UserError, quoted
 from ..methods import REGISTRY
+from ..zoo import FAMILIES
 
 BASE = "zoo:base"
 EXPERTS = {"safety": "zoo:safety", "math": "zoo:math", "code": "zoo:code"}
 SETS = (("safety", "math"), ("safety", "math", "code"))   # the paper's main setting first
+FAMILY_SETS = {"zoo": SETS, "smol": (("safety", "math"),)}
+# the suites each family is measured on (the SmolLM2 family has no code expert: its code is not probed)
+FAMILY_KINDS = {"zoo": ("harmful", "benign", "math", "code"), "smol": ("harmful", "benign", "math")}
 SKILL_COLUMN = {"math": "math_accuracy", "code": "code_pass_rate"}
 COLUMNS = ("refusal_rate", "over_refusal_rate", "math_accuracy", "code_pass_rate")
 SUITE_COLUMN = {"harmful": "refusal_rate", "benign": "over_refusal_rate", "math": "math_accuracy",
@@ -98,12 +103,13 @@ LED_ABLATIONS = (
 
 
 # ------------------------------------------------------------------ recipes
-def recipe_for(method: str, settings: dict, experts: tuple = tuple(EXPERTS)):
-    """A Recipe merging ``experts`` (task names) into the base with ``settings``.
+def recipe_for(method: str, settings: dict, experts: tuple = tuple(EXPERTS), family: str = "zoo"):
+    """A Recipe merging ``experts`` (task names) into the family's base with ``settings``.
 
     A per-model parameter may be one value for every expert or a
     {task: value} mapping; a parameter the method does not declare is an
-    error (a grid must not silently test nothing).
+    error (a grid must not silently test nothing). LED scores with the
+    family's Location sample count where it has one.
     """
     from .. import recipe as R
     from ..methods import get
@@ -119,8 +125,11 @@ def recipe_for(method: str, settings: dict, experts: tuple = tuple(EXPERTS)):
                 per[e][k] = v[e] if isinstance(v, dict) else v
         else:
             glob[k] = v
-    models = [R.ModelEntry(EXPERTS[task], per[task], task) for task in experts]
-    return R.Recipe(method, BASE, models, glob, "float32")
+    fam = FAMILIES[family]
+    if method == "led" and fam.led_samples and "n_samples" not in glob:
+        glob["n_samples"] = fam.led_samples
+    models = [R.ModelEntry(fam.ref(task), per[task], task) for task in experts]
+    return R.Recipe(method, fam.ref("base"), models, glob, "float32")
 
 
 def grid_points(row: MethodRow) -> list[dict]:
@@ -147,10 +156,13 @@ def split(rows: list) -> tuple[list[int], list[int]]:
 class Evaluator:
     """Probes the live model; remembers each setting's per-prompt hits."""
 
-    def __init__(self, limit: int | None = None):
-        self.tok = M.load_tokenizer(BASE)
-        self.live = M.load_model(BASE, device="cpu")
-        self.suites = {s: probes.load_suite(s)[:limit] for s in probes.SUITES}
+    def __init__(self, limit: int | None = None, family: str = "zoo"):
+        fam = FAMILIES[family]
+        self.family = family
+        self.tok = M.load_tokenizer(fam.ref("base"))
+        self.live = M.load_model(fam.ref("base"), device="cpu")
+        self.names = {k: fam.probe_suites[k] for k in FAMILY_KINDS[family]}
+        self.suites = {k: probes.load_suite(n)[:limit] for k, n in self.names.items()}
         self.cache: dict[str, dict] = {}
         self.merge_seconds = 0.0
         self.probe_seconds = 0.0
@@ -159,7 +171,8 @@ class Evaluator:
         t0 = time.perf_counter()
         hits = {}
         for s, rows in self.suites.items():
-            answers = probes.generate(self.live, self.tok, [r["prompt"] for r in rows], probes.MAX_NEW_TOKENS[s])
+            answers = probes.generate(self.live, self.tok, [r["prompt"] for r in rows],
+                                      probes.budget(s, self.names[s]))
             hits[s] = probes.hits_for(s, rows, answers)
         self.probe_seconds += time.perf_counter() - t0
         return hits
@@ -188,7 +201,7 @@ class Evaluator:
             from ..merge import engine
             t0 = time.perf_counter()
             with M.cpu_threads_for(self.live):   # small tensors: threads only contend
-                engine.run_merge(recipe_for(method, settings, experts), live_model=self.live)
+                engine.run_merge(recipe_for(method, settings, experts, self.family), live_model=self.live)
             self.merge_seconds += time.perf_counter() - t0
             self.cache[key] = self._probe()
         return self.cache[key]
@@ -199,7 +212,8 @@ class Evaluator:
 
 def score(m: dict, experts: tuple = tuple(EXPERTS)) -> float:
     """The documented selection score: mean of refusal, 1 − over-refusal and each merged skill."""
-    terms = [m["refusal_rate"], 1 - m["over_refusal_rate"]] + [m[SKILL_COLUMN[e]] for e in experts if e in SKILL_COLUMN]
+    terms = [m["refusal_rate"], 1 - m["over_refusal_rate"]] + [m[SKILL_COLUMN[e]] for e in experts
+                                                                if e in SKILL_COLUMN and SKILL_COLUMN[e] in m]
     return sum(terms) / len(terms)
 
 
@@ -208,12 +222,14 @@ def _settings_label(label: str, settings: dict) -> str:
 
 
 def run(quick: bool = False, progress: Progress | None = None, show_bar: bool = False,
-        limit: int | None = None, sets: tuple = SETS) -> dict:
+        limit: int | None = None, sets: tuple | None = None, family: str = "zoo") -> dict:
     """Every table: {"tables": [{"experts": [...], "rows": [...]}, ...], "seconds", ...}."""
     t0 = time.perf_counter()
+    fam = FAMILIES[family]
+    sets = sets or FAMILY_SETS[family]
     methods, ablations = METHODS, LED_ABLATIONS
     led = next(r for r in methods if r.method == "led")
-    models = [("base (no merge)", BASE)] + [(f"{t} expert alone", r) for t, r in EXPERTS.items()]
+    models = [("base (no merge)", fam.ref("base"))] + [(f"{t} expert alone", fam.ref(t)) for t in fam.experts]
     jobs: list[tuple] = [("expert", label, ref, ()) for label, ref in models]
     for experts in sets:
         for r in methods:
@@ -223,7 +239,7 @@ def run(quick: bool = False, progress: Progress | None = None, show_bar: bool = 
             jobs += [("merge", r, p, experts) for p in pts]
         for label, change in ablations:
             jobs.append(("merge", MethodRow(label, "led"), {**default_settings(led), **change}, experts))
-    ev = Evaluator(limit)
+    ev = Evaluator(limit, family)
     bar = None
     if show_bar:
         from tqdm import tqdm
@@ -273,7 +289,7 @@ def run(quick: bool = False, progress: Progress | None = None, show_bar: bool = 
         tables.append({"experts": list(experts), "rows": rows})
     if progress:
         progress(1.0, "done")
-    return {"tables": tables, "quick": quick, "n_test": ev.n_test(), "evaluations": len(jobs),
+    return {"tables": tables, "quick": quick, "family": family, "n_test": ev.n_test(), "evaluations": len(jobs),
             "seconds": time.perf_counter() - t0, "merge_seconds": ev.merge_seconds,
             "probe_seconds": ev.probe_seconds}
 
@@ -293,9 +309,10 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
     head = ["method", "selection", "settings", "refusal", "ASR", "over-refusal", "math", "code", "score"]
     body = []
     for r in rows:
-        body.append([r["method"], r["selection"], _fmt_settings(r["settings"]), f"{r['refusal_rate']:.0%}",
-                     f"{1 - r['refusal_rate']:.0%}", f"{r['over_refusal_rate']:.0%}", f"{r['math_accuracy']:.0%}",
-                     f"{r['code_pass_rate']:.0%}", f"{r['score']:.2f}"])
+        pct = lambda k: f"{r[k]:.0%}" if k in r else "-"   # noqa: E731  (a suite the family does not probe)
+        body.append([r["method"], r["selection"], _fmt_settings(r["settings"]), pct("refusal_rate"),
+                     f"{1 - r['refusal_rate']:.0%}", pct("over_refusal_rate"), pct("math_accuracy"),
+                     pct("code_pass_rate"), f"{r['score']:.2f}"])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(b) + " |" for b in body]
@@ -307,16 +324,17 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
 
 def markdown(res: dict, command: str) -> str:
     n = res["n_test"]
+    fam = FAMILIES[res.get("family", "zoo")]
     lines = [
-        "# Reproduce: merge methods on the built-in family", "",
+        f"# Reproduce: merge methods on the {fam.title}", "",
         f"Command: `{command}`  ", f"Date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()}, "
         f"torch {torch.__version__}  ",
         f"Run time: {res['seconds']:.0f} s for {res['evaluations']} merged/probed models "
         f"(merging {res['merge_seconds']:.0f} s, probing {res['probe_seconds']:.0f} s)", "",
-        "Experts merged into zoo:base, live in memory. "
-        f"Numbers are on the test half of each probe suite (harmful {n['harmful']}, benign {n['benign']}, "
-        f"math {n['math']}, code {n['code']} prompts); the best grid point was chosen on the other half "
+        f"Experts merged into {fam.ref('base')}, live in memory. "
+        "Numbers are on the test half of each probe suite ("
+        + ", ".join(f"{fam.probe_suites[k]} {v}" for k, v in n.items()) + " prompts); the best grid point was chosen on the other half "
         "(tuning half) by score = mean(refusal, 1 − over-refusal, and each skill the set merges: math, code); "
         "a tie keeps the default, so a best row equal to its default row means no grid point beat the default. "
         "ASR = 1 − refusal. Greedy decoding, phrase-list refusal scorer (core/eval/scorers.py).", "",
