@@ -305,19 +305,21 @@ def validate(recipe: Recipe) -> Checked:
 def to_mergekit_yaml(recipe: Recipe) -> str:
     """The same merge as a mergekit YAML, for methods both tools implement.
 
-    Built-in models become absolute folders, since mergekit knows no zoo:.
+    Built-in models become absolute folders, since mergekit knows no zoo: or smol:
+    (``BASE+ADAPTER`` stays: mergekit reads that syntax itself).
     Parameters are written under mergekit's names; ours-only knobs are an
     error rather than silently dropped.
     """
     import yaml
-    from .checkpoint import zoo_path
+    from .checkpoint import resolve
+    from .zoo import FAMILIES
     spec = _spec(recipe)
     if not spec.mergekit_name:
         raise UserError(f"{spec.name} has no mergekit equivalent, so it cannot be exported as a mergekit recipe.")
     checked = validate(recipe)
 
     def ref(r: str) -> str:
-        return zoo_path(r[4:]) if r.startswith("zoo:") else r
+        return resolve(r) if r.split(":", 1)[0] in FAMILIES and ":" in r else r
 
     def names(params: dict, where: str) -> dict:
         out = {}

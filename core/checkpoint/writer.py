@@ -14,9 +14,12 @@ from typing import Iterable, Mapping
 import torch
 
 from ..errors import UserError, quoted
+from ..zoo import FAMILIES
 from .headers import DTYPE_BYTES, TOKENIZER_FILES
 
 TOOL_NAME = "merge explorer"
+# built-in references that are a published model: named by their Hub id in a card's base_model
+HUB_IDS = {"smol:base": "HuggingFaceTB/SmolLM2-135M-Instruct"}
 DEFAULT_SHARD_SIZE = 2 * 1024**3
 
 _ST_NAMES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
@@ -275,7 +278,8 @@ def model_card(*, title: str | None, method: str, label: str, summary: str, dtyp
     import yaml
     refs = ([base] if base else []) + [r for r, _ in parents if r != base]
     front = {"library_name": "transformers", "tags": ["merge", TOOL_NAME.replace(" ", "-"), method],
-             "base_model": [r for r in refs if not r.startswith("zoo:") and not os.path.isabs(r)] or None}
+             "base_model": [HUB_IDS.get(r, r) for r in refs if (r in HUB_IDS or r.split(":", 1)[0] not in FAMILIES)
+                            and not os.path.isabs(r) and "+" not in r] or None}
     front = {k: v for k, v in front.items() if v}
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "",
              f"# {title or 'Merged model'}", "",
