@@ -96,8 +96,9 @@ def chat(prompt: str, max_new_tokens: int = 96, request: gr.Request = None) -> d
 @guard
 def probe(suites: str = ",".join(SUITES), limit: int = PROBE_LIMIT, model: str = "merged",
           request: gr.Request = None) -> dict:
-    """Quick probes of one model: "merged" (the last /merge of this session) or a reference (zoo:NAME, an allowed
-    folder or Hub id). ``suites``: comma-separated built-in names (harmful, benign, math, code) or KIND=PATH files.
+    """Quick probes of one model: "merged" (the last /merge of this session) or a reference (zoo:NAME, smol:NAME,
+    an allowed folder or Hub id). ``suites``: comma-separated kinds (harmful, benign, math, code: the model's
+    family's held-out suite of that kind), built-in suite names (smol-math, ...) or KIND=PATH files.
 
     Returns {"model", "suites": {name: {"n", metric}}, "seconds"}.
     """
@@ -109,10 +110,11 @@ def probe(suites: str = ",".join(SUITES), limit: int = PROBE_LIMIT, model: str =
     if model.strip() == "merged":
         sess = _session(request)
         with sess.lock:
-            res = service.probe(sess.model, suites, n, tokenizer=sess.tokenizer)
+            res = service.probe(sess.model, ",".join(service.probe_suites_for(sess.base_ref, suites)), n,
+                                tokenizer=sess.tokenizer)
         name = "merged"
     else:
-        res = service.probe(model.strip(), suites, n)
+        res = service.probe(model.strip(), ",".join(service.probe_suites_for(model.strip(), suites)), n)
         name = model.strip()
     out = {k: {kk: vv for kk, vv in v.items() if kk != "examples"} for k, v in res.get("suites", {}).items()}
     return {"model": name, "suites": out, "seconds": round(float(res.get("seconds", 0.0)), 3)}

@@ -29,7 +29,14 @@ from core.errors import UserError, quoted
 
 N_EXPERTS = 3
 TASKS = ["safety", "math", "code", "custom"]
-ZOO = ["zoo:base", "zoo:safety", "zoo:math", "zoo:code"]
+
+def family_refs() -> list[str]:
+    """Every built-in model reference, family by family (zoo:base .. smol:math)."""
+    from core import service
+    return [f.ref(n) for f in service.families().values() for n in f.names]
+
+
+ZOO = family_refs()
 NONE = ""             # an empty expert slot
 
 # A knob that only some settings of a method use: (method, param) -> (global param, value it needs).

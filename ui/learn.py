@@ -6,9 +6,10 @@ other tabs use, so the walkthrough always shows the real thing.
 from __future__ import annotations
 
 INTRO = (
-    "A five-minute tour for a classroom. Each button does one step on the built-in tiny family "
-    "(a base model and three experts fine-tuned from it) and opens the tab where it happens; "
-    "come back here for the next step."
+    "A five-minute tour for a classroom. Each button does one step on the family chosen on the Models tab: "
+    "the tiny family (a base model and three experts fine-tuned from it, seconds per step) or the "
+    "SmolLM2-135M family (a real pretrained model and two LoRA experts; LED's scoring takes a minute or two), "
+    "and opens the tab where it happens; come back here for the next step."
 )
 
 # (key, button label, two sentences). No scores here: the built-in family is
@@ -26,29 +27,29 @@ STEPS = [
     ("led", "4 · Merge with LED-Merging",
      "LED-Merging keeps, for each expert, only the weights important in both the base and the expert (r is the "
      "fraction kept: small for safety), and drops weights two experts both claim. "
-     "The Merge tab shows its sliders; move r or λ and the merge follows on release. On this tiny family it does "
-     "not keep both: at the paper's settings it keeps the math and loses the refusals, and a larger safety r brings "
-     "refusals back only by losing the math (bench/led_search.md); the paper measured 7B models."),
+     "The Merge tab shows its sliders; move r or λ and the merge follows on release, and the probes say whether "
+     "it kept both skills on this family (on the tiny family it does not: a larger safety r brings refusals back "
+     "only by losing the math; the paper measured 7B models)."),
     ("compare", "5 · Compare Task Arithmetic and LED on the board",
      "The compare board probes both merges, the base and the parents on held-out prompts and puts them on one "
      "safety-vs-utility picture. The merge you want sits high (safe) and to the right (useful)."),
 ]
 
-# the recipes the steps merge; the LED one follows the paper's defaults
-# (small r for safety, larger for the utility expert, λ = 1)
-TA_RECIPE = {
-    "merge_method": "task_arithmetic", "base_model": "zoo:base",
-    "models": [{"model": "zoo:safety", "task": "safety", "parameters": {"weight": 1.0}},
-               {"model": "zoo:math", "task": "math", "parameters": {"weight": 1.0}}],
-    "parameters": {"lambda": 1.0}, "dtype": "float32",
-}
+# the recipes the steps merge, on a family (its prefix: zoo, smol); the LED one
+# follows the paper's defaults (small r for safety, larger for the utility expert, λ = 1)
+def ta_recipe(prefix: str = "zoo") -> dict:
+    return {"merge_method": "task_arithmetic", "base_model": f"{prefix}:base",
+            "models": [{"model": f"{prefix}:safety", "task": "safety", "parameters": {"weight": 1.0}},
+                       {"model": f"{prefix}:math", "task": "math", "parameters": {"weight": 1.0}}],
+            "parameters": {"lambda": 1.0}, "dtype": "float32"}
 
 
-def led_recipe(spec) -> dict:
+def led_recipe(spec, prefix: str = "zoo", n_samples: int | None = None) -> dict:
     """LED on safety + math with the method's own defaults: r is the
     registry's per-task default (the paper's reference for each task), so
-    the controls show it and the merge uses it."""
-    models = [{"model": "zoo:safety", "task": "safety", "parameters": {}},
-              {"model": "zoo:math", "task": "math", "parameters": {}}]
-    return {"merge_method": spec.name, "base_model": "zoo:base", "models": models, "parameters": {},
-            "dtype": "float32"}
+    the controls show it and the merge uses it; ``n_samples`` is the
+    family's Location sample count when it has one."""
+    models = [{"model": f"{prefix}:safety", "task": "safety", "parameters": {}},
+              {"model": f"{prefix}:math", "task": "math", "parameters": {}}]
+    return {"merge_method": spec.name, "base_model": f"{prefix}:base", "models": models,
+            "parameters": {"n_samples": n_samples} if n_samples else {}, "dtype": "float32"}

@@ -476,7 +476,7 @@ def test_bad_recipe_yaml_is_a_sentence():
 # ------------------------------------------------------------- learn + layout
 def test_walkthrough_steps_set_their_recipes():
     out = LN.learn_recipe("ta")
-    assert C.recipe_from_values(values(out)) == C.recipe_from_values(controls(L.TA_RECIPE))
+    assert C.recipe_from_values(values(out)) == C.recipe_from_values(controls(L.ta_recipe()))
     assert len(L.STEPS) == 5 and all(len(text.split(". ")) >= 2 for _, _, text in L.STEPS)
     led = LN.learn_recipe("led")
     r = C.recipe_from_values(values(led))

@@ -9,7 +9,6 @@ import gradio as gr
 
 from core import service
 from core.errors import UserError
-from core.zoo.data import EXAMPLE_PROMPTS
 
 from .. import controls as C
 from .. import state as S
@@ -218,5 +217,6 @@ def wire(ui: Named, demo) -> None:
     ui.on(ui["with_base"].change, base_column, ["with_base"], [f"chat{BASE_COLUMN}"])
     ui.on(ui["clear"].click, chat_clear, [], CHAT_OUTPUTS[:-1])
     for kind in SUITES:
-        ui.on(ui[f"ex-{kind}"].click, lambda v, request=None, kind=kind: {"prompt": EXAMPLE_PROMPTS[kind]}, [],
+        ui.on(ui[f"ex-{kind}"].click,
+              lambda v, request=None, kind=kind: {"prompt": service.example_prompts(v.get("base"))[kind]}, ["base"],
               ["prompt"])

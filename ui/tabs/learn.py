@@ -11,13 +11,21 @@ from .. import state as S
 from .common import Named, guard
 
 
-def learn_recipe(step: str, request=None) -> dict:
+def tour_family(v: dict):
+    """The family the tour runs on: the Models tab's base's, the tiny one otherwise."""
+    from core import service
+    return service.family_of(v.get("base")) or service.families()["zoo"]
+
+
+def learn_recipe(step: str, v: dict | None = None, request=None) -> dict:
     """Controls for a walkthrough step's merge, and the tab it opens (the Merge tab: its sliders are the lesson)."""
     from .look import open_tab
+    fam = tour_family(v or {})
     if step == "ta":
-        return {**C.values_from_recipe(L.TA_RECIPE), "tabs": open_tab("merge", request)}
+        return {**C.values_from_recipe(L.ta_recipe(fam.prefix)), "tabs": open_tab("merge", request)}
     if step == "led":
-        return {**C.values_from_recipe(L.led_recipe(C.spec_of("led"))), "tabs": open_tab("merge", request)}
+        recipe = L.led_recipe(C.spec_of("led"), fam.prefix, fam.led_samples)
+        return {**C.values_from_recipe(recipe), "tabs": open_tab("merge", request)}
     raise ValueError(step)
 
 
@@ -61,7 +69,7 @@ def layout(ui: Named) -> None:
 
 
 def wire(ui: Named, demo) -> None:
-    from core.zoo.data import EXAMPLE_PROMPTS
+    from core import service
     from .chat import send_from
     from .compare import BOARD_OUTPUTS
     from .look import LOOK_OUTPUTS, after_merge, led_pictures, look_opened, open_tab
@@ -69,13 +77,14 @@ def wire(ui: Named, demo) -> None:
     controls = ui.controls()
     look = LOOK_OUTPUTS + ["look_status"]
     for step in ("ta", "led"):
-        d = ui.on(ui[f"learn-{step}"].click, lambda v, request=None, step=step: learn_recipe(step, request), [],
-                  controls + ["tabs"])
+        d = ui.on(ui[f"learn-{step}"].click, lambda v, request=None, step=step: learn_recipe(step, v, request),
+                  ["base"], controls + ["tabs"])
         d = ui.on(d.success, do_merge, controls, HISTORY_OUTPUTS, **ui.heavy)
         ui.on(d.success, after_merge, controls, look, **ui.heavy)
     d = ui.on(ui["learn-ask_harmful"].click,
-              lambda v, request=None: {"prompt": EXAMPLE_PROMPTS["harmful"], "tabs": open_tab("chat", request)},
-              [], ["prompt", "tabs"])
+              lambda v, request=None: {"prompt": service.example_prompts(v.get("base"))["harmful"],
+                                       "tabs": open_tab("chat", request)},
+              ["base"], ["prompt", "tabs"])
     send_from(ui, d.then)
     d = ui.on(ui["learn-overlap"].click, lambda v, request=None: {"tabs": open_tab("look", request)}, [], ["tabs"])
     # the tab opened by the tour, not by a click: draw what the earlier steps' merges changed, then LED's pictures

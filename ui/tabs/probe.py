@@ -56,7 +56,12 @@ def _probe_parents(sess: S.Session, refs: list[str], suites: list[str], limit: i
     if sess.cache is None:
         sess.cache = chat.ModelCache()
     # the session's model cache holds the chat's parents: loading the same set reuses them
-    return service.probe_references(refs, suites, limit, sess.cache.load, progress=cb)
+    return service.probe_references(refs, _named(sess, suites), limit, sess.cache.load, progress=cb)
+
+
+def _named(sess: S.Session, kinds: list[str]) -> str:
+    """The suites measuring ``kinds`` for this session's models: their family's held-out suites."""
+    return ",".join(service.probe_suites_for(sess.base_ref, kinds))
 
 
 def _probe_row(name: str, role: str, res: dict) -> list:
@@ -74,7 +79,7 @@ def _check_suites(suites) -> list[str]:
 
 def probe_live(sess: S.Session, suites: list[str], limit: int, cb) -> dict:
     """Probe the live merged model and keep the scores on its history entry (the compare board shows them)."""
-    res = service.probe(sess.model, ",".join(suites), limit, tokenizer=sess.tokenizer,
+    res = service.probe(sess.model, _named(sess, suites), limit, tokenizer=sess.tokenizer,
                         progress=lambda f, m="": cb(f, f"merged model: {m}"))
     entry = live_entry(sess)
     if entry is not None:
@@ -205,7 +210,7 @@ def run_sweep(v: dict, progress=gr.Progress(), request=None) -> dict:
                 span = (j / len(grid), (j + 1) / len(grid))
                 merge_into_session(sess, r, lambda f, m, s=span, x=x: cb(s[0] + 0.5 * f * (s[1] - s[0]),
                                                                          f"{p.name}={x:g}: {m}"))
-                res = service.probe(sess.model, ",".join(suites), limit, tokenizer=sess.tokenizer,
+                res = service.probe(sess.model, _named(sess, suites), limit, tokenizer=sess.tokenizer,
                                     progress=lambda f, m="", s=span, x=x: cb(s[0] + (0.5 + 0.5 * f) * (s[1] - s[0]),
                                                                             f"{p.name}={x:g}: probing {m}"))
                 points.append({"value": x, "safety": _metric(res, "harmful", "refusal_rate"),
@@ -230,6 +235,12 @@ def run_sweep(v: dict, progress=gr.Progress(), request=None) -> dict:
                             + note}
 
 
+def suites_line(v: dict, request=None) -> dict:
+    """Which suites the ticked kinds mean for the chosen family (they differ per family)."""
+    names = service.probe_suites_for(v.get("base"), [s for s in (v.get("suites") or []) if s in SUITES])
+    return {"suites_about": " · ".join(service.suite_lines(names)) if names else ""}
+
+
 def layout(ui: Named) -> None:
     from .compare import layout as board_layout
     with gr.Tab("Probe", id="probe"):
@@ -238,6 +249,7 @@ def layout(ui: Named) -> None:
         with gr.Row():
             ui.add("suites", gr.CheckboxGroup(SUITES, value=SUITES, label="Suites", elem_id="suites"))
             ui.add("limit", gr.Slider(4, 96, value=PROBE_LIMIT, step=4, label="prompts per suite", elem_id="limit"))
+        ui.add("suites_about", gr.Markdown(elem_id="suites-about", elem_classes="caption"))
         ui.add("probe_btn", gr.Button("Run probes", variant="primary", elem_id="probe-btn"))
         ui.add("probe_status", gr.Markdown(elem_id="probe-status"))
         ui.add("probe_table", gr.Dataframe(headers=["model", "role", "refuses harmful", "over-refuses benign",
@@ -276,6 +288,8 @@ def wire(ui: Named, demo) -> None:
     ui.on(steer, sweep_options, controls + ["sweep_key"], ["sweep_key"], trigger_mode="always_last",
           show_progress="hidden")
     ui.on(demo.load, sweep_options, controls + ["sweep_key"], ["sweep_key"])
+    ui.on([demo.load, ui["base"].change, ui["suites"].change], suites_line, ["base", "suites"], ["suites_about"],
+          trigger_mode="always_last", show_progress="hidden")
     ui.on(ui["sweep_key"].change, sweep_bounds, ["sweep_key"], ["sweep_lo", "sweep_hi"])
     ui.on(ui["sweep_btn"].click, run_sweep, controls + PROBE_INPUTS + ["sweep_key", "sweep_lo", "sweep_hi", "sweep_steps"],
           ["plot_sweep", "sweep_table", "probe_status"], **ui.heavy)
