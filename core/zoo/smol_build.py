@@ -135,8 +135,18 @@ def _loss(model, ids, lab, att, first_weight: float = 1.0) -> torch.Tensor:
     return (per * w).sum() / w.sum()
 
 
+def _quiet_peft() -> None:
+    """PEFT imports bitsandbytes, which warns that it has no CPU kernels, and calls a transformers API that
+    warns it is deprecated: neither is about this build, and both buried its progress lines."""
+    import logging
+    import warnings
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*")
+
+
 def train(base_folder: str, tok, stage: Stage, rows: list[dict], log=print):
     """A fresh LoRA on the base, trained on ``rows``; returns the PEFT model."""
+    _quiet_peft()
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
     torch.manual_seed(stage.seed)
