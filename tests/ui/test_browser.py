@@ -253,3 +253,52 @@ def test_models_tab_takes_local_folders_of_another_architecture(page, url, tmp_p
     no_error_toast(page)
     shot(page, "11-other-architecture")
     page.close()
+
+
+def test_the_smol_family_in_the_page(page, url):
+    """Issue #24: the SmolLM2 family from its Models-tab button: a real LM merged, looked at (30 layers) and
+    chatted with side by side."""
+    from playwright.sync_api import expect
+    from core import service
+    from core.errors import UserError
+    try:
+        service.fetch_family("smol", allow_download=False)
+    except UserError as exc:
+        if os.environ.get("MERGE_EXPLORER_REQUIRE_SMOL", "") not in ("", "0"):
+            pytest.fail(f"SmolLM2 is required here: {exc}")
+        pytest.skip(f"SmolLM2 is not available here: {exc}")
+    expect.set_options(timeout=120_000)
+    page = page.context.browser.new_page(viewport={"width": 1360, "height": 900})
+    page.set_default_timeout(120_000)
+    page.goto(url)
+    expect(page.locator("#smol-status")).to_contain_text("is in this machine's cache")
+    expect(page.locator("#smol-fetch")).to_be_hidden()
+    page.locator("#smol2").click()
+    expect(page.locator("#base input")).to_have_value("smol:base")
+    report = page.locator("#model-report")
+    expect(report).to_contain_text("Compatible")
+    expect(report).to_contain_text("LlamaForCausalLM")
+    expect(page.locator("#model-report")).to_contain_text("smol:math")
+    shot(page, "12-smol-models")
+    choose_method(page, "Task Arithmetic", "task_arithmetic")
+    page.locator("#task_arithmetic-lambda input[type=range]").fill("0.5")
+    tab(page, "Export")
+    expect(page.locator("#yaml")).to_contain_text("lambda: 0.5")
+    expect(page.locator("#yaml")).to_contain_text("base_model: smol:base")
+    tab(page, "Merge")
+    page.locator("#merge-btn").click()
+    expect(page.locator("#merge-status")).to_contain_text("Merged smol:safety + smol:math with Task Arithmetic")
+    tab(page, "Look")
+    expect(page.locator("#plot-tv_norms")).to_contain_text("How much fine-tuning changed each part")
+    expect(page.locator("#plot-tv_norms")).to_contain_text("layer 29")     # all 30 layers drawn
+    shot(page, "13-smol-look")
+    tab(page, "Chat")
+    page.locator("#ex-math").click()
+    expect(page.locator("#prompt textarea")).to_have_value(service.example_prompts("smol:base")["math"])
+    page.locator("#send").click()
+    for i in range(3):
+        expect(page.locator(f"#chat-{i} .message.bot").last).not_to_be_empty()
+    expect(page.locator("#chat-0 .message.bot").last).to_contain_text("answer is")   # the math expert's steps
+    no_error_toast(page)
+    shot(page, "14-smol-chat")
+    page.close()
