@@ -267,14 +267,19 @@ class ChatSession:
         device = next(col.model.parameters()).device
         return ids.to(device), budget
 
-    def _generate(self, i: int, q: queue.Queue, enc, budget: int, gen_kw: dict, seed: int | None) -> None:
+    def _generate(self, i: int, q: queue.Queue, enc, budget: int, gen_kw: dict, seed: int | None,
+                  side_by_side: bool = False) -> None:
         col = self.columns[i]
         tok = col.tokenizer
+        # models answering side by side share the cores: one thread each, not a pool each that waits on the
+        # others' (three SmolLM2 columns on 2 cores: first token 0.35 s vs 0.45 s, slowest column 9.7 vs 9.0
+        # tokens/s, medians of 3; bench/README.md, SmolLM2 family)
+        threads = M.single_thread(True) if side_by_side else M.cpu_threads_for(col.model)
         try:
             if seed is not None:
                 torch.manual_seed(seed)
             pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-            with torch.no_grad(), M.cpu_threads_for(col.model):
+            with torch.no_grad(), threads:
                 col.model.generate(**enc, max_new_tokens=budget, streamer=_QueueStreamer(tok, i, q),
                                    stopping_criteria=_stop_criteria(self._event), pad_token_id=pad,
                                    eos_token_id=tok.eos_token_id, **gen_kw)
@@ -337,8 +342,8 @@ class ChatSession:
         if mode == "turns":
             threads = [threading.Thread(target=run_turns, daemon=True, name="chat-turns")]
         else:
-            threads = [threading.Thread(target=self._generate, args=(i, q, enc, budget, gen_kw, seed), daemon=True,
-                                        name=f"chat-{i}") for i, enc, budget in jobs]
+            threads = [threading.Thread(target=self._generate, args=(i, q, enc, budget, gen_kw, seed, len(jobs) > 1),
+                                        daemon=True, name=f"chat-{i}") for i, enc, budget in jobs]
         for t in threads:
             t.start()
         pending = {i for i, _, _ in jobs}
