@@ -180,6 +180,9 @@ def _cli_merge(args) -> int:
     for n in res.notes:
         print("note:", n)
     print(f"Wrote {res.out_dir} ({res.n_tensors} tensors) in {res.seconds:.2f} s.")
+    h = res.handoff
+    print(f"\nThe full benchmarks ({', '.join(h.tasks)}) with lm-evaluation-harness:\n  {h.hf}\n"
+          f"On a GPU box, with vLLM:\n  {h.vllm}" + (f"\n({h.note}.)" if h.note else ""))
     return 0
 
 

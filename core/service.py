@@ -82,7 +82,7 @@ def merge(recipe, out_dir: str | None = None, live_model=None, progress=None, **
     from ``plan``) into a folder or into an already loaded model; returns
     engine.MergeResult.
 
-    options go to engine.run_merge: force, device, infos, shard_size.
+    options go to engine.run_merge: force, device, infos, shard_size, handoff_folder.
     """
     from .merge import engine
     from .merge.plan import Plan

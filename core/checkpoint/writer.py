@@ -268,7 +268,8 @@ def clean_stale(parent: str, base: str) -> None:
 
 
 def model_card(*, title: str | None, method: str, label: str, summary: str, dtype: str, base: str | None,
-               parents: list[tuple[str, Mapping]], params: Mapping, notes: list[str], recipe_yaml: str) -> str:
+               parents: list[tuple[str, Mapping]], params: Mapping, notes: list[str], recipe_yaml: str,
+               sections: list[str] = ()) -> str:
     """A short Hugging Face model card saying how the model was made.
 
     ``base``: the base model's reference when the recipe names one;
@@ -297,4 +298,4 @@ def model_card(*, title: str | None, method: str, label: str, summary: str, dtyp
     if notes:
         lines += ["", "## Notes", ""] + [f"* {n}" for n in notes]
     lines += ["", "## Recipe", "", "```yaml", recipe_yaml.strip(), "```", ""]
-    return "\n".join(lines)
+    return "\n".join([*lines, *sections])

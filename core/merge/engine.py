@@ -21,7 +21,7 @@ import torch
 from .. import checkpoint as M
 from .. import policy
 from .. import recipe as R
-from ..checkpoint import writer
+from ..checkpoint import harness, writer
 from ..checkpoint.writer import DEFAULT_SHARD_SIZE
 from ..errors import UserError, quoted
 from . import plan
@@ -85,7 +85,8 @@ def _into_live(live_model, merged: dict[str, torch.Tensor]) -> None:
 
 def run_merge(recipe: R.Recipe | Plan, *, out_dir: str | None = None, live_model=None,
               progress: Progress | None = None, device: str = "cpu", infos=None, force: bool = False,
-              shard_size: int = DEFAULT_SHARD_SIZE, show_bar: bool = False) -> MergeResult:
+              shard_size: int = DEFAULT_SHARD_SIZE, show_bar: bool = False,
+              handoff_folder: str | None = None) -> MergeResult:
     """Merge ``recipe`` into ``live_model`` (in place, no disk) or a new folder ``out_dir``.
 
     ``recipe`` is a Recipe or the Plan built from it (plan.build: a caller
@@ -93,7 +94,9 @@ def run_merge(recipe: R.Recipe | Plan, *, out_dir: str | None = None, live_model
     validated or inspected twice). ``infos`` maps each reference written in
     the recipe to its ModelInfo (or is a list of ModelInfo) so callers that
     already inspected the models skip that step. Exactly one of ``out_dir``
-    and ``live_model`` is given.
+    and ``live_model`` is given. ``handoff_folder``: where the user will have
+    the folder (the Export tab's zip, unpacked), for the card's lm_eval
+    commands; default ``out_dir``.
     """
     if (out_dir is None) == (live_model is None):
         raise UserError("Give either an output folder or a loaded model to merge into.")
@@ -112,11 +115,11 @@ def run_merge(recipe: R.Recipe | Plan, *, out_dir: str | None = None, live_model
         _into_live(live_model, merged)
         result.seconds = time.perf_counter() - t0
         return result
-    return _to_folder(p, out_dir, progress, device, shard_size, show_bar, t0)
+    return _to_folder(p, out_dir, progress, device, shard_size, show_bar, t0, handoff_folder or out_dir)
 
 
 def _to_folder(p: Plan, out_dir: str, progress: Progress | None, device: str, shard_size: int,
-               show_bar: bool, t0: float) -> MergeResult:
+               show_bar: bool, t0: float, handoff_folder: str) -> MergeResult:
     recipe = p.recipe
     dtype = _TORCH_DTYPES[recipe.dtype]
     device = M.pick_device(device)
@@ -136,7 +139,9 @@ def _to_folder(p: Plan, out_dir: str, progress: Progress | None, device: str, sh
                 _walk(p, inputs, dtype, shards.add, progress, prepared, result, bar, bufs)
             del bufs
             shards.finish()
-            _side_files(p, folder)
+            result.handoff = harness.commands(handoff_folder, recipe.dtype, p.tasks,
+                                                chat_template=_has_chat_template(_tokenizer_dir(p)))
+            _side_files(p, folder, result.handoff)
             folder.commit()
     finally:
         if bar is not None:
@@ -147,19 +152,37 @@ def _to_folder(p: Plan, out_dir: str, progress: Progress | None, device: str, sh
     return result
 
 
-def _side_files(p: Plan, folder: writer.Folder) -> None:
+def _tokenizer_dir(p: Plan) -> str:
+    """The folder of the tokenizer the output has: the grown expert's, else the base's, else the recipe's
+    tokenizer_source."""
+    src = p.grow_from or p.base
+    if p.grow_from is None and p.recipe.tokenizer_source:
+        info = p.infos.get(p.recipe.tokenizer_source)
+        return info.path if info is not None else M.resolve(p.recipe.tokenizer_source)
+    return src.path
+
+
+def _has_chat_template(tok_dir: str) -> bool:
+    import json
+    if os.path.isfile(os.path.join(tok_dir, "chat_template.jinja")):
+        return True
+    try:
+        with open(os.path.join(tok_dir, "tokenizer_config.json")) as f:
+            return bool(json.load(f).get("chat_template"))
+    except (OSError, ValueError):
+        return False
+
+
+def _side_files(p: Plan, folder: writer.Folder, handoff) -> None:
     """Config, generation config and tokenizer of the model whose vocabulary
-    the output has (the grown expert's, else the base's, else the recipe's
-    tokenizer_source), the recipe and the model card."""
+    the output has, the recipe and the model card (with the lm-evaluation-harness hand-over)."""
     recipe = p.recipe
     src = p.grow_from or p.base
-    tok_dir = src.path
-    if p.grow_from is None and recipe.tokenizer_source:
-        info = p.infos.get(recipe.tokenizer_source)
-        tok_dir = info.path if info is not None else M.resolve(recipe.tokenizer_source)
+    tok_dir = _tokenizer_dir(p)
     card = writer.model_card(title=recipe.name, method=p.spec.name, label=p.spec.label, summary=p.spec.summary,
                              dtype=recipe.dtype, base=p.base.ref if recipe.base_model else None,
                              parents=[(s.ref, mp) for s, mp in zip(p.sources, p.model_params)],
-                             params=p.global_params, notes=p.notes, recipe_yaml=recipe.to_yaml())
+                             params=p.global_params, notes=p.notes, recipe_yaml=recipe.to_yaml(),
+                             sections=harness.card_section(handoff))
     folder.side_files(config=src.config, dtype=recipe.dtype, source_dir=src.path, tokenizer_dir=tok_dir,
                       recipe_yaml=recipe.to_yaml(), card=card)

@@ -25,6 +25,8 @@ class MergeResult:
     # coefficients; schemas in core.service.led_analysis / acm_analysis), so
     # drawing them prepares nothing again; None for methods without prepare
     analysis: dict | None = None
+    # a folder's lm-evaluation-harness commands (core.checkpoint.harness.Handoff); None for a live merge
+    handoff: object = None
 
     def layer_norms(self) -> dict:
         """{layer or module name: {"merged": n, ref: n, ...}} with n the L2 norm over the layer.

@@ -442,6 +442,13 @@ def test_export_zip_holds_a_model_folder_and_the_yaml_restores_the_controls(sess
     name = "model.layers.0.self_attn.q_proj.weight"
     torch.testing.assert_close(tensors[name], b[name] + 0.75 * (s[name] - b[name]) + 0.25 * (m[name] - b[name]),
                                rtol=1e-5, atol=1e-6)
+    # the hand-over to lm-evaluation-harness names the folder as the user has it: unzipped next to the zip
+    name = os.path.basename(out["zip_file"])[:-len(".zip")]
+    status = out["export_status"]
+    assert f"`unzip {name}.zip -d {name}`" in status and "Full benchmarks (gsm8k)" in status
+    hf = f"lm_eval --model hf --model_args pretrained=./{name},dtype=float32 --tasks gsm8k"
+    with zipfile.ZipFile(out["zip_file"]) as z:
+        assert hf in z.read("README.md").decode() and hf in status
     text = out["yaml"]
     assert open(out["yaml_file"]).read() == text and "task_arithmetic" in text
     loaded = EX.load_recipe_text({"yaml": text})

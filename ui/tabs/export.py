@@ -32,7 +32,8 @@ def export_model(v: dict, progress=gr.Progress(), request=None) -> dict:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = os.path.join(sess.tmpdir(), f"merged-{recipe['merge_method']}-{stamp}")
     t0 = time.perf_counter()
-    res = service.merge(plan, out_dir=folder, progress=_progress(progress), force=True)
+    name = os.path.basename(folder)
+    res = service.merge(plan, out_dir=folder, progress=_progress(progress), force=True, handoff_folder=f"./{name}")
     archive = shutil.make_archive(folder, "zip", root_dir=folder)
     yaml_text = yaml_of(recipe)
     ypath = os.path.join(sess.tmpdir(), f"recipe-{recipe['merge_method']}-{stamp}.yaml")
@@ -40,12 +41,17 @@ def export_model(v: dict, progress=gr.Progress(), request=None) -> dict:
         f.write(yaml_text)
     mb = os.path.getsize(archive) / 2**20
     status = (f"✓ Wrote {res.n_tensors} tensors in {time.perf_counter() - t0:.2f} s; the zip is {mb:.1f} MB.")
+    h = res.handoff
+    # the quick probes hand over to the full benchmarks: the command runs on the unzipped folder as it is
+    handoff = (f"\n\nFull benchmarks ({', '.join(h.tasks)}) with lm-evaluation-harness, after "
+               f"`unzip {name}.zip -d {name}`:\n```bash\n{h.hf}\n# on a GPU box, with vLLM:\n{h.vllm}\n```"
+               + (f"\n{h.note[0].upper() + h.note[1:]}." if h.note else "") + " The model card has them too.")
     try:
         if C.recipe_from_values(v) != recipe:
             status += " (The controls have changed since that merge; merge again to export them.)"
     except UserError:
         pass
-    return {"zip_file": archive, "yaml_file": ypath, "yaml": yaml_text, "export_status": status}
+    return {"zip_file": archive, "yaml_file": ypath, "yaml": yaml_text, "export_status": status + handoff}
 
 
 def recipe_yaml(v: dict, request=None) -> dict:
