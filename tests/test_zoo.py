@@ -346,3 +346,18 @@ def test_bad_model_reference_is_one_sentence(tmp_path, make, needle):
     assert r.returncode != 0
     err = r.stderr.strip().splitlines()
     assert len(err) == 1 and needle in err[0] and "Traceback" not in r.stderr
+
+
+def test_a_build_that_fails_leaves_the_family_as_it_was_and_no_temp_folder(tmp_path):
+    from core.zoo import replacing
+    out = tmp_path / "fam"
+    out.mkdir()
+    (out / "old.txt").write_text("old")
+    with pytest.raises(KeyboardInterrupt):
+        with replacing(str(out), ".fam-") as tmp:
+            open(os.path.join(tmp, "half.txt"), "w").write("half")
+            raise KeyboardInterrupt      # Ctrl-C in the middle of training
+    assert sorted(os.listdir(tmp_path)) == ["fam"] and os.listdir(out) == ["old.txt"]
+    with replacing(str(out), ".fam-") as tmp:
+        open(os.path.join(tmp, "new.txt"), "w").write("new")
+    assert sorted(os.listdir(tmp_path)) == ["fam"] and os.listdir(out) == ["new.txt"]

@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import importlib
 import os
+import shutil
+import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from .. import SMOL_ASSETS, SMOL_CACHE, ZOO_DIR
@@ -82,3 +85,20 @@ def data_for(path: str | None):
     or for any other model the English data of the real family."""
     hit = family_of(path) if path else None
     return (hit[0] if hit else FAMILIES[REAL_LM_FAMILY]).module()
+
+
+@contextmanager
+def replacing(out: str, prefix: str):
+    """A fresh folder beside ``out`` that replaces it when the block ends and is removed when the block
+    raises: a build, interrupted or failed, never leaves a half-written family."""
+    parent = os.path.dirname(out)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=prefix, dir=parent)
+    try:
+        yield tmp
+        if os.path.isdir(out):
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

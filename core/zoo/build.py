@@ -29,16 +29,14 @@ import json
 import math
 import os
 import random
-import shutil
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 
 import torch
 
 from .. import ZOO_DIR
-from . import data
+from . import data, replacing
 
 SPECIALS = ["<|pad|>", "<|unk|>", "<|end|>", "<|system|>", "<|user|>", "<|assistant|>"]
 CHARS = "\n" + "".join(chr(c) for c in range(32, 127))
@@ -360,31 +358,23 @@ def build_all(out: str | None = None, log=print) -> str:
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     tok = make_tokenizer()
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".zoo-", dir=parent)
     t0 = time.time()
     helper = None
     try:
-        torch.manual_seed(0)
-        base = LlamaForCausalLM(make_config(tok))
-        log(f"building the tiny family ({sum(p.numel() for p in base.parameters()) / 1e6:.2f}M parameters each)")
-        if _usable_cores() > 1:
-            helper = Helper(base)
-        train(base, tok, STAGES[0], log, helper)
-        save(base, tok, os.path.join(tmp, "base"), "base")
-        base_state = {k: v.clone() for k, v in base.state_dict().items()}
-        for st in STAGES[1:]:
-            base.load_state_dict(base_state)
-            train(base, tok, st, log, helper)
-            save(base, tok, os.path.join(tmp, st.name), st.name)
-        _write_probes(tmp)
-        if os.path.isdir(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with replacing(out, ".zoo-") as tmp:
+            torch.manual_seed(0)
+            base = LlamaForCausalLM(make_config(tok))
+            log(f"building the tiny family ({sum(p.numel() for p in base.parameters()) / 1e6:.2f}M parameters each)")
+            if _usable_cores() > 1:
+                helper = Helper(base)
+            train(base, tok, STAGES[0], log, helper)
+            save(base, tok, os.path.join(tmp, "base"), "base")
+            base_state = {k: v.clone() for k, v in base.state_dict().items()}
+            for st in STAGES[1:]:
+                base.load_state_dict(base_state)
+                train(base, tok, st, log, helper)
+                save(base, tok, os.path.join(tmp, st.name), st.name)
+            _write_probes(tmp)
     finally:
         if helper is not None:
             helper.close()

