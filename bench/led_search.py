@@ -1,7 +1,9 @@
 """Can LED-Merging keep both safety and math on a built-in family?
 
     python bench/led_search.py                  (about 5 min on 2 quiet cores; writes bench/led_search.md)
-    python bench/led_search.py --family smol    (SmolLM2-135M; writes bench/led_search-smol.md)
+    python bench/led_search.py --family smol --limit 48
+                                                (SmolLM2-135M, the first 48 prompts per suite, about 20 min;
+                                                 writes bench/led_search-smol.md)
 
 Issue #15's goal: LED of safety+math, at the paper's reference settings or
 at some point of a small documented r/λ grid, refusing >= 80% of the
@@ -51,16 +53,18 @@ def led(rs: float, rm: float, ls: float, family: str = "zoo") -> R.Recipe:
                         "parameters": glob})
 
 
-def scores(model, tok, family: str = "zoo") -> dict:
+def scores(model, tok, family: str = "zoo", limit: int | None = None) -> dict:
     names = FAMILIES[family].probe_suites
-    res = probes.run_probes(model, tok, suites=[names[s] for s in SUITES])["suites"]
+    res = probes.run_probes(model, tok, suites=[names[s] for s in SUITES], limit=limit)["suites"]
     return {s: res[s][probes.METRIC[s]] for s in SUITES}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--family", choices=list(FAMILIES), default="zoo")
-    family = ap.parse_args().family
+    ap.add_argument("--limit", type=int, default=None, help="the first N prompts per suite (default: whole suites)")
+    args = ap.parse_args()
+    family, limit = args.family, args.limit
     fam = FAMILIES[family]
     out = os.path.join(HERE, "led_search.md" if family == "zoo" else f"led_search-{family}.md")
     torch.set_num_threads(2)
@@ -70,12 +74,12 @@ def main() -> None:
     experts = {}
     for name in ("safety", "math"):
         m = checkpoint.load_model(fam.ref(name), device="cpu")
-        experts[name] = scores(m, tok, family)
+        experts[name] = scores(m, tok, family, limit)
         del m
     rows = []
     for rs, rm, ls in itertools.product(R_SAFETY, R_MATH, LAMBDA_SAFETY):
         engine.run_merge(led(rs, rm, ls, family), live_model=live)
-        rows.append(((rs, rm, ls), scores(live, tok, family)))
+        rows.append(((rs, rm, ls), scores(live, tok, family, limit)))
         print(f"LED r {rs}/{rm} λ {ls}/1: {rows[-1][1]}", flush=True)
     ta = []
     for lam in (0.5, 0.7, 1.0):
@@ -83,13 +87,14 @@ def main() -> None:
                                       "dtype": "float32",
                                       "models": [{"model": fam.ref("safety")}, {"model": fam.ref("math")}],
                                       "parameters": {"lambda": lam}}), live_model=live)
-        ta.append((lam, scores(live, tok, family)))
+        ta.append((lam, scores(live, tok, family, limit)))
     math_floor = 0.7 * experts["math"]["math"]
     hit = [(p, s) for p, s in rows if s["harmful"] >= 0.8 and s["math"] >= math_floor]
     pct = lambda x: f"{x:.0%}"  # noqa: E731
     lines = [
         f"# LED-Merging of safety + math on the {fam.title}: the search", "",
-        "Command: `python bench/led_search.py" + (f" --family {family}" if family != "zoo" else "") + "`  ",
+        "Command: `python bench/led_search.py" + (f" --family {family}" if family != "zoo" else "")
+        + (f" --limit {limit}" if limit else "") + "`  ",
         f"Date: {_dt.datetime.now().strftime('%Y-%m-%d %H:%M')}  ",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}; "
         f"{time.time() - t0:.0f} s", "",
@@ -99,7 +104,7 @@ def main() -> None:
         f"math expert solves {pct(experts['math']['math'])}. LED with SNIP location, election 11, disjoint masks; "
         "r = mask ratio per expert, λ = weight per expert (math λ = 1)"
         + (f"; {fam.led_samples} Location samples per model (the family's default)" if fam.led_samples else "")
-        + ". Probes: " + ", ".join(f"{fam.probe_suites[s]}" for s in SUITES) + " (whole suites).", "",
+        + ". Probes: " + ", ".join(f"{fam.probe_suites[s]}" for s in SUITES) + (f" (the first {limit} prompts of each)." if limit else " (whole suites)."), "",
         "| r safety | r math | λ safety | refusal | over-refusal | math | goal |", "|---|---|---|---|---|---|---|",
     ]
     for (rs, rm, ls), s in rows:
