@@ -135,7 +135,9 @@ def test_pick_tune_merge_look_chat_probe(page):
     tab(page, "Export")
     page.locator("#export-btn").click()
     expect(page.locator("#export-status")).to_contain_text("Wrote 39 tensors")
-    expect(page.get_by_text(re.compile(r"merged-task_arithmetic-.*\.zip"))).to_be_visible()
+    expect(page.get_by_role("cell", name=re.compile(r"merged-task_arithmetic-.*\.zip"))).to_be_visible()
+    # the hand-over to lm-evaluation-harness, for the folder as the zip unpacks
+    expect(page.locator("#export-status")).to_contain_text("lm_eval --model hf --model_args pretrained=./merged-task_arithmetic-")
     shot(page, "5b-export")
 
 
@@ -278,7 +280,8 @@ def test_the_smol_family_in_the_page(page, url):
     report = page.locator("#model-report")
     expect(report).to_contain_text("Compatible")
     expect(report).to_contain_text("LlamaForCausalLM")
-    expect(page.locator("#model-report")).to_contain_text("smol:math")
+    expect(page.locator("#model-table")).to_contain_text("smol:math")
+    expect(page.locator("#model-table")).to_contain_text("134.52")      # params (M), from the headers
     shot(page, "12-smol-models")
     choose_method(page, "Task Arithmetic", "task_arithmetic")
     page.locator("#task_arithmetic-lambda input[type=range]").fill("0.5")

@@ -123,7 +123,8 @@ def layout(ui: Named) -> None:
         ui.add("report", gr.Markdown(elem_id="model-report"))
         ui.add("report_table", gr.Dataframe(headers=["role", "model", "architecture", "layers", "vocab",
                                                      "params (M)", "size (MB)"], interactive=False,
-                                            label="Read from config.json and safetensors headers only"))
+                                            label="Read from config.json and safetensors headers only",
+                                            elem_id="model-table"))
 
 
 def wire(ui: Named, demo) -> None:
