@@ -11,6 +11,8 @@ commands with its own argument parser).
 """
 from __future__ import annotations
 
+import json
+import os
 import shlex
 from dataclasses import dataclass
 
@@ -30,6 +32,17 @@ class Handoff:
 
     def lines(self) -> list[str]:
         return [self.hf, self.vllm]
+
+
+def has_chat_template(tok_dir: str) -> bool:
+    """Whether the tokenizer files in ``tok_dir`` carry a chat template (its own file, or in the config)."""
+    if any(os.path.isfile(os.path.join(tok_dir, f)) for f in ("chat_template.jinja", "chat_template.json")):
+        return True
+    try:
+        with open(os.path.join(tok_dir, "tokenizer_config.json")) as f:
+            return bool(json.load(f).get("chat_template"))
+    except (OSError, ValueError):
+        return False
 
 
 def tasks_for(kinds) -> tuple[str, ...]:

@@ -139,9 +139,10 @@ def _to_folder(p: Plan, out_dir: str, progress: Progress | None, device: str, sh
                 _walk(p, inputs, dtype, shards.add, progress, prepared, result, bar, bufs)
             del bufs
             shards.finish()
+            tok_dir = _tokenizer_dir(p)
             result.handoff = harness.commands(handoff_folder, recipe.dtype, p.tasks,
-                                                chat_template=_has_chat_template(_tokenizer_dir(p)))
-            _side_files(p, folder, result.handoff)
+                                              chat_template=harness.has_chat_template(tok_dir))
+            _side_files(p, folder, tok_dir, result.handoff)
             folder.commit()
     finally:
         if bar is not None:
@@ -162,23 +163,11 @@ def _tokenizer_dir(p: Plan) -> str:
     return src.path
 
 
-def _has_chat_template(tok_dir: str) -> bool:
-    import json
-    if os.path.isfile(os.path.join(tok_dir, "chat_template.jinja")):
-        return True
-    try:
-        with open(os.path.join(tok_dir, "tokenizer_config.json")) as f:
-            return bool(json.load(f).get("chat_template"))
-    except (OSError, ValueError):
-        return False
-
-
-def _side_files(p: Plan, folder: writer.Folder, handoff) -> None:
+def _side_files(p: Plan, folder: writer.Folder, tok_dir: str, handoff) -> None:
     """Config, generation config and tokenizer of the model whose vocabulary
     the output has, the recipe and the model card (with the lm-evaluation-harness hand-over)."""
     recipe = p.recipe
     src = p.grow_from or p.base
-    tok_dir = _tokenizer_dir(p)
     card = writer.model_card(title=recipe.name, method=p.spec.name, label=p.spec.label, summary=p.spec.summary,
                              dtype=recipe.dtype, base=p.base.ref if recipe.base_model else None,
                              parents=[(s.ref, mp) for s, mp in zip(p.sources, p.model_params)],
