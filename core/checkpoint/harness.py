@@ -68,7 +68,7 @@ def commands(folder: str, dtype: str, kinds, chat_template: bool = True) -> Hand
         args = ["lm_eval", "--model", model, "--model_args", f"pretrained={folder},dtype={dtype}{extra}",
                 *common, "--output_path", out]
         return " ".join(shlex.quote(a) for a in args)
-    note = ("lm-evaluation-harness has no task that scores refusal of harmful requests; "
+    note = ("The harness has no task that scores refusal of harmful requests; "
             "the probes' refusal and over-refusal stay the quick check's" if "safety" in set(kinds) else "")
     return Handoff(tasks, line("hf"), line("vllm", ",gpu_memory_utilization=0.8"), note)
 
@@ -79,5 +79,5 @@ def card_section(h: Handoff) -> list[str]:
              f"The tasks matching this merge's experts ({', '.join(h.tasks)}), on this folder:", "",
              "```bash", h.hf, "# on a GPU box, with vLLM:", h.vllm, "```"]
     if h.note:
-        lines += ["", h.note[0].upper() + h.note[1:] + "."]
+        lines += ["", h.note + "."]
     return lines + [""]

@@ -45,7 +45,7 @@ def export_model(v: dict, progress=gr.Progress(), request=None) -> dict:
     # the quick probes hand over to the full benchmarks: the command runs on the unzipped folder as it is
     handoff = (f"\n\nFull benchmarks ({', '.join(h.tasks)}) with lm-evaluation-harness, after "
                f"`unzip {name}.zip -d {name}`:\n```bash\n{h.hf}\n# on a GPU box, with vLLM:\n{h.vllm}\n```"
-               + (f"\n{h.note[0].upper() + h.note[1:]}." if h.note else "") + " The model card has them too.")
+               + (f"\n{h.note}." if h.note else "") + " The model card has them too.")
     try:
         if C.recipe_from_values(v) != recipe:
             status += " (The controls have changed since that merge; merge again to export them.)"
