@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
 import uuid
@@ -25,22 +26,9 @@ from typing import Any, Callable, Iterable
 
 import core
 
-from .checkpoint.headers import TOKENIZER_FILES
+from .checkpoint.headers import TOKENIZER_FILES, file_digest
 
-_DIGESTS: dict[tuple, bytes] = {}
-
-
-def _file_digest(path: str) -> bytes:
-    """sha256 of a file, remembered while its size and mtime stay the same."""
-    st = os.stat(path)
-    k = (path, st.st_size, st.st_mtime_ns)
-    d = _DIGESTS.get(k)
-    if d is None:
-        with open(path, "rb") as f:
-            d = hashlib.sha256(f.read()).digest()
-        _DIGESTS[k] = d
-    return d
-
+log = logging.getLogger(__name__)
 
 class Cache:
     """One kind of cached result: files under CACHE_DIR/``kind`` with a memory dict in front."""
@@ -65,7 +53,7 @@ class Cache:
         for name in TOKENIZER_FILES if tokenizer_dir else ():
             path = os.path.join(tokenizer_dir, name)
             if os.path.isfile(path):
-                h.update(name.encode() + b"\x00" + _file_digest(path))
+                h.update(name.encode() + b"\x00" + file_digest(path))
         for item in items:
             h.update(b"\x00" + json.dumps(item, sort_keys=True, ensure_ascii=False).encode("utf-8"))
         return h.hexdigest()[:16]
@@ -97,6 +85,24 @@ class Cache:
             self._memory.clear()
 
     # -------------------------------------------------------------- disk
+    _reported: set = set()
+
+    def report_broken(self, path: str, exc: BaseException) -> None:
+        """Say in the log (once per file version, one line, no traceback) that a cache file could not be
+        read; the caller computes the result again and its write replaces the file."""
+        try:
+            st = os.stat(path)
+            mark = (path, st.st_size, st.st_mtime_ns)
+        except OSError:
+            mark = (path, None, None)
+        with self._lock:
+            if mark in Cache._reported:
+                return
+            Cache._reported.add(mark)
+        reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+        log.warning("The %s cache file %s could not be read (%s); it is computed again and replaced.",
+                    self.kind, path, reason)
+
     def write(self, key: str, ext: str, write: Callable[[str], None]) -> bool:
         """``write(temp path)`` then rename to ``path(key, ext)``; False when
         the folder cannot be written (the caller keeps its result in memory)."""

@@ -6,9 +6,11 @@ refused in milliseconds, before any weight is read.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import struct
+import threading
 from dataclasses import dataclass
 
 import torch
@@ -102,35 +104,44 @@ class ModelInfo:
 
         Not from mtimes: a copy or a fresh clone gives every file of a
         family the same second, and two fine-tunes of one base have the same
-        sizes and headers, so only content tells them apart. Files up to
-        64 MiB are hashed whole; larger ones by 16 evenly spaced 1 MiB
-        blocks (fine-tunes change every block, so this stays cheap and safe).
-        The config counts too: the same weights under another rope_theta,
+        sizes and headers, so only content tells them apart. Every byte of
+        every file is hashed (a sample of blocks once gave a fine-tune that
+        changed none of them its base's fingerprint, and its base's LED
+        scores); ``file_digest`` remembers each file's digest by size and
+        modification time, so a process reads a file once. The config counts too: the same weights under another rope_theta,
         norm epsilon or activation score differently for LED and ACM. Keys
         that only say where, by what or in which dtype a file was written do not.
         """
-        import hashlib
-        import json
         h = hashlib.sha256()
         # the stored dtypes are hashed with the tensors below; transformers renamed torch_dtype to dtype
         cfg = {k: v for k, v in self.config.items()
                if not k.startswith("_") and k not in ("transformers_version", "torch_dtype", "dtype")}
         h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
-        block, whole = 1 << 20, 64 << 20
         for f in sorted({t.file for t in self.tensors.values()}):
-            size = os.path.getsize(f)
-            h.update(f"{os.path.basename(f)}:{size}".encode())
-            with open(f, "rb") as fh:
-                if size <= whole:
-                    h.update(fh.read())
-                else:
-                    for i in range(16):
-                        fh.seek((size - block) * i // 15)
-                        h.update(fh.read(block))
+            h.update(f"{os.path.basename(f)}:{os.path.getsize(f)}:".encode() + file_digest(f))
         for k in sorted(self.tensors):
             t = self.tensors[k]
             h.update(f"{k}:{t.dtype}:{t.shape}".encode())
         return h.hexdigest()[:16]
+
+
+_DIGESTS: dict[tuple, bytes] = {}
+_DIGESTS_LOCK = threading.Lock()
+
+
+def file_digest(path: str) -> bytes:
+    """sha256 of a file's bytes, remembered while its size and modification time stay the same (a file
+    rewritten in place gets a new mtime, so it is read again)."""
+    st = os.stat(path)
+    k = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    with _DIGESTS_LOCK:
+        d = _DIGESTS.get(k)
+    if d is None:
+        with open(path, "rb") as f:
+            d = hashlib.file_digest(f, "sha256").digest()
+        with _DIGESTS_LOCK:
+            _DIGESTS[k] = d
+    return d
 
 
 def read_safetensors_header(path: str) -> dict[str, TensorMeta]:

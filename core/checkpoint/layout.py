@@ -126,14 +126,17 @@ _CACHE: dict[str, Layout] = {}
 
 
 def layout(info: ModelInfo) -> Layout:
-    """The Layout of a model folder, from its config (cached per config)."""
+    """The Layout of a model folder, from its config (cached per config). Only a layout transformers
+    built is cached: the fallback is made from one model's tensor names (another model with the same
+    config may name others), and the failure behind it may pass (a package installed later)."""
     key = json.dumps(info.config, sort_keys=True, default=str)
     with _LOCK:
         hit = _CACHE.get(key)
     if hit is None:
         hit = _build(info)
-        with _LOCK:
-            _CACHE[key] = hit
+        if hit.known:
+            with _LOCK:
+                _CACHE[key] = hit
     return hit
 
 

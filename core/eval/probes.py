@@ -342,12 +342,12 @@ RESULTS = Cache("probes", "1")
 def result_key(info, suites, limit: int | None) -> str:
     """Identity of a probe run of one model (a ModelInfo): its weights and config, its tokenizer files,
     the prompts and expected answers of each suite, the limit and the token budgets."""
-    from ..scores import _file_digest
+    from ..checkpoint.headers import file_digest
     loaded = [[key, kind, load_suite(src, kind)[:limit], budget(kind, src)] for key, kind, src in parse_suites(suites)]
     gen = os.path.join(info.path, "generation_config.json")   # generate() reads it (a repetition_penalty...)
     return f"{info.fingerprint()}-" + RESULTS.data_hash(
         loaded, info.path, limit=limit,
-        generation=_file_digest(gen).hex() if os.path.isfile(gen) else None)
+        generation=file_digest(gen).hex() if os.path.isfile(gen) else None)
 
 
 def summary(res: dict, examples: bool = False) -> dict:

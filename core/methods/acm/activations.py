@@ -269,18 +269,31 @@ def data_hash(rows: list[dict], tokenizer_dir: str | None = None, **knobs) -> st
     return CACHE.data_hash(rows, tokenizer_dir, **knobs)
 
 
+def cache_key(fingerprint: str, rows: list[dict], tokenizer_dir: str | None, *, n: int, k: int, seed: int,
+              dtype: torch.dtype) -> str:
+    """The file stem of a base's statistics: its fingerprint and the calibration data as it sees it;
+    keyed by the length cap (a shorter context of the model's own is in its config, so in its
+    fingerprint) and by the dtype the forward passes run in (bf16 activations bin differently)."""
+    return f"{fingerprint}-" + data_hash(rows, tokenizer_dir, n=n, k=k, seed=seed, max_length=MAX_LENGTH,
+                                         dtype=str(dtype).replace("torch.", ""))
+
+
 def _load_entry(key: str) -> dict:
     hit = CACHE.remembered(key)
     if hit is not None:
         return hit
     entry: dict = {}
+    path = CACHE.path(key, ".json")
     try:
-        with open(CACHE.path(key, ".json"), encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             entry = json.load(f)
         if not isinstance(entry, dict) or entry.get("estimator") != ESTIMATOR:
-            entry = {}
-    except (OSError, ValueError):
-        entry = {}   # absent or corrupt: recomputed and rewritten
+            raise ValueError("not an entry of this estimator")
+    except FileNotFoundError:
+        entry = {}
+    except (OSError, ValueError) as exc:
+        CACHE.report_broken(path, exc)     # recomputed and rewritten
+        entry = {}
     return CACHE.remember(key, entry)
 
 
@@ -310,10 +323,8 @@ def layer_mi(base: M.ModelInfo, experts: list[M.ModelInfo], rows: list[dict], *,
     cached (True when no forward pass ran).
     """
     dev = M.pick_device(device)
-    # keyed by the cap: a shorter context of the model's own is in its config,
-    # so in its fingerprint (asking it costs the layout, which a hit never needs)
-    key = f"{base.fingerprint()}-" + data_hash(rows, base.path, n=n_calibration, k=clusters, seed=seed,
-                                                max_length=MAX_LENGTH)
+    dtype = M.default_dtype(dev) if dev != "cpu" else torch.float32
+    key = cache_key(base.fingerprint(), rows, base.path, n=n_calibration, k=clusters, seed=seed, dtype=dtype)
     entry = dict(_load_entry(key))
     mi_by_fp: dict = dict(entry.get("experts") or {})
     todo = [e for e in experts if e.fingerprint() not in mi_by_fp]
@@ -323,7 +334,6 @@ def layer_mi(base: M.ModelInfo, experts: list[M.ModelInfo], rows: list[dict], *,
         max_len = M.max_length(base, MAX_LENGTH)
         tok = M.load_tokenizer(base)
         texts = format_prompts(tok, rows)
-        dtype = M.default_dtype(dev) if dev != "cpu" else torch.float32
         model = M.load_model(base, device=dev, dtype=dtype)
         steps = (selection is None) + 1 + len(todo)   # embed the pool (unless cached), the base, each expert
         with M.cpu_threads_for(model):   # tiny models: one thread is 3-10x faster on a busy CPU

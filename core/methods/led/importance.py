@@ -322,8 +322,9 @@ def cached(key: str) -> Scores | None:
         if scores is None:
             scores = FileScores(key, path)
         rank(scores, keep=numel <= _room() - scores.nbytes())
-    except Exception:
-        return None   # corrupt or unreadable: recomputed and rewritten
+    except Exception as exc:   # a truncated or foreign file: said once, then recomputed and rewritten
+        CACHE.report_broken(path, exc)
+        return None
     return CACHE.remember(key, scores)
 
 
