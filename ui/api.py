@@ -49,7 +49,8 @@ def _text(name: str, value, limit: int) -> str:
 def _session(request) -> S.Session:
     sess = S.get(request)
     if sess.model is None or sess.merged_recipe is None:
-        raise UserError("Merge first: call /merge with a recipe, then chat or probe in the same session.")
+        raise UserError(sess.needs_merge("Merge first: call /merge with a recipe, then chat or probe in the same "
+                                         "session."))
     return sess
 
 
@@ -97,10 +98,12 @@ def chat(prompt: str, max_new_tokens: int = 96, request: gr.Request = None) -> d
 def probe(suites: str = ",".join(SUITES), limit: int = PROBE_LIMIT, model: str = "merged",
           request: gr.Request = None) -> dict:
     """Quick probes of one model: "merged" (the last /merge of this session) or a reference (zoo:NAME, smol:NAME,
-    an allowed folder or Hub id). ``suites``: comma-separated kinds (harmful, benign, math, code: the model's
-    family's held-out suite of that kind), built-in suite names (smol-math, ...) or KIND=PATH files.
+    an allowed folder or Hub id). ``suites``: comma-separated kinds (harmful, benign, math, code: the tiny
+    family's own suite of that kind; for SmolLM2 and any other model, the public benchmark's: harmbench,
+    xstest-safe, gsm8k, humaneval), built-in suite names (harmbench, xstest-unsafe, xstest-safe, gsm8k,
+    humaneval, mbpp, smol-math, ...) or KIND=PATH files.
 
-    Returns {"model", "suites": {name: {"n", metric}}, "seconds"}.
+    Returns {"model", "suites": {name: {"n", metric[, full_refusal_rate, partial_refusal_rate]}}, "seconds"}.
     """
     if not isinstance(suites, str) or not suites.strip():
         raise UserError("suites must name at least one suite, e.g. \"harmful,math\".")

@@ -161,7 +161,7 @@ class Evaluator:
         self.family = family
         self.tok = M.load_tokenizer(fam.ref("base"))
         self.live = M.load_model(fam.ref("base"), device="cpu")
-        self.names = {k: fam.probe_suites[k] for k in FAMILY_KINDS[family]}
+        self.names = {k: fam.held_out[k] for k in FAMILY_KINDS[family]}
         self.suites = {k: probes.load_suite(n)[:limit] for k, n in self.names.items()}
         self.cache: dict[str, dict] = {}
         self.merge_seconds = 0.0
@@ -334,7 +334,7 @@ def markdown(res: dict, command: str) -> str:
         f"(merging {res['merge_seconds']:.0f} s, probing {res['probe_seconds']:.0f} s)", "",
         f"Experts merged into {fam.ref('base')}, live in memory. "
         "Numbers are on the test half of each probe suite ("
-        + ", ".join(f"{fam.probe_suites[k]} {v}" for k, v in n.items()) + " prompts); the best grid point was chosen on the other half "
+        + ", ".join(f"{fam.held_out[k]} {v}" for k, v in n.items()) + " prompts); the best grid point was chosen on the other half "
         "(tuning half) by score = mean(refusal, 1 − over-refusal, and each skill the set merges: math, code); "
         "a tie keeps the default, so a best row equal to its default row means no grid point beat the default. "
         "ASR = 1 − refusal. Greedy decoding, phrase-list refusal scorer (core/eval/scorers.py).", "",

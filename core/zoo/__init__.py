@@ -30,7 +30,10 @@ class Family:
     title: str                      # as the Models tab lists it
     names: tuple[str, ...]          # base first, then the experts
     data: str                       # the module of its training, location, calibration and probe data
-    probe_suites: dict              # its held-out suite of each kind: {harmful, benign, math, code: name}
+    held_out: dict                  # its held-out suite of each kind: {harmful, benign, math, code: name}
+    # the suite a kind means when its models are probed (page, API, CLI): the held-out one, or a public
+    # benchmark's sample for a family that can read it (assets/probes/README.md)
+    probe_suites: dict
     led_samples: int | None = None  # LED's Location samples for this family (None: the method's default)
 
     @property
@@ -48,14 +51,17 @@ class Family:
         return importlib.import_module(self.data)
 
 
+TINY_SUITES = {k: k for k in ("harmful", "benign", "math", "code")}
+BENCHMARK_SUITES = {"harmful": "harmbench", "benign": "xstest-safe", "math": "gsm8k", "code": "humaneval"}
 FAMILIES = {
+    # the tiny family reads only its own vocabulary: it cannot be asked GSM8K
     "zoo": Family("zoo", "Built-in tiny family (0.8M, offline)", ("base", "safety", "math", "code"),
-                  "core.zoo.data", {k: k for k in ("harmful", "benign", "math", "code")}),
+                  "core.zoo.data", TINY_SUITES, TINY_SUITES),
     # 32 Location samples: LED's 128 cost ~4x the backward passes on two cores (bench/README.md: how much of
     # the 128-sample mask 32 keep)
     "smol": Family("smol", "SmolLM2-135M family (a real model)", ("base", "safety", "math"),
                    "core.zoo.smol_data", {k: f"smol-{k}" for k in ("harmful", "benign", "math", "code")},
-                   led_samples=32),
+                   BENCHMARK_SUITES, led_samples=32),
 }
 DEFAULT_FAMILY = "zoo"
 # the English data a model outside the families is located and calibrated on
@@ -71,13 +77,6 @@ def family_of(path: str) -> tuple[Family, str] | None:
         if name in fam.names and parent == os.path.realpath(os.path.dirname(fam.folder(name))):
             return fam, name
     return None
-
-
-def probe_suites_for(path: str | None) -> dict:
-    """{kind: built-in suite} a model is probed on when a kind is asked for: its family's held-out suites,
-    the tiny family's for any other model."""
-    hit = family_of(path) if path else None
-    return (hit[0] if hit else FAMILIES[DEFAULT_FAMILY]).probe_suites
 
 
 def data_for(path: str | None):

@@ -62,7 +62,7 @@ KINDS_PROBED = {"zoo": tuple(METRIC), "smol": ("harmful", "benign", "math")}
 def _scores(model, kinds, tok, family: str = "zoo", limit: int | None = None) -> dict:
     """{kind: score} on the family's own held-out suite of each kind."""
     from ..eval import probes
-    names = FAMILIES[family].probe_suites
+    names = FAMILIES[family].held_out
     res = probes.run_probes(model, tok, suites=[names[k] for k in kinds], limit=limit)["suites"]
     return {k: res[k][METRIC[k]] for k in kinds}
 

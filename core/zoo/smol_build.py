@@ -236,7 +236,7 @@ def write_probes() -> None:
     from .. import PROBES_DIR
     os.makedirs(PROBES_DIR, exist_ok=True)
     for kind, rows in data.probe_sets().items():
-        with open(os.path.join(PROBES_DIR, f"{FAMILIES['smol'].probe_suites[kind]}.jsonl"), "w") as f:
+        with open(os.path.join(PROBES_DIR, f"{FAMILIES['smol'].held_out[kind]}.jsonl"), "w") as f:
             for r in rows:
                 f.write(json.dumps(r) + "\n")
 
