@@ -31,7 +31,8 @@ def outlier_window(delta: torch.Tensor, density: float, gamma: float, rescale: b
     keep = int(density * n)
     top = int(gamma * n)
     lo = max(0, n - keep - top)
-    mask = rank_window_mask(delta.abs(), lo, lo + keep).to(delta.dtype)
+    # ties at either edge broken as mergekit's ascending sort breaks them (its outlier window)
+    mask = rank_window_mask(delta.abs(), lo, lo + keep, order="asc").to(delta.dtype)
     return rescale_l1(delta, mask) if rescale else delta * mask
 
 

@@ -79,7 +79,8 @@ def trim_stats(tau: torch.Tensor, params: dict, global_params: dict, *, overwrit
     n = tau.numel()
     k = 0 if density <= 0 or n == 0 else max(1, int(density * n))
     rescale = global_params["rescale"]
-    top = TopK.of(tau, k, overwrite=overwrite, l1=rescale)
+    # ties at the cut broken as mergekit's argsort breaks them (its magnitude trim)
+    top = TopK.of(tau, k, overwrite=overwrite, l1=rescale, order="desc")
     scale = 1.0
     if rescale and top.abs_sum >= _EPS and top.top_sum >= _EPS:
         # as a float32 quotient, like mergekit's tensor division

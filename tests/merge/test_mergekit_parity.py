@@ -98,6 +98,65 @@ def test_breadcrumbs(method, density, gamma, shape):
     torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
 
 
+# ---------------------------------------------------------------- ties
+def _tied_models(shape, n, seed):
+    """Experts whose changes take only a few magnitudes (as bf16 fine-tunes do): every cut of a trim
+    falls among equal |τ|, where the order of the sort decides. Exactly representable values, so
+    θ − θ₀ gives back the same τ in mergekit and here; ≥ 1,000 entries, where torch's default sort
+    stops being stable."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randint(-64, 64, shape, generator=g).float() / 64
+    levels = torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]) / 8
+    out = []
+    for _ in range(n):
+        mag = levels[torch.randint(0, len(levels), shape, generator=g)]
+        sign = torch.randint(0, 2, shape, generator=g).float() * 2 - 1
+        out.append(base + sign * mag)
+    return base, out
+
+
+TIED = [(40, 50), (3000,)]
+
+
+@pytest.mark.parametrize("shape", TIED)
+@pytest.mark.parametrize("density", [0.3, 0.55, 0.9])
+def test_ties_breaks_tied_magnitudes_as_mergekit(shape, density):
+    base, models = _tied_models(shape, 3, seed=21)
+    w = [0.7, 1.3, 0.4]
+    ref = _mk("ties", [base] + models, {"weight": w, "density": density})
+    got = _ours("ties", base, models, [{"weight": a, "density": density} for a in w], {})
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    # the control: the tie order matters here (earliest index first gives other tensors)
+    from core.methods import _threshold as T
+    tau = (models[0] - base).reshape(-1)
+    k = int(density * tau.numel())
+    ours = T.top_k_mask(tau, k, order="desc")
+    plain = T.top_k_mask(tau, k)
+    assert int(ours.sum()) == int(plain.sum()) == k and not torch.equal(ours, plain)
+
+
+@pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties"])
+@pytest.mark.parametrize("density,gamma", [(0.5, 0.1), (0.3, 0.05), (0.8, 0.02)])
+@pytest.mark.parametrize("shape", TIED)
+def test_breadcrumbs_breaks_tied_magnitudes_as_mergekit(method, density, gamma, shape):
+    base, models = _tied_models(shape, 2, seed=22)
+    w = [1.0, 0.6]
+    ref = _mk(method, [base] + models, {"weight": w, "density": density, "gamma": gamma})
+    got = _ours(method, base, models, [{"weight": a, "density": density, "gamma": gamma} for a in w], {})
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("method", ["dare_ties", "ties"])
+def test_sign_election_ties_as_mergekit(method):
+    """Where the experts' weighted changes cancel exactly (sum 0), mergekit elects +; so do we."""
+    base, models = _tied_models((40, 50), 2, seed=23)
+    models[1] = base - (models[0] - base)          # the second expert undoes the first everywhere
+    ref = _mk(method, [base] + models, {"weight": [1.0, 1.0], "density": 1.0})
+    got = _ours(method, base, models, [{"weight": 1.0, "density": 1.0}] * 2, {})
+    torch.testing.assert_close(got, ref, atol=ATOL, rtol=0)
+    assert not torch.equal(got, base)               # + was elected: the positive changes survive
+
+
 @pytest.mark.parametrize("method", ["dare_linear", "dare_ties"])
 def test_dare_density_one_is_exact(method):
     base, models = _models((20, 10), 3, seed=5)
@@ -237,3 +296,48 @@ def test_exported_yaml_gives_mergekits_tensors(family, method, base, experts, pe
     assert set(ref) == set(ours)
     for name in ref:
         torch.testing.assert_close(ours[name], ref[name], atol=ATOL, rtol=0, msg=name)
+
+
+@pytest.mark.parametrize("method,per", [
+    ("ties", [{"weight": 1.0, "density": 0.5}, {"weight": 1.0, "density": 0.7}]),
+    ("breadcrumbs", [{"weight": 1.0, "density": 0.8, "gamma": 0.05}, {"weight": 1.0, "density": 0.7, "gamma": 0.02}]),
+])
+def test_bf16_checkpoints_give_mergekits_float32_tensors(family, tmp_path, method, per):
+    """bf16 weights tie constantly (65,536 values): what "the same tensors" means there. mergekit with
+    dtype float32 computes as we do (float32, rounded once); then every trim keeps the same entries and
+    the tensors agree. (With dtype bfloat16 mergekit rounds τ and each sum to bf16: bench/bf16_parity.py
+    measures that difference, which is arithmetic, not order.)"""
+    import yaml
+    from mergekit.config import MergeConfiguration
+    from mergekit.merge import run_merge
+    from mergekit.options import MergeOptions
+    from safetensors.torch import load_file, save_file
+
+    from core.merge import engine
+    from core.recipe import ModelEntry, Recipe, to_mergekit_yaml
+
+    paths, _ = family
+    bf = {}
+    for name in ("base", "a", "b"):
+        import shutil
+        dst = tmp_path / name
+        shutil.copytree(paths[name], dst)
+        w = load_file(str(dst / "model.safetensors"))
+        save_file({k: v.bfloat16().contiguous() for k, v in w.items()}, str(dst / "model.safetensors"),
+                  metadata={"format": "pt"})
+        bf[name] = str(dst)
+    recipe = Recipe(method, bf["base"], [ModelEntry(bf[e], dict(p)) for e, p in zip(("a", "b"), per)], {}, "float32")
+    run_merge(MergeConfiguration.model_validate(yaml.safe_load(to_mergekit_yaml(recipe))), str(tmp_path / "mk"),
+              MergeOptions(copy_tokenizer=False))
+    ref = load_file(str(tmp_path / "mk" / "model.safetensors"))
+    ours, _ = engine.merge_state_dict(recipe)
+    base = load_file(str(tmp_path / "base" / "model.safetensors"))
+    ties = 0
+    for name in ref:
+        torch.testing.assert_close(ours[name], ref[name], atol=ATOL, rtol=0, msg=name)
+        # the same entries kept: changed from the base on both sides or on neither
+        z = base[name].float()
+        assert torch.equal(ours[name] != z, ref[name] != z), name
+        d = (load_file(str(tmp_path / "a" / "model.safetensors"))[name].float() - z).abs().reshape(-1)
+        ties += int(d.numel() - torch.unique(d).numel())
+    assert ties > 100           # the case: many equal magnitudes

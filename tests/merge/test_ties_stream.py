@@ -25,6 +25,14 @@ def _reference_top_k(x: torch.Tensor, k: int) -> torch.Tensor:
     return m.reshape(x.shape)
 
 
+def _mergekit_top_k(x: torch.Tensor, k: int) -> torch.Tensor:
+    """mergekit's magnitude trim: argsort(|x|, descending) with torch's default (unstable) sort."""
+    order = torch.argsort(x.reshape(-1).abs().float(), descending=True)[:k]
+    m = torch.zeros(x.numel(), dtype=torch.bool)
+    m[order] = True
+    return m.reshape(x.shape)
+
+
 def _tied(n: int, seed: int) -> torch.Tensor:
     """Differences of bf16 numbers: few distinct magnitudes, many exact ties."""
     g = torch.Generator().manual_seed(seed)
@@ -44,6 +52,20 @@ def test_top_k_in_blocks_matches_a_stable_sort(k):
         off += size
     assert torch.equal(torch.cat(got), ref)
     assert int(torch.cat(got).sum()) == k
+
+
+@pytest.mark.parametrize("k", [1, 37, 500, 999, 1000, 1700])
+def test_mergekit_tie_order_in_blocks_matches_its_argsort(k):
+    """Streamed in uneven blocks, the mergekit order keeps exactly what its argsort keeps."""
+    x = _tied(2000, seed=k)
+    ref = _mergekit_top_k(x, k)
+    assert torch.equal(top_k_mask(x.abs(), k, order="desc"), ref)
+    top = TopK.of(x, k, order="desc")
+    got, off = [], 0
+    for size in (1, 300, 7, 250, 442, 1000):
+        got.append(top.mask(x[off:off + size], off))
+        off += size
+    assert torch.equal(torch.cat(got), ref)
 
 
 def test_top_k_threshold_has_many_ties_in_bf16():
@@ -136,7 +158,7 @@ def test_streamed_ties_equals_whole_tensor_ties(bf16_family, tmp_path, monkeypat
 
 
 def test_streamed_ties_matches_hand_trim_on_one_tensor(bf16_family, tmp_path, monkeypatch):
-    """One expert, weight 1: the result is the expert's kept half, ties by index."""
+    """One expert, weight 1: the result is the expert's kept half, ties as mergekit's argsort breaks them."""
     from safetensors.torch import load_file
     monkeypatch.setattr(walk, "CHUNK_ELEMS", 100)
     recipe = Recipe("ties", bf16_family["base"], [ModelEntry(bf16_family["a"], {"density": 0.5})], {}, "float32")
@@ -146,8 +168,9 @@ def test_streamed_ties_matches_hand_trim_on_one_tensor(bf16_family, tmp_path, mo
     a = load_file(os.path.join(bf16_family["a"], "model.safetensors"))
     name = "model.embed_tokens.weight"
     tau = a[name].float() - base[name].float()
-    keep = _reference_top_k(tau, 400)
+    keep = _mergekit_top_k(tau, 400)
     assert torch.equal(got[name], base[name].float() + torch.where(keep, tau, 0.0))
+    assert not torch.equal(keep, _reference_top_k(tau, 400))   # here the tie order decides
 
 
 def test_float_vote_equals_the_boolean_vote_exactly():
