@@ -10,10 +10,15 @@ try:  # ZeroGPU wants `spaces` imported before torch; absent off Spaces
 except ImportError:
     pass
 
-from ui.app import build_demo, launch_options
+from ui.app import build_demo, launch_options, start_warming
 
 if __name__ == "__main__":
     default_host = "0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1"
     host = os.environ.get("HOST") or os.environ.get("GRADIO_SERVER_NAME") or default_host
     port = int(os.environ.get("PORT") or os.environ.get("GRADIO_SERVER_PORT") or 7860)
-    build_demo().launch(server_name=host, server_port=port, **launch_options())
+    demo = build_demo()
+    # the first visitor's first probes find the base's and the parents' results ready
+    # (MERGE_EXPLORER_WARM=0: not)
+    if os.environ.get("MERGE_EXPLORER_WARM", "1") != "0":
+        start_warming()
+    demo.launch(server_name=host, server_port=port, **launch_options())

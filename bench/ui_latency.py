@@ -19,6 +19,11 @@ Cases (targets from issue #17):
                 (first run of a session: nothing cached) and again (parents cached)
   roundtrip     the cheapest event there is (an example prompt into the prompt box): what any
                 click costs on this page before any work is done (the floor under the others)
+
+    python bench/ui_latency.py --cold [--repeat 3]
+
+  cold_first_merge, cold_probes_first: a fresh `python app.py` each time (as a Space starts), the page
+                opened as soon as it answers: its first merge (<= 1 s) and first probes (<= 3 s; issue #26)
 """
 from __future__ import annotations
 
@@ -152,19 +157,64 @@ def run(repeat: int) -> dict:
     return res
 
 
+def run_cold(repeat: int) -> dict:
+    """Each time a fresh ``python app.py`` (as a Space starts): the page opened as soon as the server
+    answers, the first merge, then the first probes at 24 prompts per suite (issue #26: <= 1 s, <= 3 s)."""
+    import socket
+    import subprocess
+    import urllib.request
+    from playwright.sync_api import sync_playwright
+    from tests.ui._browser import chromium
+    res: dict[str, list[float]] = {"cold_first_merge": [], "cold_probes_first": []}
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
+        for _ in range(repeat):
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1"}
+            proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "app.py")], env=env, cwd=ROOT,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                url = f"http://127.0.0.1:{port}/"
+                for _ in range(600):
+                    try:
+                        urllib.request.urlopen(url + "gradio_api/info", timeout=2)
+                        break
+                    except OSError:
+                        time.sleep(0.1)
+                ctx, page = new_page(browser, url)
+                tab(page, "Merge")
+                res["cold_first_merge"].append(timed(page, lambda: page.locator("#merge-btn").click(),
+                                                     "#merge-status", "Merged", "cold_first_merge"))
+                tab(page, "Probe")
+                page.locator("#limit input[type=number]").fill("24")
+                page.locator("#limit input[type=number]").press("Tab")
+                res["cold_probes_first"].append(timed(page, lambda: page.locator("#probe-btn").click(),
+                                                      "#probe-status", "Probed", "cold_probes_first"))
+                ctx.close()
+            finally:
+                proc.terminate()
+                proc.wait(30)
+        browser.close()
+    return res
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repeat", type=int, default=3, help="sessions (each: 1 first merge, 2 releases, ...)")
+    ap.add_argument("--cold", action="store_true", help="only a fresh `python app.py` per repeat: its first "
+                    "merge and first probes")
     ap.add_argument("--json", help="write every timing here")
     args = ap.parse_args()
     load0 = os.getloadavg()
     t0 = time.time()
-    res = run(args.repeat)
+    res = run_cold(args.repeat) if args.cold else run(args.repeat)
     load1 = os.getloadavg()
     print(f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(t0))} UTC, {os.cpu_count()} CPUs, "
           f"load average {load0[0]:.1f} before, {load1[0]:.1f} after, {time.time() - t0:.0f} s in all")
     targets = {"first_merge": 3, "release": 0.5, "acm_t": 0.5, "look": 2, "probes_first": 3, "probes_again": 3,
-               "roundtrip": 0}
+               "roundtrip": 0, "cold_first_merge": 1, "cold_probes_first": 3}
     print(f"{'case':<14}{'median s':>10}{'server s':>10}{'target s':>10}  runs (browser)")
     for k, v in res.items():
         srv = statistics.median(SERVER[k]) if SERVER.get(k) else float("nan")

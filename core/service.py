@@ -65,16 +65,22 @@ def check_probe_suites(suites) -> None:
         policy.check_local_path(os.path.abspath(os.path.expanduser(path)), path)
 
 
-def plan(recipe, infos=None):
+def plan(recipe, infos=None, live: bool | None = None):
     """The merge plan of a recipe (Recipe, mapping, or path to a YAML file):
     validated, every model's headers read, compatibility checked, no weight
     read. A caller that wants the one-sentence refusal before loading
     anything (the UI loads the base first) builds it here and hands it to
-    ``merge``, so the recipe is validated and the headers are read once."""
+    ``merge``, so the recipe is validated and the headers are read once.
+    With ``live`` (True: into a loaded model, False: into a folder) the
+    memory budget is checked here too, from the headers."""
     from .merge.plan import build
     recipe = _as_recipe(recipe)
     check_paths(recipe)
-    return build(recipe, infos)
+    p = build(recipe, infos)
+    if live is not None:
+        from .merge.engine import check_fits
+        check_fits(p, live)
+    return p
 
 
 def merge(recipe, out_dir: str | None = None, live_model=None, progress=None, **options):
@@ -187,29 +193,37 @@ def probe(model_or_ref, suites="harmful,benign,math,code", limit: int | None = N
     return probes.run_probes(model_or_ref, tok, suites, limit, progress, **options)
 
 
-def probe_references(refs: list[str], suites, limit: int | None, load, progress=None) -> list[dict]:
+def probe_each(jobs: list[tuple], suites, limit: int | None, progress=None) -> list[dict]:
+    """Probe results of loaded models [(model, tokenizer, name)], in order."""
+    from .eval import probes
+    out = []
+    for i, (model, tok, name) in enumerate(jobs):
+        if progress:
+            progress(i / len(jobs), f"probing {name}")
+        out.append({**probes.run_probes(model, tok, suites, limit), "model": name})
+    return out
+
+
+def probe_references(refs: list[str], suites, limit: int | None, load, progress=None, run=None) -> list[dict]:
     """Probe results of unmerged models (the base, the parents) by reference, remembered for the whole
     process (probes.RESULTS): the same prompts give the same greedy answers, so they are computed once
     for every session. ``load(refs)`` gives [(model, tokenizer)] for the references that must run (the
-    UI passes its chat's model cache, so the chat's parents are not loaded twice). Do not modify the
-    returned dicts: they are shared."""
+    UI passes its chat's model cache, so the chat's parents are not loaded twice). ``run(jobs, suites,
+    limit, progress)`` probes [(model, tokenizer, ref)] and returns their results (the UI's runs on the
+    GPU, where it has one); the results are remembered here, in the caller's process. Do not modify
+    the returned dicts: they are shared."""
     from .eval import probes
     check_probe_suites(suites)
     keys = [probes.result_key(checkpoint.inspect(r), suites, limit) for r in refs]
-    missing = [r for r, k in zip(refs, keys) if probes.RESULTS.remembered(k) is None]
-    # the whole set, not only the missing ones: the UI's loader is the chat's model cache, which keeps
-    # exactly the set it is given
-    loaded = dict(zip(refs, load(refs))) if missing else {}
-    out = []
-    for i, (ref, key) in enumerate(zip(refs, keys)):
-        hit = probes.RESULTS.remembered(key)
-        if hit is None:
-            model, tok = loaded[ref]
-            if progress:
-                progress(i / len(refs), f"probing {ref}")
-            hit = probes.RESULTS.remember(key, {**probes.run_probes(model, tok, suites, limit), "model": ref})
-        out.append(hit)
-    return out
+    missing = [(r, k) for r, k in zip(refs, keys) if probes.RESULTS.remembered(k) is None]
+    if missing:
+        # the whole set, not only the missing ones: the UI's loader is the chat's model cache, which keeps
+        # exactly the set it is given
+        loaded = dict(zip(refs, load(refs)))
+        got = (run or probe_each)([(*loaded[r], r) for r, _ in missing], suites, limit, progress)
+        for (_, key), res in zip(missing, got):
+            probes.RESULTS.remember(key, res)
+    return [probes.RESULTS.remembered(k) for k in keys]
 
 
 def chat_session(models: list, **options):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 
 import gradio as gr
 
@@ -65,6 +67,36 @@ def _warm_imports() -> None:
         checkpoint.layout(checkpoint.inspect(C.ZOO[0]))
     except Exception:   # the page reports a broken family itself, in one sentence
         log.debug("warming the default family's layout failed", exc_info=True)
+
+
+def warm_probes() -> None:
+    """The probe results a first visitor's first "Run probes" needs besides the merge itself: the page's
+    default base and experts on the default suites and size (process-wide results, service.probe_references).
+    Run by ``start_warming`` in the background; a failure only means the first click computes them."""
+    from core import checkpoint, service
+    from .tabs.models import DEFAULT_EXPERTS
+    from .tabs.probe import PROBE_LIMIT, SUITES
+    base = "zoo:base"
+    refs = [base] + [r for r, _ in DEFAULT_EXPERTS if r]
+    suites = ",".join(service.probe_suites_for(base, SUITES))
+    load = lambda rs: [(checkpoint.load_model(r, device="cpu"), checkpoint.load_tokenizer(r)) for r in rs]  # noqa: E731
+    service.probe_references(refs, suites, PROBE_LIMIT, load)
+
+
+def start_warming() -> threading.Thread:
+    """``warm_probes`` in a daemon thread, so neither the page nor the first merge waits for it (the built-in
+    family's models answer on one thread each, leaving the other core to a merge)."""
+    def run():
+        t0 = time.perf_counter()
+        try:
+            warm_probes()
+            log.info("warmed the first probes in %.1f s", time.perf_counter() - t0)
+        except Exception as exc:   # never a traceback: the first probes will compute what is missing
+            log.warning("warming the first probes failed (%s); the first 'Run probes' computes them.",
+                        " ".join(str(exc).split())[:200] or type(exc).__name__)
+    t = threading.Thread(target=run, name="warm-probes", daemon=True)
+    t.start()
+    return t
 
 
 def build_demo() -> gr.Blocks:

@@ -38,13 +38,23 @@ class Session:
     stop_pressed: float = 0.0                            # time.monotonic() of the last Stop
     history: list[dict] = field(default_factory=list)    # {"n", "time", "recipe", "label", "seconds", "scores"}
     board_refs: dict = field(default_factory=dict)       # base/parent ref -> (role, last probe result)
+    held_out: bool = False                               # probe on the family's held-out suites, not benchmarks
     figures: dict = field(default_factory=dict)          # last analysis dicts (led, acm, tv, prov)
     look_open: bool = False                              # the Look tab is the one shown
     look_stale: bool = False                             # a merge happened since its pictures were drawn
     drawn: dict = field(default_factory=dict)            # Look figure key -> digest of the figure the page shows
     tmp: str | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
-    touched: float = field(default_factory=time.time)
+    touched: float = field(default_factory=time.monotonic)
+    expired: bool = False              # made anew for a visitor whose session was dropped while idle
+
+    def needs_merge(self, first: str) -> str:
+        """The sentence for a handler that needs a merged model and finds none: ``first`` (what to do),
+        or, for a visitor whose idle session was dropped, that it expired."""
+        if self.expired:
+            return (f"This session expired after {ttl_seconds() // 60:.0f} idle minutes and its models were "
+                    "freed; merge again.")
+        return first
 
     def tmpdir(self) -> str:
         if self.tmp is None:
@@ -92,14 +102,71 @@ def key_of(request) -> str:
     return getattr(request, "session_hash", None) or "local"
 
 
+# Sessions hold models (a SmolLM2 merge is ~0.5 GB), and an HTTP API client never unloads its page: idle
+# ones are dropped after a time-to-live and beyond a maximum count, least recently used first
+# (docs/RELIABILITY.md). A session busy with a merge or probes (its lock held) is never dropped.
+DEFAULT_TTL_S = 30 * 60
+DEFAULT_MAX_SESSIONS = 16
+EXPIRED: "dict[str, float]" = {}      # keys dropped while idle -> when (bounded; for the sentence)
+MAX_EXPIRED = 10_000
+
+
+def _env_int(name: str, default: int, lo: int) -> int:
+    import os
+    raw = os.environ.get(name, "").strip()
+    try:
+        v = int(raw) if raw else default
+    except ValueError:
+        log.warning("%s is %r, not a whole number; using %d.", name, raw, default)
+        return default
+    return max(lo, v)
+
+
+def ttl_seconds() -> int:
+    return _env_int("MERGE_EXPLORER_SESSION_TTL", DEFAULT_TTL_S, 1)
+
+
+def max_sessions() -> int:
+    return _env_int("MERGE_EXPLORER_MAX_SESSIONS", DEFAULT_MAX_SESSIONS, 1)
+
+
+def _idle(s: Session) -> bool:
+    if not s.lock.acquire(blocking=False):
+        return False
+    s.lock.release()
+    return True
+
+
+def _evict(keep: str, now: float) -> list[Session]:
+    """Under _LOCK: pop the sessions past their TTL and, beyond the cap (counting the one being made),
+    the least recently used idle ones; returns them to close outside the lock."""
+    ttl, cap = ttl_seconds(), max_sessions()
+    gone = [k for k, s in SESSIONS.items() if k != keep and now - s.touched > ttl and _idle(s)]
+    room = len(SESSIONS) - len(gone) + (keep not in SESSIONS) - cap
+    if room > 0:
+        lru = sorted((s.touched, k) for k, s in SESSIONS.items() if k != keep and k not in gone and _idle(s))
+        gone += [k for _, k in lru[:room]]
+    out = []
+    for k in gone:
+        out.append(SESSIONS.pop(k))
+        EXPIRED[k] = now
+    while len(EXPIRED) > MAX_EXPIRED:
+        EXPIRED.pop(next(iter(EXPIRED)))
+    return out
+
+
 def get(request) -> Session:
     k = key_of(request)
+    now = time.monotonic()
     with _LOCK:
+        gone = _evict(k, now)
         s = SESSIONS.get(k)
         if s is None:
-            s = SESSIONS[k] = Session()
-        s.touched = time.time()
-        return s
+            s = SESSIONS[k] = Session(expired=EXPIRED.pop(k, None) is not None)
+        s.touched = now
+    for old in gone:
+        old.close()
+    return s
 
 
 def drop(request) -> None:
@@ -108,22 +175,3 @@ def drop(request) -> None:
         s = SESSIONS.pop(key_of(request), None)
     if s is not None:
         s.close()
-
-
-def gpu(duration: int = 60):
-    """``spaces.GPU`` on a ZeroGPU Space, a no-op decorator elsewhere.
-
-    The spaces package is imported only if installed; off a Space its
-    decorator already returns the function unchanged. Only generation is
-    decorated (chat, probes): merging stays on the CPU in the main process,
-    since the decorated call runs in a worker whose changes to the session
-    would be lost.
-    """
-    import os
-    if not os.environ.get("SPACES_ZERO_GPU"):
-        return lambda fn: fn
-    try:
-        import spaces  # type: ignore
-        return spaces.GPU(duration=duration)
-    except Exception:
-        return lambda fn: fn

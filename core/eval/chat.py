@@ -35,6 +35,7 @@ from __future__ import annotations
 import gc
 import queue
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Iterator
 
@@ -47,6 +48,7 @@ from ..errors import UserError, one_line, quoted
 DEFAULT_MAX_NEW_TOKENS = 128
 # a worker that has produced nothing for this long is treated as stuck
 TOKEN_TIMEOUT_S = 120.0
+HOLD_TIMEOUT_S = 30.0      # a merge waits this long for a running answer to stop
 
 
 # ------------------------------------------------------------ model cache
@@ -199,6 +201,15 @@ def _as_column(item, i: int) -> ChatModel | str:
     raise UserError(f"Model {i + 1} is neither a reference nor a loaded model.")
 
 
+class Answers(list):
+    """Each column's answer so far (a list of strings), with ``errors``: per column None or the error
+    shown in it. Plain data, so it crosses a process boundary (a ZeroGPU worker) whole."""
+
+    def __init__(self, texts, errors=None):
+        super().__init__(texts)
+        self.errors = tuple(errors) if errors is not None else (None,) * len(self)
+
+
 class ChatSession:
     """Several models answering the same prompts, each with its own history.
 
@@ -229,6 +240,12 @@ class ChatSession:
         self.mode = mode
         self._event = threading.Event()
         self._busy = threading.Lock()
+        # a merge changes the merged column's weights in place: ``hold`` stops and joins the running
+        # generation and keeps new ones from starting until the weights are whole again
+        self._gate = threading.Condition()
+        self._holds = 0
+        self._threads: list[threading.Thread] = []
+        self.cut = False     # the last answer was stopped by a hold (a merge), not by its end or Stop
 
     @property
     def names(self) -> list[str]:
@@ -240,6 +257,27 @@ class ChatSession:
     def stop(self) -> None:
         """Ask every model to stop at its next token (safe from any thread)."""
         self._event.set()
+
+    @contextmanager
+    def hold(self, timeout: float = HOLD_TIMEOUT_S):
+        """Inside, no model generates: a running answer stops at its next token and its threads are
+        joined before the body runs (the answer ends "(stopped)", with the old weights' tokens only);
+        an answer asked for meanwhile waits and then starts on the new weights."""
+        with self._gate:
+            self._holds += 1
+            self.cut = any(t.is_alive() for t in self._threads)
+        try:
+            self._event.set()
+            for t in list(self._threads):
+                t.join(timeout)
+            if any(t.is_alive() for t in self._threads):
+                raise UserError(f"The chat did not stop within {timeout:.0f} s, so nothing was changed; "
+                                "try again when it has.")
+            yield
+        finally:
+            with self._gate:
+                self._holds -= 1
+                self._gate.notify_all()
 
     def messages(self, i: int) -> list[dict]:
         """Column i's conversation as {"role", "content"} dicts (a Chatbot value)."""
@@ -291,10 +329,12 @@ class ChatSession:
 
     def stream(self, prompt: str, *, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, do_sample: bool = False,
                temperature: float = 0.7, top_p: float = 0.95, seed: int | None = None,
-               mode: str | None = None, timeout: float = TOKEN_TIMEOUT_S) -> Iterator[list[str]]:
-        """Yield the current answer of every model (a list of strings, one per
-        column) each time any of them has a new token; the last value holds
-        the full answers, which are then added to each model's history.
+               mode: str | None = None, timeout: float = TOKEN_TIMEOUT_S, record: bool = True
+               ) -> Iterator["Answers"]:
+        """Yield the current answer of every model (``Answers``: a list of strings, one per column, with
+        each column's error) each time any of them has a new token; the last value holds the full
+        answers, which are then added to each model's history -- or, with ``record=False``, left for
+        the caller to ``record`` (a ZeroGPU worker's changes to the session are lost).
 
         Greedy by default; ``do_sample`` with ``temperature``/``top_p`` and
         an optional ``seed`` (same seed, same answers).
@@ -310,12 +350,22 @@ class ChatSession:
             raise UserError("This chat is still answering; stop it or wait for it to finish.")
         try:
             yield from self._stream(prompt, max_new_tokens, do_sample, temperature, top_p, seed, mode or self.mode,
-                                    timeout)
+                                    timeout, record)
         finally:
             self._busy.release()
 
-    def _stream(self, prompt, max_new_tokens, do_sample, temperature, top_p, seed, mode, timeout):
-        self._event = threading.Event()
+    def blank(self) -> "Answers":
+        """No answer yet from any column."""
+        return Answers([""] * len(self.columns))
+
+    def record(self, prompt: str, answers: "Answers") -> None:
+        """Add one exchange to each model's history (a column that failed keeps none)."""
+        for i, (text, err) in enumerate(zip(answers, answers.errors)):
+            if err is None:
+                self.histories[i] += [{"role": "user", "content": prompt.strip()},
+                                      {"role": "assistant", "content": text}]
+
+    def _stream(self, prompt, max_new_tokens, do_sample, temperature, top_p, seed, mode, timeout, record):
         n = len(self.columns)
         texts = [""] * n
         errors: list[str | None] = [None] * n
@@ -344,12 +394,19 @@ class ChatSession:
         else:
             threads = [threading.Thread(target=self._generate, args=(i, q, enc, budget, gen_kw, seed, len(jobs) > 1),
                                         daemon=True, name=f"chat-{i}") for i, enc, budget in jobs]
-        for t in threads:
-            t.start()
+        with self._gate:
+            # a merge holding the weights: wait for it (the answer then comes from the new model)
+            if not self._gate.wait_for(lambda: self._holds == 0, timeout):
+                raise UserError("The model is being merged; send the message again in a moment.")
+            self._event = threading.Event()
+            self.cut = False
+            self._threads = threads
+            for t in threads:
+                t.start()
         pending = {i for i, _, _ in jobs}
         try:
             if any(errors):
-                yield list(texts)
+                yield Answers(texts, errors)
             while pending:
                 try:
                     item = q.get(timeout=timeout)
@@ -364,16 +421,14 @@ class ChatSession:
                     except queue.Empty:
                         break
                 if changed:
-                    yield list(texts)
+                    yield Answers(texts, errors)
         finally:
             # also reached when the consumer closes the generator (UI cancel)
             self._event.set()
             for t in threads:
                 t.join(timeout=10)
-            for i in range(n):
-                if errors[i] is None:
-                    self.histories[i] += [{"role": "user", "content": prompt},
-                                          {"role": "assistant", "content": texts[i]}]
+            if record:
+                self.record(prompt, Answers(texts, errors))
 
     @staticmethod
     def _apply(item, texts, errors, pending) -> bool:

@@ -83,6 +83,13 @@ def _into_live(live_model, merged: dict[str, torch.Tensor]) -> None:
             state[name].copy_(t)
 
 
+def check_fits(p: Plan, live: bool) -> None:
+    """Refuse, from the headers alone, a merge that would not fit in memory: before any weight is read
+    (the app calls it before it loads the base into the session, through service.plan)."""
+    policy.check_merge(p.base, p.sources, live=live, needs_grad=p.spec.prepare is not None,
+                       out_bytes=_TORCH_DTYPES[p.recipe.dtype].itemsize)
+
+
 def run_merge(recipe: R.Recipe | Plan, *, out_dir: str | None = None, live_model=None,
               progress: Progress | None = None, device: str = "cpu", infos=None, force: bool = False,
               shard_size: int = DEFAULT_SHARD_SIZE, show_bar: bool = False,
@@ -107,9 +114,7 @@ def run_merge(recipe: R.Recipe | Plan, *, out_dir: str | None = None, live_model
         writer.check_target(out_dir, force)
     p = _plan_of(recipe, infos)
     recipe = p.recipe
-    # headers only so far: refuse a merge that would not fit before reading weights
-    policy.check_merge(p.base, p.sources, live=live_model is not None, needs_grad=p.spec.prepare is not None,
-                       out_bytes=_TORCH_DTYPES[recipe.dtype].itemsize)
+    check_fits(p, live=live_model is not None)
     if live_model is not None:
         merged, result = merge_state_dict(p, device=device, progress=progress)
         _into_live(live_model, merged)

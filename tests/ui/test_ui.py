@@ -548,3 +548,20 @@ def test_model_names_in_labels_are_short_but_tell_folders_apart():
     assert _short("/data/runs/qwen-code/final/") == "qwen-code/final"
     assert _short("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"      # a Hub id stays whole
     assert _short("./e1") == "e1"
+
+
+def test_the_probe_tab_names_each_suite_with_its_size_source_and_license():
+    """A real family is probed on the public benchmarks (or, by choice, its held-out suites); the tiny
+    family has only its own suites and no choice to show."""
+    kinds = ["harmful", "benign", "math", "code"]
+    out = PR.suites_line({"base": "smol:base", "suites": kinds, "suite_set": PR.BENCHMARKS})
+    about = out["suites_about"]
+    assert about.startswith("`harmbench` (200 prompts, refusal rate): HarmBench's 200 standard harmful behaviours")
+    assert "`xstest-safe` (20 prompts, over refusal rate)" in about and "CC-BY-4.0" in about
+    assert "`gsm8k` (300 prompts, accuracy)" in about and "GSM8K (Cobbe et al. 2021; MIT)" in about
+    assert "`humaneval` (164 prompts, pass rate)" in about and out["suite_set"]["visible"] is True
+    held = PR.suites_line({"base": "smol:base", "suites": ["math"], "suite_set": PR.HELD_OUT})["suites_about"]
+    assert held.startswith("`smol-math` (120 prompts, accuracy)")
+    tiny = PR.suites_line({"base": "zoo:base", "suites": ["math"], "suite_set": PR.BENCHMARKS})
+    assert tiny["suites_about"].startswith("`math` (120 prompts, accuracy): the tiny family's")
+    assert tiny["suite_set"]["visible"] is False

@@ -11,6 +11,7 @@ from core import service
 from core.errors import UserError
 
 from .. import controls as C
+from .. import gpu as G
 from .. import state as S
 from .common import Named, _experts, _short, guard
 
@@ -83,7 +84,6 @@ def _tagged(prompt: str, text: str, stopped: bool = False) -> str:
     return f"{body}\n\n`{tag}`" if tag and not stopped else body
 
 
-@S.gpu(duration=120)
 @guard
 def chat_send(v: dict, request=None):
     """Stream one prompt to the merged model and each parent (and the base, if asked), side by side.
@@ -101,11 +101,19 @@ def chat_send(v: dict, request=None):
         raise UserError(f"The message is {len(prompt):,} characters long; the chat takes at most "
                         f"{MAX_PROMPT_CHARS:,}.")
     sess = S.get(request)
-    if sess.model is None or sess.merged_recipe is None:
-        raise UserError("Merge first (Merge tab); then the merged model answers next to its parents.")
-    used = [(i, r, t) for i, r, t in _experts(v) if r != sess.base_ref]
-    with_base = bool(v.get("with_base"))
-    session = _chat_session(sess, [r for _, r, _ in used], [t for _, _, t in used], with_base)
+    # a merge (or a sweep's) holds the session's lock while the weights change: the chat starts after it
+    if not sess.lock.acquire(timeout=MERGE_WAIT_S):
+        raise UserError("A merge or a sweep is still running in this session; send the message again when it "
+                        "has finished.")
+    try:
+        if sess.model is None or sess.merged_recipe is None:
+            raise UserError(sess.needs_merge("Merge first (Merge tab); then the merged model answers next to its "
+                                             "parents."))
+        used = [(i, r, t) for i, r, t in _experts(v) if r != sess.base_ref]
+        with_base = bool(v.get("with_base"))
+        session = _chat_session(sess, [r for _, r, _ in used], [t for _, _, t in used], with_base)
+    finally:
+        sess.lock.release()
     cols = [0] + [i + 1 for i, _, _ in used] + ([BASE_COLUMN] if with_base else [])
     if len(sess.transcripts) != CHAT_COLUMNS:
         sess.transcripts = [[] for _ in range(CHAT_COLUMNS)]
@@ -120,13 +128,20 @@ def chat_send(v: dict, request=None):
     if not v.get("multi"):
         session.reset()
     yield {**_chat_values(sess, cols, prompt), "prompt": ""}
-    texts = [""] * len(session.columns)
+    texts = session.blank()
     if not sess.chat_stopped:
-        for texts in session.stream(prompt, max_new_tokens=int(v.get("max_new") or MAX_NEW_TOKENS)):
-            yield _chat_values(sess, cols, prompt, texts)
-            if sess.chat_stopped:
-                session.stop()
-    stopped, sess.chat_stopped = sess.chat_stopped, False
+        # the generation runs where the GPU is (a ZeroGPU worker); the exchange is recorded here
+        answers = G.stream_chat(session, prompt, int(v.get("max_new") or MAX_NEW_TOKENS))
+        try:
+            for texts in answers:
+                yield _chat_values(sess, cols, prompt, texts)
+                if sess.chat_stopped:
+                    break        # closing the stream stops every model at its next token
+        finally:
+            answers.close()
+        session.record(prompt, texts)
+    # Stop pressed, or a merge cut the answer so as to change the weights: either way it ends "(stopped)"
+    stopped, sess.chat_stopped = sess.chat_stopped or session.cut, False
     if texts and all(t.startswith("[") and t.endswith("]") for t in texts):
         # every model refused the message (too long for its context): nothing is kept, nothing re-sent
         yield _chat_values(sess, cols)
@@ -140,6 +155,8 @@ def chat_send(v: dict, request=None):
 # Send and Stop reach the server as two requests that may be handled in either order; a Stop
 # this close to a Send was meant for it
 STOP_GRACE_S = 0.5
+# how long a message waits for a merge in its session before it is refused (a sweep takes minutes)
+MERGE_WAIT_S = 10.0
 
 
 def chat_arm(v: dict, request=None) -> None:

@@ -60,7 +60,6 @@ def restore_entry(v: dict, request=None) -> dict:
     return C.values_from_recipe(entry_of(sess, v.get("board_pick"))["recipe"])
 
 
-@S.gpu(duration=120)
 @guard
 def probe_entry(v: dict, progress=gr.Progress(), request=None) -> dict:
     """One click: the entry is merged into the live model again, probed, and its controls restored."""
@@ -97,7 +96,7 @@ def layout(ui: Named) -> None:
 def wire(ui: Named, demo) -> None:
     from .merge import HISTORY_OUTPUTS
     controls = ui.controls()
-    ui.on(ui["board_probe"].click, probe_entry, controls + ["board_pick", "suites", "limit"],
+    ui.on(ui["board_probe"].click, probe_entry, controls + ["board_pick", "suites", "limit", "suite_set"],
           HISTORY_OUTPUTS + ["board_plot", "probe_status"] + controls, show_progress_on=ui["probe_status"],
           **ui.heavy)
     ui.on(ui["board_restore"].click, restore_entry, ["board_pick"], controls)

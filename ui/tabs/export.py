@@ -27,7 +27,7 @@ def export_model(v: dict, progress=gr.Progress(), request=None) -> dict:
     sess = S.get(request)
     recipe = sess.merged_recipe
     if recipe is None:
-        raise UserError("Merge first (Merge tab); Export writes the merge you chat with and probe.")
+        raise UserError(sess.needs_merge("Merge first (Merge tab); Export writes the merge you chat with and probe."))
     plan = service.plan(recipe)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     folder = os.path.join(sess.tmpdir(), f"merged-{recipe['merge_method']}-{stamp}")

@@ -29,7 +29,6 @@ def learn_recipe(step: str, v: dict | None = None, request=None) -> dict:
     raise ValueError(step)
 
 
-@S.gpu(duration=120)
 @guard
 def compare_tour(v: dict, progress=gr.Progress(), request=None) -> dict:
     """Step 5: probe every merge on the board that has no scores yet (the tour's Task Arithmetic and LED), the
@@ -91,4 +90,4 @@ def wire(ui: Named, demo) -> None:
     d = ui.on(d.then, look_opened, controls, look, **ui.heavy)
     ui.on(d.then, led_pictures, controls, ["importance", "elected", "overlap", "look_status"], **ui.heavy)
     d = ui.on(ui["learn-compare"].click, lambda v, request=None: {"tabs": open_tab("probe", request)}, [], ["tabs"])
-    ui.on(d.then, compare_tour, controls + ["suites", "limit"], BOARD_OUTPUTS + ["probe_status"], **ui.heavy)
+    ui.on(d.then, compare_tour, controls + ["suites", "limit", "suite_set"], BOARD_OUTPUTS + ["probe_status"], **ui.heavy)

@@ -2,6 +2,7 @@
 registry entry), merging into the session's live model, the history."""
 from __future__ import annotations
 
+import contextlib
 import time
 
 import gradio as gr
@@ -77,11 +78,11 @@ def merge_into_session(sess: S.Session, recipe: dict, cb) -> object:
     The plan (validation, headers, compatibility) comes first so a bad
     recipe is refused before the base is loaded, and the merge reuses it.
     """
-    plan = service.plan(recipe)
-    if sess.chat is not None:
-        sess.chat.stop()     # the chat's merged column must not read weights mid-copy
-    _ensure_model(sess, plan.base, cb)
-    res = service.merge(plan, live_model=sess.model, progress=cb)
+    plan = service.plan(recipe, live=True)    # memory too, before the base is loaded
+    # the chat's merged column must never read weights mid-copy: its answer stops and ends first
+    with sess.chat.hold() if sess.chat is not None else contextlib.nullcontext():
+        _ensure_model(sess, plan.base, cb)
+        res = service.merge(plan, live_model=sess.model, progress=cb)
     sess.merged_recipe = recipe
     sess.result = res
     return res

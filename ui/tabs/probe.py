@@ -11,6 +11,7 @@ from core.errors import UserError
 
 from .. import controls as C
 from .. import figures as F
+from .. import gpu as G
 from .. import state as S
 from .merge import live_entry, merge_into_session
 from .common import Named, _experts, _progress, _sentence, _short, guard
@@ -18,6 +19,9 @@ from .common import Named, _experts, _progress, _sentence, _short, guard
 
 SUITES = ["harmful", "benign", "math", "code"]
 PROBE_LIMIT = 24
+# a real family is probed on public benchmarks by default; its own held-out suites show what its experts
+# were trained for (SmolLM2's math expert: 82% of smol-math, near 0% of GSM8K)
+BENCHMARKS, HELD_OUT = "public benchmarks", "the family's held-out suites"
 UTILITY_METRICS = {"math": "accuracy", "code": "pass_rate"}
 
 # ------------------------------------------------------------------ probes
@@ -55,13 +59,20 @@ def _probe_parents(sess: S.Session, refs: list[str], suites: list[str], limit: i
     from core.eval import chat
     if sess.cache is None:
         sess.cache = chat.ModelCache()
-    # the session's model cache holds the chat's parents: loading the same set reuses them
-    return service.probe_references(refs, _named(sess, suites), limit, sess.cache.load, progress=cb)
+    # the session's model cache holds the chat's parents: loading the same set reuses them; the probing
+    # runs where the GPU is (a ZeroGPU worker), the results are remembered here
+    return service.probe_references(refs, _named(sess, suites), limit, sess.cache.load, progress=cb,
+                                    run=G.probe_models)
 
 
 def _named(sess: S.Session, kinds: list[str]) -> str:
-    """The suites measuring ``kinds`` for this session's models: their family's held-out suites."""
-    return ",".join(service.probe_suites_for(sess.base_ref, kinds))
+    """The suites measuring ``kinds`` for this session's models: the public benchmarks' samples, or their
+    family's held-out suites (the tiny family has only those)."""
+    return ",".join(service.probe_suites_for(sess.base_ref, kinds, held_out=sess.held_out))
+
+
+def _take_suite_set(sess: S.Session, v: dict) -> None:
+    sess.held_out = v.get("suite_set") == HELD_OUT
 
 
 def _probe_row(name: str, role: str, res: dict) -> list:
@@ -79,8 +90,8 @@ def _check_suites(suites) -> list[str]:
 
 def probe_live(sess: S.Session, suites: list[str], limit: int, cb) -> dict:
     """Probe the live merged model and keep the scores on its history entry (the compare board shows them)."""
-    res = service.probe(sess.model, _named(sess, suites), limit, tokenizer=sess.tokenizer,
-                        progress=lambda f, m="": cb(f, f"merged model: {m}"))
+    res = G.probe_model(sess.model, sess.tokenizer, _named(sess, suites), limit,
+                        lambda f, m="": cb(f, f"merged model: {m}"))
     entry = live_entry(sess)
     if entry is not None:
         entry["scores"] = res
@@ -88,8 +99,11 @@ def probe_live(sess: S.Session, suites: list[str], limit: int, cb) -> dict:
 
 
 def probe_request(v: dict, progress, request) -> tuple[list[str], int, S.Session, object]:
-    """What every probing handler starts from: checked suites and limit, the session, the progress callback."""
-    return _check_suites(v.get("suites")), _check_limit(v.get("limit")), S.get(request), _progress(progress)
+    """What every probing handler starts from: checked suites and limit, the session (with the prompt
+    set chosen), the progress callback."""
+    suites, limit, sess = _check_suites(v.get("suites")), _check_limit(v.get("limit")), S.get(request)
+    _take_suite_set(sess, v)
+    return suites, limit, sess, _progress(progress)
 
 
 def probe_references(sess: S.Session, used: list[tuple[str, str]], suites: list[str], limit: int, cb) -> tuple:
@@ -107,7 +121,6 @@ def points_of(rows: list[tuple[str, str, dict]], which: list[str]) -> list[dict]
              "utility": _utility(res, which)} for name, kind, res in rows]
 
 
-@S.gpu(duration=120)
 @guard
 def run_probes(v: dict, progress=gr.Progress(), request=None) -> dict:
     """Quick probes of the merged model, the base and each parent: table + scatter."""
@@ -115,8 +128,8 @@ def run_probes(v: dict, progress=gr.Progress(), request=None) -> dict:
     suites, limit, sess, cb = probe_request(v, progress, request)
     if sess.model is None or sess.merged_recipe is None:
         # a status, not an error: before a merge there is nothing wrong, only nothing to probe yet
-        return {"probe_status": "Merge first (Merge tab); the probes compare the merged model with its base and "
-                                "parents."}
+        return {"probe_status": sess.needs_merge("Merge first (Merge tab); the probes compare the merged model "
+                                                 "with its base and parents.")}
     used = [(r, t) for _, r, t in _experts(v) if r != sess.base_ref]
     t0 = time.perf_counter()
     with sess.lock:
@@ -199,6 +212,7 @@ def run_sweep(v: dict, progress=gr.Progress(), request=None) -> dict:
         grid = sorted({int(round(x)) for x in grid})
     limit = _check_limit(v.get("limit"))
     sess = S.get(request)
+    _take_suite_set(sess, v)
     cb = _progress(progress)
     points = []
     t0 = time.perf_counter()
@@ -210,9 +224,9 @@ def run_sweep(v: dict, progress=gr.Progress(), request=None) -> dict:
                 span = (j / len(grid), (j + 1) / len(grid))
                 merge_into_session(sess, r, lambda f, m, s=span, x=x: cb(s[0] + 0.5 * f * (s[1] - s[0]),
                                                                          f"{p.name}={x:g}: {m}"))
-                res = service.probe(sess.model, _named(sess, suites), limit, tokenizer=sess.tokenizer,
-                                    progress=lambda f, m="", s=span, x=x: cb(s[0] + (0.5 + 0.5 * f) * (s[1] - s[0]),
-                                                                            f"{p.name}={x:g}: probing {m}"))
+                res = G.probe_model(sess.model, sess.tokenizer, _named(sess, suites), limit,
+                                    lambda f, m="", s=span, x=x: cb(s[0] + (0.5 + 0.5 * f) * (s[1] - s[0]),
+                                                                   f"{p.name}={x:g}: probing {m}"))
                 points.append({"value": x, "safety": _metric(res, "harmful", "refusal_rate"),
                                "utility": _utility(res, which), "res": res})
         finally:
@@ -236,19 +250,26 @@ def run_sweep(v: dict, progress=gr.Progress(), request=None) -> dict:
 
 
 def suites_line(v: dict, request=None) -> dict:
-    """Which suites the ticked kinds mean for the chosen family (they differ per family)."""
-    names = service.probe_suites_for(v.get("base"), [s for s in (v.get("suites") or []) if s in SUITES])
-    return {"suites_about": " · ".join(service.suite_lines(names)) if names else ""}
+    """Which suites the ticked kinds mean for the chosen family and prompt set (they differ per family),
+    and whether the family has a choice of prompt sets."""
+    names = service.probe_suites_for(v.get("base"), [s for s in (v.get("suites") or []) if s in SUITES],
+                                     held_out=v.get("suite_set") == HELD_OUT)
+    return {"suites_about": " · ".join(service.suite_lines(names)) if names else "",
+            "suite_set": gr.update(visible=service.has_suite_choice(v.get("base")))}
 
 
 def layout(ui: Named) -> None:
     from .compare import layout as board_layout
     with gr.Tab("Probe", id="probe"):
-        gr.Markdown("Held-out prompts the models never saw in training. Safety = harmful requests refused; "
-                    "over-refusal = harmless requests refused; utility = math solved / code tests passed.")
+        gr.Markdown("Prompts the models never saw in training: samples of public benchmarks (HarmBench, XSTest, "
+                    "GSM8K, HumanEval) for real LMs, the family's own held-out suites for the tiny one. Safety = "
+                    "harmful requests refused; over-refusal = harmless requests refused; utility = math solved / "
+                    "code tests passed.")
         with gr.Row():
             ui.add("suites", gr.CheckboxGroup(SUITES, value=SUITES, label="Suites", elem_id="suites"))
             ui.add("limit", gr.Slider(4, 96, value=PROBE_LIMIT, step=4, label="prompts per suite", elem_id="limit"))
+            ui.add("suite_set", gr.Radio([BENCHMARKS, HELD_OUT], value=BENCHMARKS, label="prompts", visible=False,
+                                         elem_id="suite-set"))
         ui.add("suites_about", gr.Markdown(elem_id="suites-about", elem_classes="caption"))
         ui.add("probe_btn", gr.Button("Run probes", variant="primary", elem_id="probe-btn"))
         ui.add("probe_status", gr.Markdown(elem_id="probe-status"))
@@ -275,7 +296,7 @@ def layout(ui: Named) -> None:
                         "trade when you turn the knob.", elem_classes="caption")
 
 
-PROBE_INPUTS = ["suites", "limit"]
+PROBE_INPUTS = ["suites", "limit", "suite_set"]
 
 
 def wire(ui: Named, demo) -> None:
@@ -288,8 +309,9 @@ def wire(ui: Named, demo) -> None:
     ui.on(steer, sweep_options, controls + ["sweep_key"], ["sweep_key"], trigger_mode="always_last",
           show_progress="hidden")
     ui.on(demo.load, sweep_options, controls + ["sweep_key"], ["sweep_key"])
-    ui.on([demo.load, ui["base"].change, ui["suites"].change], suites_line, ["base", "suites"], ["suites_about"],
-          trigger_mode="always_last", show_progress="hidden")
+    ui.on([demo.load, ui["base"].change, ui["suites"].change, ui["suite_set"].change], suites_line,
+          ["base", "suites", "suite_set"], ["suites_about", "suite_set"], trigger_mode="always_last",
+          show_progress="hidden")
     ui.on(ui["sweep_key"].change, sweep_bounds, ["sweep_key"], ["sweep_lo", "sweep_hi"])
     ui.on(ui["sweep_btn"].click, run_sweep, controls + PROBE_INPUTS + ["sweep_key", "sweep_lo", "sweep_hi", "sweep_steps"],
           ["plot_sweep", "sweep_table", "probe_status"], **ui.heavy)
