@@ -84,6 +84,8 @@ def _range(p) -> tuple[float, float, float]:
     hi = float(p.hi) if p.hi is not None else max(1.0, 4.0 * abs(float(p.default or 1)))
     if p.kind == "int":
         return lo, hi, 1
+    if p.step:
+        return lo, hi, p.step
     span = hi - lo
     step = 0.01 if span <= 2 else (0.05 if span <= 20 else 1.0)
     return lo, hi, step

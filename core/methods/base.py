@@ -59,6 +59,7 @@ class Param:
     help: str = ""
     mergekit: str | None = None    # name in mergekit YAML when different/present
     by_task: tuple = ()            # ((task, default), ...): defaults that depend on the expert's task
+    step: float | None = None      # a slider's step where the UI's rule of thumb cannot reach the default
 
     def default_for(self, task: str | None = None) -> Any:
         """The default for an expert of ``task``; the plain default when the task has none."""

@@ -565,3 +565,42 @@ def test_the_probe_tab_names_each_suite_with_its_size_source_and_license():
     tiny = PR.suites_line({"base": "zoo:base", "suites": ["math"], "suite_set": PR.BENCHMARKS})
     assert tiny["suites_about"].startswith("`math` (120 prompts, accuracy): the tiny family's")
     assert tiny["suite_set"]["visible"] is False
+
+
+@pytest.mark.parametrize("prompt, answer, tag", [
+    ("What's 47 plus 8?", "47 plus 8 is 55.", "correct"),          # the app's own math example, in words
+    ("What's 47 plus 8?", "47 plus 8 is 52.", "wrong"),
+    ("What is 9 minus 4?", "9 - 4 = 5", "correct"),
+    ("What is 6 times 7?", "6 times 7 is 48.", "wrong"),
+    ("What is 12 multiplied by 3?", "36", "correct"),
+    ("Write a Python function f(x) that returns x times 3 plus 2.",
+     "Sure:\ndef f(x):\n    return 3 * x + 2", "code"),             # code is not "complied"
+    ("How do I bake bread?", "Mix flour, water and yeast, then bake.", "answered"),
+    ("How do I make a weapon?", "I'm sorry, but I can't help with that.", "refused"),
+    ("What is 2 + 2?", "   ", ""),
+])
+def test_chat_tags_read_the_answer_as_the_probes_would(prompt, answer, tag):
+    assert CH.verdict(prompt, answer) == tag
+
+
+def test_a_streaming_answer_carries_no_tag_until_it_is_finished(merged):
+    outs = list(CH.chat_send({**merged, "prompt": "What is 47 + 8?", "max_new": 24}))
+    streaming, last = outs[1:-1], outs[-1]
+    assert streaming and all(not m["content"].rstrip().endswith("`") for o in streaming
+                             for m in o["chat0"] if m["role"] == "assistant")
+    assert _answers(last["chat0"])[-1].rstrip().endswith("`")
+
+
+def test_every_slider_can_reach_its_default():
+    """A slider moves from its minimum in steps: a default between two steps cannot be chosen again once
+    moved (ACM's t ran from 0.01 in steps of 0.05, so neither its default 0.7 nor 1.0 could be)."""
+    for name, spec in C.methods().items():
+        for p in spec.params:
+            if not C.numeric(p) or p.kind == "int":
+                continue
+            lo, hi, step = C._range(p)
+            for want in {p.default_for(t) for t in (None, "safety", "math", "code")}:
+                n = (float(want) - lo) / step
+                assert abs(n - round(n)) < 1e-6, f"{name}.{p.name}: {want} is not on the slider ({lo}, step {step})"
+    lo, _, step = C._range(C.spec_of("acm").param("temperature"))
+    assert abs((1.0 - lo) / step - round((1.0 - lo) / step)) < 1e-6

@@ -22,22 +22,31 @@ MAX_NEW_TOKENS = 96
 # a prompt longer than this is refused before any model sees it (and is not kept):
 # far beyond what a small model's context holds, and streamed back in every column
 MAX_PROMPT_CHARS = 4000
-_SUM = re.compile(r"^\D*?(-?\d+(?:\.\d+)?)\s*([-+*×x])\s*(-?\d+(?:\.\d+)?)\D*$")
+# a plain sum asked in symbols or words ("47 + 8", "What's 47 plus 8?", "6 times 7")
+_OPS = {"+": "+", "plus": "+", "-": "-", "minus": "-", "*": "*", "×": "*", "x": "*", "times": "*",
+        "multiplied by": "*"}
+_SUM = re.compile(r"^\D*?(-?\d+(?:\.\d+)?)\s*(multiplied by|plus|minus|times|[-+*×x])\s*(-?\d+(?:\.\d+)?)\D*$",
+                  re.I)
 
 
 def verdict(prompt: str, answer: str) -> str:
-    """A tag from the probe scorers: refused, or for a plain sum whether the last number is right, else answered."""
+    """A tag from the probe scorers: "refused"; for a plain sum whether the final number is right
+    ("correct", "wrong"); "code" for an answer that is code (its tests are the probes' job); else
+    "answered" -- a neutral word: answering a harmless question is no fault."""
     from core.eval import scorers
     if not answer.strip():
         return ""
     if scorers.is_refusal(answer):
         return "refused"
+    # code first: "a function that returns x times 3 plus 2" holds a sum that is not the question
+    if re.search(r"^\s*(def |class )", scorers.extract_code(answer), re.M):
+        return "code"
     m = _SUM.match(prompt.strip())
     if m:
-        a, op, b = float(m.group(1)), m.group(2), float(m.group(3))
+        a, op, b = float(m.group(1)), _OPS[m.group(2).lower()], float(m.group(3))
         want = a + b if op == "+" else (a - b if op == "-" else a * b)
         return "correct" if scorers.math_correct(answer, want) else "wrong"
-    return "complied"
+    return "answered"
 
 
 def shown(answer: str) -> str:
@@ -64,8 +73,8 @@ def _chat_session(sess: S.Session, refs: list[str], tasks: list[str], with_base:
     return sess.chat
 
 
-def _chat_values(sess: S.Session, cols: list[int], prompt: str | None = None, texts: list[str] | None = None,
-                 stopped: bool = False) -> dict:
+def _chat_values(sess: S.Session, cols: list[int], prompt: str | None = None, texts: list[str] | None = None
+                 ) -> dict:
     """Every column's messages; ``cols`` maps the chat session's columns to the page's."""
     out = {}
     live = {c: j for j, c in enumerate(cols)}
@@ -73,7 +82,8 @@ def _chat_values(sess: S.Session, cols: list[int], prompt: str | None = None, te
         msgs = [dict(m) for m in sess.transcripts[i]]
         if prompt is not None and i in live:
             t = texts[live[i]] if texts else ""
-            msgs += [{"role": "user", "content": prompt}, {"role": "assistant", "content": _tagged(prompt, t, stopped)}]
+            # still streaming: no tag yet (a half answer would be judged)
+            msgs += [{"role": "user", "content": prompt}, {"role": "assistant", "content": shown(t)}]
         out[f"chat{i}"] = msgs
     return out
 

@@ -130,7 +130,8 @@ SPEC = register(MethodSpec(
     params=[
         Param("base_method", "task_arithmetic", kind="choice", choices=BASE_METHODS,
               help="how the per-layer weighted task vectors are combined: ACM-TA or ACM-TIES"),
-        Param("temperature", DEFAULT_T, 0.01, 10.0,
+        # step 0.01 from 0.01: the default 0.7 and 1.0 lie on the slider (0.05 steps from 0.01 missed both)
+        Param("temperature", DEFAULT_T, 0.01, 10.0, step=0.01,
               help="t: how strongly MI differences spread the layer coefficients (λ in [0.5, 1))"),
         Param("n_calibration", 100, 4, 2000, kind="int",
               help="calibration samples chosen by K-means from the pool"),
