@@ -14,6 +14,8 @@ sentence naming the field.
 """
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,9 +150,15 @@ def _fmt(x: Any) -> str:
     return f"{x:g}" if isinstance(x, float) else str(x)
 
 
+_YAML11_FLOAT = re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$")
+
+
 def _check_value(p, value: Any, where: str) -> Any:
     """One value against its Param; returns it normalised (int, float, choice)."""
     what = f"{quoted(p.name)}{where}"
+    if p.kind in ("float", "int") and isinstance(value, str) and _YAML11_FLOAT.match(value.strip()):
+        # YAML 1.1 reads 1e9 (no dot) as text; the user wrote a number: judge it as one
+        value = float(value)
     if p.kind in ("float", "int"):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"{what} must be a number, not {value!r}.")

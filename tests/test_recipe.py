@@ -97,6 +97,9 @@ def test_global_parameter_under_a_model_is_pointed_to_the_right_place():
     (".nan", "'lambda' in parameters must be a finite number, not nan."),
     ("2.5", "'lambda' in parameters is 2.5; it must be between 0 and 2."),
     ("-0.1", "'lambda' in parameters is -0.1; it must be between 0 and 2."),
+    # YAML 1.1 reads 1e9 (no dot) as text: it is still judged as the number the user wrote
+    ("1e9", "'lambda' in parameters is 1e+09; it must be between 0 and 2."),
+    ("-2E-3", "'lambda' in parameters is -0.002; it must be between 0 and 2."),
 ])
 def test_bad_numbers(value, sentence):
     assert refused(R.loads(TA.replace("lambda: 0.5", f"lambda: {value}"))) == sentence
@@ -194,3 +197,8 @@ def test_mergekit_export_maps_aliases_and_refuses_what_mergekit_lacks(toy, monke
     monkeypatch.setitem(registry.REGISTRY, "toy2", MethodSpec("toy2", "Toy 2", _zero))
     with pytest.raises(UserError, match="toy2 has no mergekit equivalent"):
         R.to_mergekit_yaml(R.from_dict({"merge_method": "toy2", "base_model": "a", "models": ["b"]}))
+
+
+def test_a_number_yaml_reads_as_text_is_taken_as_the_number():
+    rec = R.validate(R.loads(TA.replace("lambda: 0.5", "lambda: 5e-1")))
+    assert rec.written_global["lambda"] == 0.5

@@ -229,7 +229,8 @@ def sweep(points: list[dict], parents: list[dict], param: str, title: str, xtitl
         line=dict(color="#111827"), marker=dict(size=10, color=[p["value"] for p in points], colorscale="Viridis",
                                                 showscale=True, colorbar=dict(title=param, thickness=12)),
         customdata=[p["value"] for p in points],
-        hovertemplate=f"{param} = %{{customdata:g}}<br>refuses harmful: %{{y:.0%}}<br>utility: %{{x:.0%}}<extra></extra>"))
+        # "~g": d3's g without trailing zeros (plain g showed "lambda = 0.00000")
+        hovertemplate=f"{param} = %{{customdata:~g}}<br>refuses harmful: %{{y:.0%}}<br>utility: %{{x:.0%}}<extra></extra>"))
     for p in parents:
         fig.add_trace(go.Scatter(x=[_nan(p["utility"])], y=[_nan(p["safety"])], mode="markers+text", text=[p["name"]],
                                  textposition="bottom center", name=p["name"], cliponaxis=False,

@@ -453,7 +453,7 @@ def test_export_zip_holds_a_model_folder_and_the_yaml_restores_the_controls(sess
     assert open(out["yaml_file"]).read() == text and "task_arithmetic" in text
     loaded = EX.load_recipe_text({"yaml": text})
     assert C.recipe_from_values(values(loaded)) == C.recipe_from_values(v)
-    assert loaded["load_status"].startswith("✓ Loaded")
+    assert loaded["load_status"] == "✓ Loaded the recipe: Task Arithmetic, 2 models; press Merge to build it."
 
 
 @pytest.mark.parametrize("method", ["led", "acm", "ties", "breadcrumbs"])
@@ -604,3 +604,11 @@ def test_every_slider_can_reach_its_default():
                 assert abs(n - round(n)) < 1e-6, f"{name}.{p.name}: {want} is not on the slider ({lo}, step {step})"
     lo, _, step = C._range(C.spec_of("acm").param("temperature"))
     assert abs((1.0 - lo) / step - round((1.0 - lo) / step)) < 1e-6
+
+
+def test_the_sweep_s_hover_shows_the_knob_s_value_without_trailing_zeros():
+    from ui import figures as F
+    pts = [{"value": v, "safety": 0.5, "utility": 0.4} for v in (0.0, 0.25)]
+    fig = F.sweep(pts, [], "lambda", "t", "utility: math solved")
+    assert "lambda = %{customdata:~g}" in fig.data[0].hovertemplate
+    assert list(fig.data[0].customdata) == [0.0, 0.25]

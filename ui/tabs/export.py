@@ -74,7 +74,8 @@ def load_recipe_text(v: dict, request=None) -> dict:
         raise UserError("Paste or upload a recipe YAML first.")
     rec = R.loads(text)
     out = C.values_from_recipe(rec.to_dict())
-    out["load_status"] = f"✓ Loaded a {rec.merge_method} recipe with {len(rec.models)} models; press Merge to build it."
+    out["load_status"] = (f"✓ Loaded the recipe: {C.spec_of(rec.merge_method).label}, {len(rec.models)} models; "
+                          "press Merge to build it.")
     return out
 
 

@@ -226,7 +226,7 @@ def run_sweep(v: dict, progress=gr.Progress(), request=None) -> dict:
                                                                          f"{p.name}={x:g}: {m}"))
                 res = G.probe_model(sess.model, sess.tokenizer, _named(sess, suites), limit,
                                     lambda f, m="", s=span, x=x: cb(s[0] + (0.5 + 0.5 * f) * (s[1] - s[0]),
-                                                                   f"{p.name}={x:g}: probing {m}"))
+                                                                   f"{p.name}={x:g}: {m}"))
                 points.append({"value": x, "safety": _metric(res, "harmful", "refusal_rate"),
                                "utility": _utility(res, which), "res": res})
         finally:
