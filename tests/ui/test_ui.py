@@ -338,6 +338,7 @@ def test_probes_table_scatter_board_and_parent_cache(merged, monkeypatch, sessio
     fig = out["plot_probe"]
     assert len(fig.data) == 4 and "4 prompts" in out["probe_status"]
     assert out["probe_status"].startswith("Probed merge #1, its base and parents")
+    first_status = out["probe_status"]
     # utility is judged on the experts' own tasks: math here, not code
     assert fig.layout.xaxis.title.text == "utility: math solved"
     math_acc = [r[4] for r in rows]
@@ -349,8 +350,11 @@ def test_probes_table_scatter_board_and_parent_cache(merged, monkeypatch, sessio
     calls = []
     real = probes.run_probes
     monkeypatch.setattr(probes, "run_probes", lambda model, *a, **k: calls.append(model) or real(model, *a, **k))
-    PR.run_probes({**merged, "suites": ["harmful", "math"], "limit": 4})
+    again_status = PR.run_probes({**merged, "suites": ["harmful", "math"], "limit": 4})["probe_status"]
     assert calls == [session.model]   # the base's and parents' numbers are reused; only the merge is probed again
+    # the status says so: not "for 4 models" when three came from memory
+    assert "; 1 of 4 models probed now, 3 remembered from earlier probes, in " in again_status
+    assert "remembered" in first_status
     # ... by every session of the process: a new visitor's first probes run the merge alone
     S.drop(None)
     MG.do_merge(merged)

@@ -54,15 +54,21 @@ def _pct(v) -> str:
     return "—" if v is None else f"{v:.0%}"
 
 
-def _probe_parents(sess: S.Session, refs: list[str], suites: list[str], limit: int, cb) -> list[dict]:
-    """Probe results of reference models (the base, the parents): computed once per process (service)."""
+def _probe_parents(sess: S.Session, refs: list[str], suites: list[str], limit: int, cb,
+                   ran: list | None = None) -> list[dict]:
+    """Probe results of reference models (the base, the parents): computed once per process (service);
+    the names of those probed now (not remembered from earlier) are added to ``ran``."""
     from core.eval import chat
     if sess.cache is None:
         sess.cache = chat.ModelCache()
+
+    def run(jobs, *a, **k):
+        if ran is not None:
+            ran.extend(name for _, _, name in jobs)
+        return G.probe_models(jobs, *a, **k)
     # the session's model cache holds the chat's parents: loading the same set reuses them; the probing
     # runs where the GPU is (a ZeroGPU worker), the results are remembered here
-    return service.probe_references(refs, _named(sess, suites), limit, sess.cache.load, progress=cb,
-                                    run=G.probe_models)
+    return service.probe_references(refs, _named(sess, suites), limit, sess.cache.load, progress=cb, run=run)
 
 
 def _named(sess: S.Session, kinds: list[str]) -> str:
@@ -106,11 +112,12 @@ def probe_request(v: dict, progress, request) -> tuple[list[str], int, S.Session
     return suites, limit, sess, _progress(progress)
 
 
-def probe_references(sess: S.Session, used: list[tuple[str, str]], suites: list[str], limit: int, cb) -> tuple:
-    """Probe the base and the parents ``used`` [(ref, task)] (cached per session) and put them on the board;
-    (refs, results)."""
+def probe_references(sess: S.Session, used: list[tuple[str, str]], suites: list[str], limit: int, cb,
+                     ran: list | None = None) -> tuple:
+    """Probe the base and the parents ``used`` [(ref, task)] (cached per process) and put them on the
+    board; (refs, results)."""
     refs = [sess.base_ref] + [r for r, _ in used]
-    res = _probe_parents(sess, refs, suites, limit, cb)
+    res = _probe_parents(sess, refs, suites, limit, cb, ran)
     for ref, role, r in zip(refs, ["base"] + [t for _, t in used], res):
         sess.board_refs[ref] = (role, r)
     return refs, res
@@ -134,8 +141,9 @@ def run_probes(v: dict, progress=gr.Progress(), request=None) -> dict:
     t0 = time.perf_counter()
     with sess.lock:
         merged = probe_live(sess, suites, limit, lambda f, m: cb(f / (2 + len(used)), m))
+        ran: list = []
         refs, others = probe_references(sess, used, suites, limit,
-                                        lambda f, m: cb((1 + f * (1 + len(used))) / (2 + len(used)), m))
+                                        lambda f, m: cb((1 + f * (1 + len(used))) / (2 + len(used)), m), ran)
         board = board_outputs(sess)
     wall = time.perf_counter() - t0
     which = _utility_suites([t for _, t in used], suites)
@@ -151,7 +159,8 @@ def run_probes(v: dict, progress=gr.Progress(), request=None) -> dict:
     which_merge = f"merge #{entry['n']}" if entry else "the merged model"
     return {"probe_table": rows, "plot_probe": fig, **board,
             "probe_status": f"Probed {which_merge}, its base and parents: {limit} prompts per suite "
-                            f"({', '.join(suites)}) for {len(named)} models in {wall:.2f} s."}
+                            f"({', '.join(suites)}); {1 + len(ran)} of {len(named)} models probed now, "
+                            f"{len(named) - 1 - len(ran)} remembered from earlier probes, in {wall:.2f} s."}
 
 
 def _check_limit(limit) -> int:
