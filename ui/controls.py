@@ -172,7 +172,11 @@ def _typed(p, x):
     if p.kind == "bool":
         return bool(x)
     if p.kind == "choice":
-        return next((c for c in p.choices if str(c) == str(x)), p.default)
+        hit = next((c for c in p.choices if str(c) == str(x)), None)
+        if hit is None:   # only a hand-made request can send one; never silently the default
+            raise UserError(f"{pretty(p).capitalize()} must be one of {', '.join(map(str, p.choices))}; "
+                            f"got {str(x)!r}.")
+        return hit
     return str(x).strip()
 
 
@@ -186,21 +190,22 @@ def recipe_from_values(v: dict) -> dict:
     used = used_experts(experts_of(v))
     if not used:
         raise UserError("Pick at least one expert on the Models tab.")
-    models = []
-    for i, ref, task in used:
-        params = {}
-        for p in spec.params:
-            if p.per_model and shown(p):
-                x = _typed(p, v.get(key(method, p.name, i), p.default_for(task)))
-                if x is not None:
-                    params[p.name] = x
-        models.append({"model": ref, "task": task, "parameters": params})
     glob = {}
     for p in spec.params:
         if not p.per_model:
             x = _typed(p, v.get(key(method, p.name), p.default))
             if x is not None:
                 glob[p.name] = x
+    models = []
+    for i, ref, task in used:
+        params = {}
+        for p in spec.params:
+            # a knob hidden because the settings do not use it (ACM-TA's density) is not sent either
+            if p.per_model and shown(p) and in_use(method, p.name, glob):
+                x = _typed(p, v.get(key(method, p.name, i), p.default_for(task)))
+                if x is not None:
+                    params[p.name] = x
+        models.append({"model": ref, "task": task, "parameters": params})
     d = {"merge_method": method}
     if base:
         d["base_model"] = base

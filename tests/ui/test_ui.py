@@ -616,3 +616,19 @@ def test_the_sweep_s_hover_shows_the_knob_s_value_without_trailing_zeros():
     fig = F.sweep(pts, [], "lambda", "t", "utility: math solved")
     assert "lambda = %{customdata:~g}" in fig.data[0].hovertemplate
     assert list(fig.data[0].customdata) == [0.0, 0.25]
+
+
+def test_a_hidden_knob_is_not_sent_and_an_unknown_choice_is_refused():
+    """ACM-TA hides density (only ACM-TIES trims): the recipe must not carry it, nor the history show it;
+    a choice the control does not offer is one sentence, never silently the default."""
+    r = {"merge_method": "acm", "base_model": "zoo:base", "parameters": {"base_method": "ties"},
+         "models": [{"model": "zoo:safety", "task": "safety", "parameters": {"density": 0.5}},
+                    {"model": "zoo:math", "task": "math"}]}
+    v = controls(r)
+    assert C.recipe_from_values(v)["models"][0]["parameters"] == {"density": 0.5}
+    k = C.key("acm", "base_method")
+    ta = C.recipe_from_values({**v, k: "task_arithmetic"})
+    assert all("density" not in m["parameters"] for m in ta["models"])
+    assert "density" not in C.describe(ta)
+    with pytest.raises(Exception, match=r"must be one of task_arithmetic, ties; got 'nonsense'"):
+        C.recipe_from_values({**v, k: "nonsense"})
