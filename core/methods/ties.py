@@ -212,7 +212,8 @@ def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: d
 
 SPEC = register(MethodSpec(
     name="ties", label="TIES", fn=merge, mergekit_name="ties",
-    summary="Trim each task vector to its largest entries, elect a sign per weight, average the agreeing ones.",
+    summary="Trim each task vector to its largest entries (density: mergekit's default 1 trims nothing; the "
+            "paper kept 20%), elect a sign per weight, average the agreeing ones.",
     params=[
         Param("weight", 1.0, 0.0, 2.0, per_model=True, help="wᵢ: this expert's weight, applied before the sign vote"),
         Param("density", 1.0, 0.0, 1.0, per_model=True,
