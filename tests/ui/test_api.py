@@ -94,7 +94,7 @@ def test_chat_and_probe_answer_for_the_merge_of_the_session(client):
     refused(client, "Merge first", prompt="hi", api_name="/chat")
     client.predict(recipe=json.dumps(TA), api_name="/merge")
     out = client.predict(prompt="What is 47 + 8?", max_new_tokens=16, api_name="/chat")
-    assert list(out["answers"]) == ["merged", "safety (safety)", "math (math)"]
+    assert list(out["answers"]) == ["merged", "safety", "math"]      # not "safety (safety)"
     assert set(out["verdicts"].values()) <= {"correct", "wrong", "refused"}
     res = client.predict(suites="harmful,math", limit=4, api_name="/probe")
     assert res["model"] == "merged" and set(res["suites"]) == {"harmful", "math"}

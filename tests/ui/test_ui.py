@@ -632,3 +632,13 @@ def test_a_hidden_knob_is_not_sent_and_an_unknown_choice_is_refused():
     assert "density" not in C.describe(ta)
     with pytest.raises(Exception, match=r"must be one of task_arithmetic, ties; got 'nonsense'"):
         C.recipe_from_values({**v, k: "nonsense"})
+
+
+@pytest.mark.parametrize("ref, task, label", [
+    ("zoo:safety", "safety", "safety"), ("smol:math", "math", "smol:math"), ("zoo:math", "code", "math (code)"),
+    ("/data/runs/qwen-math/final", "math", "qwen-math/final (math)"),
+])
+def test_chat_columns_name_the_task_only_when_the_name_does_not(ref, task, label):
+    from ui.tabs.common import column_label
+    assert column_label(ref, task) == label
+    assert MD.expert_headers({"expert0": ref, "task0": task})["chat1"]["label"] == label

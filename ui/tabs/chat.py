@@ -13,7 +13,7 @@ from core.errors import UserError
 from .. import controls as C
 from .. import gpu as G
 from .. import state as S
-from .common import Named, _experts, _short, guard
+from .common import Named, _experts, column_label, guard
 
 
 CHAT_COLUMNS = 2 + C.N_EXPERTS          # merged, each parent, the base (optional, last)
@@ -62,7 +62,7 @@ def shown(answer: str) -> str:
 def _chat_session(sess: S.Session, refs: list[str], tasks: list[str], with_base: bool = False):
     from core.eval import chat
     refs = list(refs) + ([sess.base_ref] if with_base else [])
-    names = ["merged"] + [f"{_short(r)} ({t})" for r, t in zip(refs, tasks)] + (["base"] if with_base else [])
+    names = ["merged"] + [column_label(r, t) for r, t in zip(refs, tasks)] + (["base"] if with_base else [])
     key = (id(sess.model), tuple(refs))
     if sess.chat is None or sess.chat_key != key:
         if sess.cache is None:

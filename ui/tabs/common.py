@@ -154,6 +154,13 @@ class Named:
         return trigger(self.adapt(fn, len(outs)), ins, outs, **kw)
 
 
+def column_label(ref: str, task: str) -> str:
+    """A chat column's label: the model's short name, and its task when the name does not say it
+    (zoo:safety is "safety", not "safety (safety)"; a folder "qwen-math/final (math)")."""
+    name = _short(ref)
+    return name if name.rsplit(":", 1)[-1] == task else f"{name} ({task})"
+
+
 def _short(ref: str, parts: int = 2) -> str:
     """A model's name in labels, legends and status lines: zoo:math -> math; a local folder by its last
     two path parts (/data/runs/qwen-math/final -> qwen-math/final: a whole path does not fit a column's

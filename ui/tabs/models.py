@@ -7,7 +7,7 @@ from core import service
 from core.errors import UserError
 
 from .. import controls as C
-from .common import Named, _short, guard
+from .common import Named, column_label, guard
 
 DEFAULT_EXPERTS = [("zoo:safety", "safety"), ("zoo:math", "math"), (C.NONE, "code")]
 MODEL_INPUTS = ["base"] + [f"{w}{i}" for i in range(C.N_EXPERTS) for w in ("expert", "task")]
@@ -45,7 +45,7 @@ def expert_headers(v: dict, request=None) -> dict:
         ref = (ref or "").strip()
         out[f"box{i}"] = gr.update(visible=bool(ref))
         out[f"head{i}"] = f"**Expert {i + 1}: {ref}** · task *{task}*" if ref else ""
-        out[f"chat{i + 1}"] = gr.update(visible=bool(ref), label=f"{_short(ref)} ({task})" if ref else "")
+        out[f"chat{i + 1}"] = gr.update(visible=bool(ref), label=column_label(ref, task) if ref else "")
     return out
 
 
