@@ -418,6 +418,19 @@ def test_sweep_draws_one_point_per_value_and_restores_the_merge(merged, session)
         PR.run_sweep({**merged, **sweep, "sweep_hi": 5.0})
 
 
+def test_a_sweep_before_any_merge_leaves_no_merge_behind(session):
+    """The sweep's points are not the user's merges: with none before it, nothing is 'merged' after it
+    (the chat, the probes and Export say so) and the history stays empty."""
+    v = controls(recipe())
+    out = PR.run_sweep({**v, "sweep_key": "task_arithmetic.lambda", "sweep_lo": 0.2, "sweep_hi": 0.6,
+                        "sweep_steps": 2, "suites": ["harmful"], "limit": 4})
+    assert [r[0] for r in out["sweep_table"]] == ["0.2", "0.6"]
+    assert session.merged_recipe is None and session.history == []
+    with pytest.raises(gr.Error, match="Merge first"):
+        list(CH.chat_send({**v, "prompt": "What is 2 + 2?"}))
+    assert PR.run_probes({**v, "suites": ["math"], "limit": 4})["probe_status"].startswith("Merge first")
+
+
 def test_sweep_knobs_follow_the_method_and_its_settings():
     v = controls(recipe())
     up = PR.sweep_options(v)["sweep_key"]

@@ -241,6 +241,10 @@ def run_sweep(v: dict, progress=gr.Progress(), request=None) -> dict:
         finally:
             if restore is not None:   # the live model goes back to what the Merge tab shows
                 merge_into_session(sess, restore, lambda f, m: None)
+            else:
+                # no merge before the sweep: its last point is no merge of the user's (no history entry),
+                # so the chat, the probes and Export must not take it for one
+                sess.merged_recipe = sess.result = None
         used = [(r, t) for _, r, t in C.used_experts(experts) if r != sess.base_ref]
         parents = _probe_parents(sess, [r for r, _ in used], suites, limit, cb)
     wall = time.perf_counter() - t0
