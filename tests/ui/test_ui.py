@@ -394,6 +394,8 @@ def test_compare_board_probes_restores_and_deletes_entries(session):
     pick = next(c for c in out["board_pick"]["choices"] if c.startswith("#1"))
     out = CP.probe_entry({**controls(led), "board_pick": pick, "suites": ["harmful", "math"], "limit": 4})
     assert out["method"] == "task_arithmetic" and session.merged_recipe == C.recipe_from_values(controls(ta))
+    # the Merge tab's status follows: #1 is live now, not #2
+    assert out["merge_status"].startswith("✓ #1 is the live model again") and "Task Arithmetic" in out["merge_status"]
     by = {r[0]: r for r in out["board"]}
     assert by["#1"][2].endswith("%") and by["#2"][2] == "not probed"
     assert len(out["board_plot"].data) == 1 and out["board_plot"].data[0].text[0] == "#1"

@@ -75,6 +75,9 @@ def probe_entry(v: dict, progress=gr.Progress(), request=None) -> dict:
         out = history_outputs(sess, plot=True)
     out.update(C.values_from_recipe(entry["recipe"]))
     out["probe_status"] = f"Probed #{entry['n']} ({limit} prompts per suite) in {time.perf_counter() - t0:.1f} s."
+    # the Merge tab must not go on saying another merge is live
+    out["merge_status"] = (f"✓ #{entry['n']} is the live model again ('Probe it' on the compare board): "
+                           f"{entry['label']}.")
     return out
 
 
