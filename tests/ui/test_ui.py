@@ -473,6 +473,9 @@ def test_export_zip_holds_a_model_folder_and_the_yaml_restores_the_controls(sess
     loaded = EX.load_recipe_text({"yaml": text})
     assert C.recipe_from_values(values(loaded)) == C.recipe_from_values(v)
     assert loaded["load_status"] == "✓ Loaded the recipe: Task Arithmetic, 2 models; press Merge to build it."
+    # then a malformed one: the status says so (not the earlier ✓), and no control changes
+    bad = EX.load_recipe_text({"yaml": text.replace("task_arithmetic", "no_such_method")})
+    assert set(bad) == {"load_status"} and bad["load_status"].startswith("✗ Not loaded: Unknown merge method")
 
 
 @pytest.mark.parametrize("method", ["led", "acm", "ties", "breadcrumbs"])
@@ -491,10 +494,10 @@ def test_the_readme_recipe_is_the_format_export_writes():
 
 
 def test_bad_recipe_yaml_is_a_sentence():
-    with pytest.raises(gr.Error, match="not valid YAML"):
-        EX.load_recipe_text({"yaml": "merge_method: [ties"})
-    with pytest.raises(gr.Error, match="Unknown merge method"):
-        EX.load_recipe_text({"yaml": "merge_method: nope\nbase_model: zoo:base\nmodels: [zoo:math]\n"})
+    out = EX.load_recipe_text({"yaml": "merge_method: [ties"})
+    assert out["load_status"].startswith("✗ Not loaded: ") and "not valid YAML" in out["load_status"]
+    out = EX.load_recipe_text({"yaml": "merge_method: nope\nbase_model: zoo:base\nmodels: [zoo:math]\n"})
+    assert "Unknown merge method" in out["load_status"] and "\n" not in out["load_status"]
     with pytest.raises(gr.Error, match="Paste or upload"):
         EX.load_recipe_text({"yaml": "  "})
 

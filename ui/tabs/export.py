@@ -72,8 +72,12 @@ def load_recipe_text(v: dict, request=None) -> dict:
     text = v.get("yaml")
     if not (text or "").strip():
         raise UserError("Paste or upload a recipe YAML first.")
-    rec = R.loads(text)
-    out = C.values_from_recipe(rec.to_dict())
+    try:
+        rec = R.loads(text)
+        out = C.values_from_recipe(rec.to_dict())
+    except UserError as exc:
+        # said in the status line itself, which would otherwise go on reading "✓ Loaded ..." from before
+        return {"load_status": f"✗ Not loaded: {exc}"}
     out["load_status"] = (f"✓ Loaded the recipe: {C.spec_of(rec.merge_method).label}, {len(rec.models)} models; "
                           "press Merge to build it.")
     return out
