@@ -27,7 +27,8 @@ STEPS = [
     ("led", "4 · Merge with LED-Merging",
      "LED-Merging keeps, for each expert, only the weights important in both the base and the expert (r is the "
      "fraction kept: small for safety), and drops weights two experts both claim. "
-     "The Merge tab shows its sliders; move r or λ and the merge follows on release, and the probes say whether "
+     "The Merge tab shows its sliders; move an expert's r or its weight λᵢ and the merge follows on release, and the "
+     "probes say whether "
      "it kept both skills on this family (on the tiny family it does not: a larger safety r brings refusals back "
      "only by losing the math; the paper measured 7B models)."),
     ("compare", "5 · Compare Task Arithmetic and LED on the board",

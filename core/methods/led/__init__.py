@@ -205,9 +205,9 @@ SPEC = register(MethodSpec(
     summary="Locate each expert's important weights (scores on its task data, in the base and the expert), "
             "elect those important in both, keep only weights no other expert elected, add those task-vector entries.",
     params=[
-        Param("weight", 1.0, 0.0, 2.0, per_model=True, help="λᵢ: scale of this expert's masked task vector"),
+        Param("weight", 1.0, 0.0, 2.0, per_model=True, help="λᵢ: this expert's own scale of its masked task vector (the paper's λᵢ; not a global λ)"),
         Param("mask_ratio", RATIO_DEFAULT, 0.0, 1.0, per_model=True, by_task=RATIO_BY_TASK,
-              help="rᵢ: fraction of each tensor's weights located as important (kept); when not written, by task: "
+              help="rᵢ: fraction of each tensor's weights located as important (kept); its default follows the task: "
                    + ", ".join(f"{r:g} {task}" for task, r in RATIO_BY_TASK) + f", {RATIO_DEFAULT:g} custom"),
         Param("task", "auto", kind="choice", choices=TASK_CHOICES, per_model=True,
               help="which task data locates this expert's weights; auto: the model entry's task, or the "
