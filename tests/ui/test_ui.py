@@ -660,3 +660,19 @@ def test_chat_columns_name_the_task_only_when_the_name_does_not(ref, task, label
     from ui.tabs.common import column_label
     assert column_label(ref, task) == label
     assert MD.expert_headers({"expert0": ref, "task0": task})["chat1"]["label"] == label
+
+
+def test_the_board_never_draws_measurements_of_different_sizes_as_one_picture(session):
+    """#1 probed with 4 prompts per suite, #2 with 5: the table says what each row was measured on, and
+    the scatter draws only what was measured like the newest probe, saying what it left out."""
+    MG.do_merge(controls(recipe(w=(1.0, 1.0))))
+    PR.run_probes({**controls(recipe(w=(1.0, 1.0))), "suites": ["harmful", "math"], "limit": 4})
+    MG.do_merge(controls(recipe(w=(0.5, 0.5))))
+    out = PR.run_probes({**controls(recipe(w=(0.5, 0.5))), "suites": ["harmful", "math"], "limit": 5})
+    by = {r[0]: r for r in out["board"]}
+    assert by["#1"][6] == "4 per suite: harmful, math" and by["#2"][6] == "5 per suite: harmful, math"
+    assert by["base"][6] == "5 per suite: harmful, math"           # the references follow the newest size
+    fig = out["board_plot"]
+    assert sorted(t.name for t in fig.data) == sorted(["#2", "base", "safety", "math"])
+    title = fig.layout.title.text
+    assert "measured on 5 per suite: harmful, math" in title and "1 entry measured on other prompts not drawn" in title

@@ -14,7 +14,17 @@ from .. import state as S
 from .common import Named, _short, guard
 
 BOARD_OUTPUTS = ["board", "board_pick", "board_plot"]
-HEADERS = ["entry", "model", "refuses harmful", "over-refuses benign", "math solved", "code passes"]
+HEADERS = ["entry", "model", "refuses harmful", "over-refuses benign", "math solved", "code passes", "measured on"]
+
+
+def measured_on(res: dict) -> tuple[tuple, str]:
+    """What a probe result was measured on: (a key to compare by, a label): the suites and their sizes
+    ("24 per suite: harmbench, xstest-safe (20), gsm8k, humaneval")."""
+    suites = res.get("suites", {})
+    key = tuple(sorted((k, v.get("suite", k), v.get("n")) for k, v in suites.items()))
+    top = max((v.get("n") or 0 for v in suites.values()), default=0)
+    names = [v.get("suite", k) + ("" if v.get("n") == top else f" ({v.get('n')})") for k, v in suites.items()]
+    return key, f"{top} per suite: {', '.join(names)}"
 
 
 def _entries(sess: S.Session) -> list[tuple[str, str, str, dict | None]]:
@@ -29,16 +39,26 @@ def board_outputs(sess: S.Session) -> dict:
     entries = _entries(sess)
     rows = [[label, desc, _pct(_metric(r, "harmful", "refusal_rate")) if r else "not probed",
              _pct(_metric(r, "benign", "over_refusal_rate")) if r else "", _pct(_metric(r, "math", "accuracy")) if r else "",
-             _pct(_metric(r, "code", "pass_rate")) if r else ""] for label, kind, desc, r in entries]
-    # utility: the utility suites every probed entry has, so all points are judged alike
-    probed = [r for *_, r in entries if r]
-    which = [s for s in UTILITY_METRICS if probed and all(s in r.get("suites", {}) for r in probed)]
+             _pct(_metric(r, "code", "pass_rate")) if r else "", measured_on(r)[1] if r else ""]
+            for label, kind, desc, r in entries]
+    # one picture, one measurement: only the entries measured like the newest probed merge (or, before any,
+    # the references) are drawn; others keep their row in the table with what they were measured on
+    probed = [(label, kind, r) for label, kind, _desc, r in entries if r]
+    ref = next((r for _label, kind, r in probed if kind == "merged"), probed[0][2] if probed else None)
+    same = [(label, kind, r) for label, kind, r in probed if measured_on(r)[0] == measured_on(ref)[0]] if ref else []
+    # utility: the utility suites every drawn entry has, so all points are judged alike
+    which = [s for s in UTILITY_METRICS if same and all(s in r.get("suites", {}) for _, _, r in same)]
     tasks = {role for _, (role, _) in sess.board_refs.items()}
     which = [s for s in which if s in tasks] or which
     pts = [{"name": label, "kind": kind, "safety": _metric(r, "harmful", "refusal_rate"), "utility": _utility(r, which)}
-           for label, kind, _desc, r in entries if r]
-    fig = F.probe_scatter(pts, "Compare board: every probed merge (★), the base and the parents",
-                          _utility_label(which)) if pts else F.empty("Probe a merge to place it on the board.")
+           for label, kind, r in same]
+    left = len(probed) - len(same)
+    title = "Compare board: every probed merge (★), the base and the parents"
+    if ref is not None:
+        title += f"<br><sup>measured on {measured_on(ref)[1]}" + (
+            f"; {left} entr{'y' if left == 1 else 'ies'} measured on other prompts not drawn (see the table)"
+            if left else "") + "</sup>"
+    fig = F.probe_scatter(pts, title, _utility_label(which)) if pts else F.empty("Probe a merge to place it on the board.")
     choices = [f"#{h['n']} · {h['label']}" for h in reversed(sess.history)]
     return {"board": rows, "board_pick": gr.update(choices=choices, value=choices[0] if choices else None),
             "board_plot": fig}
@@ -84,7 +104,7 @@ def probe_entry(v: dict, progress=gr.Progress(), request=None) -> dict:
 def layout(ui: Named) -> None:
     with gr.Accordion("Compare board: every merge of this session", open=True):
         ui.add("board", gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="board",
-                                     column_widths=["8%", "44%", "12%", "12%", "12%", "12%"]))
+                                     column_widths=["6%", "32%", "10%", "10%", "10%", "10%", "22%"]))
         with gr.Row():
             ui.add("board_pick", gr.Dropdown([], label="Entry", scale=4, elem_id="board-pick"))
             ui.add("board_probe", gr.Button("Probe it", scale=1, variant="primary", elem_id="board-probe"))
