@@ -305,3 +305,27 @@ def test_the_smol_family_in_the_page(page, url):
     no_error_toast(page)
     shot(page, "14-smol-chat")
     page.close()
+
+
+def test_an_empty_message_warns_and_blocks_nothing(page, url):
+    """Send with no message (or before any merge): a yellow warning, no red 'Error' mark over the prompt box
+    or the chat columns, and the prompt box takes typing at once."""
+    from playwright.sync_api import expect
+    page = page.context.browser.new_page(viewport={"width": 1360, "height": 900})
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    expect(page.locator("#model-report")).to_contain_text("Compatible")
+    tab(page, "Chat")
+    page.locator("#send").click()
+    expect(page.locator(".toast-body.warning")).to_contain_text("Type a message first")
+    no_error_toast(page)
+    for sel in ("#prompt", "#chat-0", "#chat-1"):
+        expect(page.locator(sel)).not_to_contain_text("Error")
+    page.locator("#prompt textarea").fill("What is 2 + 2?")
+    expect(page.locator("#prompt textarea")).to_have_value("What is 2 + 2?")
+    page.locator("#send").click()                  # no merge yet: the same kind of warning, nothing marked
+    expect(page.locator(".toast-body.warning").last).to_contain_text("Merge first")
+    no_error_toast(page)
+    expect(page.locator("#chat-0")).not_to_contain_text("Error")
+    shot(page, "15-empty-message")
+    page.close()

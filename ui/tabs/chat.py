@@ -94,16 +94,8 @@ def _tagged(prompt: str, text: str, stopped: bool = False) -> str:
     return f"{body}\n\n`{tag}`" if tag and not stopped else body
 
 
-@guard
-def chat_send(v: dict, request=None):
-    """Stream one prompt to the merged model and each parent (and the base, if asked), side by side.
-
-    Single-turn by default: each prompt is answered on its own (what a merge
-    comparison wants, and the tiny models were trained on single turns);
-    the columns still show every exchange. With ``multi`` the models see the
-    earlier turns too. Each answer carries a tag from the probe scorers;
-    Stop ends every answer at its next token and marks it "(stopped)".
-    """
+def _start(v: dict, request) -> tuple:
+    """What a send needs, checked before anything changes: (prompt, session, used experts, with_base, chat)."""
     prompt = (v.get("prompt") or "").strip()
     if not prompt:
         raise UserError("Type a message first (or click an example).")
@@ -124,6 +116,27 @@ def chat_send(v: dict, request=None):
         session = _chat_session(sess, [r for _, r, _ in used], [t for _, _, t in used], with_base)
     finally:
         sess.lock.release()
+    return prompt, sess, used, with_base, session
+
+
+@guard
+def chat_send(v: dict, request=None):
+    """Stream one prompt to the merged model and each parent (and the base, if asked), side by side.
+
+    Single-turn by default: each prompt is answered on its own (what a merge
+    comparison wants, and the tiny models were trained on single turns);
+    the columns still show every exchange. With ``multi`` the models see the
+    earlier turns too. Each answer carries a tag from the probe scorers;
+    Stop ends every answer at its next token and marks it "(stopped)".
+    """
+    try:
+        prompt, sess, used, with_base, session = _start(v, request)
+    except UserError as exc:
+        # a message that cannot be sent changes nothing on the page: a warning, not an error mark on the
+        # prompt box and on every column (which stayed until the next send)
+        gr.Warning(str(exc))
+        yield {}
+        return
     cols = [0] + [i + 1 for i, _, _ in used] + ([BASE_COLUMN] if with_base else [])
     if len(sess.transcripts) != CHAT_COLUMNS:
         sess.transcripts = [[] for _ in range(CHAT_COLUMNS)]
