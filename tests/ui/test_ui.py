@@ -584,11 +584,13 @@ def test_the_probe_tab_names_each_suite_with_its_size_source_and_license():
     assert "`xstest-safe` (20 prompts, over refusal rate)" in about and "CC-BY-4.0" in about
     assert "`gsm8k` (300 prompts, accuracy)" in about and "GSM8K (Cobbe et al. 2021; MIT)" in about
     assert "`humaneval` (164 prompts, pass rate)" in about and out["suite_set"]["visible"] is True
+    # on a CPU the page says that these take minutes (this machine and CI have no GPU)
+    assert "⏱ gsm8k, humaneval ask for long answers" in about and "minutes per model" in about
     held = PR.suites_line({"base": "smol:base", "suites": ["math"], "suite_set": PR.HELD_OUT})["suites_about"]
     assert held.startswith("`smol-math` (120 prompts, accuracy)")
     tiny = PR.suites_line({"base": "zoo:base", "suites": ["math"], "suite_set": PR.BENCHMARKS})
     assert tiny["suites_about"].startswith("`math` (120 prompts, accuracy): the tiny family's")
-    assert tiny["suite_set"]["visible"] is False
+    assert tiny["suite_set"]["visible"] is False and "⏱" not in tiny["suites_about"]
 
 
 @pytest.mark.parametrize("prompt, answer, tag", [

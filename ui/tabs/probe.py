@@ -267,7 +267,14 @@ def suites_line(v: dict, request=None) -> dict:
     and whether the family has a choice of prompt sets."""
     names = service.probe_suites_for(v.get("base"), [s for s in (v.get("suites") or []) if s in SUITES],
                                      held_out=v.get("suite_set") == HELD_OUT)
-    return {"suites_about": " · ".join(service.suite_lines(names)) if names else "",
+    about = " · ".join(service.suite_lines(names)) if names else ""
+    long = [n for n in names if service.suite_budget(n) >= 256]
+    if long and not service.has_gpu():
+        # measured: SmolLM2 on 2 cores, 40 prompts per suite, ~5-7 min per model (bench/README.md)
+        about += (f"  \n⏱ {', '.join(long)} ask{'s' if len(long) == 1 else ''} for long answers (reasoning, whole "
+                  "functions): on this CPU expect "
+                  "minutes per model; fewer prompts per suite, or the held-out suites, take seconds.")
+    return {"suites_about": about,
             "suite_set": gr.update(visible=service.has_suite_choice(v.get("base")))}
 
 
