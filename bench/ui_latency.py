@@ -160,29 +160,19 @@ def run(repeat: int) -> dict:
 def run_cold(repeat: int) -> dict:
     """Each time a fresh ``python app.py`` (as a Space starts): the page opened as soon as the server
     answers, the first merge, then the first probes at 24 prompts per suite (issue #26: <= 1 s, <= 3 s)."""
-    import socket
     import subprocess
-    import urllib.request
     from playwright.sync_api import sync_playwright
-    from tests.ui._browser import chromium
+    from tests.ui._browser import chromium, free_port, wait_until_serving
     res: dict[str, list[float]] = {"cold_first_merge": [], "cold_probes_first": []}
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium(), args=["--no-sandbox"])
         for _ in range(repeat):
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
+            port = free_port()
             env = {**os.environ, "PORT": str(port), "HOST": "127.0.0.1"}
             proc = subprocess.Popen([sys.executable, os.path.join(ROOT, "app.py")], env=env, cwd=ROOT,
                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             try:
-                url = f"http://127.0.0.1:{port}/"
-                for _ in range(600):
-                    try:
-                        urllib.request.urlopen(url + "gradio_api/info", timeout=2)
-                        break
-                    except OSError:
-                        time.sleep(0.1)
+                url = wait_until_serving(f"http://127.0.0.1:{port}/", seconds=60)
                 ctx, page = new_page(browser, url)
                 tab(page, "Merge")
                 res["cold_first_merge"].append(timed(page, lambda: page.locator("#merge-btn").click(),

@@ -37,8 +37,12 @@ def launch(demo, **options) -> str:
     """Start ``demo`` on a free local port (in this process) and wait until it answers; its URL."""
     port = free_port()
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **options)
-    url = f"http://127.0.0.1:{port}/"
-    for _ in range(100):
+    return wait_until_serving(f"http://127.0.0.1:{port}/")
+
+
+def wait_until_serving(url: str, seconds: float = 10.0) -> str:
+    """``url`` once its Gradio API answers (or after ``seconds``)."""
+    for _ in range(int(seconds * 10)):
         try:
             urllib.request.urlopen(url + "gradio_api/info", timeout=2)
             break
