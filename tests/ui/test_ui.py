@@ -680,3 +680,16 @@ def test_the_board_never_draws_measurements_of_different_sizes_as_one_picture(se
     assert sorted(t.name for t in fig.data) == sorted(["#2", "base", "safety", "math"])
     title = fig.layout.title.text
     assert "measured on 5 per suite: harmful, math" in title and "1 entry measured on other prompts not drawn" in title
+
+
+def test_the_tour_compares_on_the_family_s_held_out_suites(session, monkeypatch):
+    """Step 5 is a lesson in a minute: the family's own held-out suites even when the Probe tab is set to
+    the public benchmarks (which take minutes per model on a CPU)."""
+    asked = []
+    real = service.probe_suites_for
+    monkeypatch.setattr(service, "probe_suites_for",
+                        lambda base, kinds, held_out=False: asked.append(held_out) or real(base, kinds, held_out))
+    MG.do_merge(controls(recipe()))
+    out = LN.compare_tour({**controls(recipe()), "suites": ["harmful", "math"], "limit": 4,
+                           "suite_set": PR.BENCHMARKS})
+    assert asked and all(asked) and "of the family's held-out suites" in out["probe_status"]
