@@ -298,7 +298,8 @@ def test_parameter_out_of_range(fam, tmp_path, cli, method, where, value, needle
 
 @pytest.mark.parametrize("text,needles", [
     ("lambda: abc", ["'lambda' in parameters must be a number, not 'abc'"]),
-    ("lambda: 1e-3", ["must be a number, not '1e-3'"]),      # YAML 1.1 reads 1e-3 as text
+    # YAML 1.1 reads 1e9 as text; it is judged as the number written (was: "must be a number, not '1e9'")
+    ("lambda: 1e9", ["'lambda' in parameters is 1e+09; it must be between 0 and 2"]),
     ("lambda: .nan", ["must be a finite number"]),
     ("lambda: [1, 2]", ["must be a number"]),
     ("lambda: true", ["must be a number, not True"]),
