@@ -506,6 +506,8 @@ def test_memory_estimates_by_hand(fam):
     n = base.n_params
     assert policy.merge_estimate(base, [base, base]) == 6 * largest * 4
     assert policy.merge_estimate(base, [base], needs_grad=True) == 5 * largest * 4 + 3 * n * 4
+    # a trim that may sort the largest tensor as mergekit does: |x|, sorted values, int64 indices
+    assert policy.merge_estimate(base, [base, base], sorts=True) == 6 * largest * 4 + 20 * largest
     # live: merged state dict in the output dtype + cached float32 inputs (the family is small)
     assert policy.merge_estimate(base, [base], live=True, out_bytes=2) == 5 * largest * 4 + n * 2 + 2 * n * 4
     assert policy.load_estimate([base] * 3, 2) == int(3 * n * 2 * policy.CHAT_OVERHEAD)

@@ -87,7 +87,7 @@ def check_fits(p: Plan, live: bool) -> None:
     """Refuse, from the headers alone, a merge that would not fit in memory: before any weight is read
     (the app calls it before it loads the base into the session, through service.plan)."""
     policy.check_merge(p.base, p.sources, live=live, needs_grad=p.spec.prepare is not None,
-                       out_bytes=_TORCH_DTYPES[p.recipe.dtype].itemsize)
+                       out_bytes=_TORCH_DTYPES[p.recipe.dtype].itemsize, sorts=p.spec.sorts_ties)
 
 
 def run_merge(recipe: R.Recipe | Plan, *, out_dir: str | None = None, live_model=None,

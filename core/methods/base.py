@@ -128,6 +128,9 @@ class MethodSpec:
     # delta_stats(tau_flat_f32, params_i, global_params) -> object, once per
     # task vector before the row blocks; results in ctx.aux["delta_stats"]
     delta_stats: Callable | None = None
+    # trims by magnitude as mergekit does: where equal magnitudes straddle a cut (bf16 weights) it sorts the
+    # whole tensor once, as mergekit does (core/methods/_threshold.py); the memory estimate counts the sort
+    sorts_ties: bool = False
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from ._threshold import rank_window_mask
+from ._threshold import rank_window_mask, tie_order
 from .base import MethodSpec, Param, TensorContext, register
 from .ties import rescale_l1, sparse_merge, sparse_params
 
@@ -32,7 +32,7 @@ def outlier_window(delta: torch.Tensor, density: float, gamma: float, rescale: b
     top = int(gamma * n)
     lo = max(0, n - keep - top)
     # ties at either edge broken as mergekit's ascending sort breaks them (its outlier window)
-    mask = rank_window_mask(delta.abs(), lo, lo + keep, order="asc").to(delta.dtype)
+    mask = rank_window_mask(delta.abs(), lo, lo + keep, order=tie_order("asc")).to(delta.dtype)
     return rescale_l1(delta, mask) if rescale else delta * mask
 
 
@@ -49,13 +49,13 @@ _GAMMA = (Param("gamma", 0.01, 0.0, 1.0, per_model=True, help="γ: fraction of t
 
 
 SPEC = register(MethodSpec(
-    name="breadcrumbs", label="Model Breadcrumbs", fn=merge, mergekit_name="breadcrumbs",
+    name="breadcrumbs", sorts_ties=True, label="Model Breadcrumbs", fn=merge, mergekit_name="breadcrumbs",
     summary="Drop each task vector's largest outliers and smallest changes, then add what remains.",
     params=sparse_params(_DENSITY, "divide by the sum of the weights", rescale=False, extra=_GAMMA),
 ))
 
 SPEC_TIES = register(MethodSpec(
-    name="breadcrumbs_ties", label="Breadcrumbs-TIES", fn=merge_ties, mergekit_name="breadcrumbs_ties",
+    name="breadcrumbs_ties", sorts_ties=True, label="Breadcrumbs-TIES", fn=merge_ties, mergekit_name="breadcrumbs_ties",
     summary="Drop each task vector's outliers and smallest changes, then merge with TIES's sign vote.",
     params=sparse_params(_DENSITY, "divide each entry by the summed weights of the experts that agree with its sign",
                          rescale=False, extra=_GAMMA),

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import torch
 
-from ._threshold import TopK
+from ._threshold import TopK, tie_order
 from .base import MethodSpec, Param, TensorContext, register
 
 _EPS = 1e-7   # mergekit's: below it an L1 norm counts as zero and nothing is rescaled
@@ -80,7 +80,7 @@ def trim_stats(tau: torch.Tensor, params: dict, global_params: dict, *, overwrit
     k = 0 if density <= 0 or n == 0 else max(1, int(density * n))
     rescale = global_params["rescale"]
     # ties at the cut broken as mergekit's argsort breaks them (its magnitude trim)
-    top = TopK.of(tau, k, overwrite=overwrite, l1=rescale, order="desc")
+    top = TopK.of(tau, k, overwrite=overwrite, l1=rescale, order=tie_order("desc"))
     scale = 1.0
     if rescale and top.abs_sum >= _EPS and top.top_sum >= _EPS:
         # as a float32 quotient, like mergekit's tensor division
@@ -211,7 +211,7 @@ def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: d
 
 
 SPEC = register(MethodSpec(
-    name="ties", label="TIES", fn=merge, mergekit_name="ties",
+    name="ties", sorts_ties=True, label="TIES", fn=merge, mergekit_name="ties",
     summary="Trim each task vector to its largest entries (density: mergekit's default 1 trims nothing; the "
             "paper kept 20%), elect a sign per weight, average the agreeing ones.",
     params=[

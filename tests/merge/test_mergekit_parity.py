@@ -138,6 +138,19 @@ def test_ties_breaks_tied_magnitudes_as_mergekit(shape, density):
     assert int(ours.sum()) == int(plain.sum()) == k and not torch.equal(ours, plain)
 
 
+def test_fast_ties_trades_mergekit_s_tie_order_for_speed(monkeypatch):
+    """MERGE_EXPLORER_FAST_TIES=1: ties broken earliest index first (no sort), the same count kept."""
+    base, models = _tied_models((40, 50), 1, seed=24)
+    w = {"weight": [1.0], "density": 0.4}
+    ref = _mk("ties", [base] + models, w)
+    monkeypatch.setenv("MERGE_EXPLORER_FAST_TIES", "1")
+    fast = _ours("ties", base, models, [{"weight": 1.0, "density": 0.4}], {})
+    assert not torch.equal(fast, ref) and int((fast != base).sum()) == int((ref != base).sum())
+    monkeypatch.delenv("MERGE_EXPLORER_FAST_TIES")
+    torch.testing.assert_close(_ours("ties", base, models, [{"weight": 1.0, "density": 0.4}], {}), ref,
+                               atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize("method", ["breadcrumbs", "breadcrumbs_ties"])
 @pytest.mark.parametrize("density,gamma", [(0.5, 0.1), (0.3, 0.05), (0.8, 0.02)])
 @pytest.mark.parametrize("shape", TIED)

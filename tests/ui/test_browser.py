@@ -302,6 +302,8 @@ def test_the_smol_family_in_the_page(page, url):
     for i in range(3):
         expect(page.locator(f"#chat-{i} .message.bot").last).not_to_be_empty()
     expect(page.locator("#chat-0 .message.bot").last).to_contain_text("answer is")   # the math expert's steps
+    for i in range(3):    # each finished answer carries the sum's verdict ("34 plus 8", in words)
+        expect(page.locator(f"#chat-{i} .message.bot").last).to_contain_text(re.compile(r"\b(correct|wrong)\b"))
     no_error_toast(page)
     shot(page, "14-smol-chat")
     page.close()

@@ -124,7 +124,7 @@ def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: d
 
 
 SPEC = register(MethodSpec(
-    name="acm", label="ACM (activation-guided)", fn=merge, prepare=prepare,
+    name="acm", sorts_ties=True, label="ACM (activation-guided)", fn=merge, prepare=prepare,
     summary="Scale each expert's task vector per layer by how much its activations drifted from the base's "
             "(mutual information on calibration prompts), then Task Arithmetic or TIES.",
     params=[
