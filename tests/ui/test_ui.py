@@ -693,3 +693,9 @@ def test_the_tour_compares_on_the_family_s_held_out_suites(session, monkeypatch)
     out = LN.compare_tour({**controls(recipe()), "suites": ["harmful", "math"], "limit": 4,
                            "suite_set": PR.BENCHMARKS})
     assert asked and all(asked) and "of the family's held-out suites" in out["probe_status"]
+
+
+def test_an_empty_expert_slot_shows_no_task():
+    out = MD.expert_headers({"expert0": "zoo:safety", "task0": "safety", "expert1": "", "task1": "code"})
+    assert out["task0"]["visible"] is True and out["task1"]["visible"] is False
+    assert out["head1"] == "" and out["chat2"]["visible"] is False

@@ -44,6 +44,7 @@ def expert_headers(v: dict, request=None) -> dict:
     for i, (ref, task) in enumerate(C.experts_of(v)):
         ref = (ref or "").strip()
         out[f"box{i}"] = gr.update(visible=bool(ref))
+        out[f"task{i}"] = gr.update(visible=bool(ref))     # "— none —" has no task to show
         out[f"head{i}"] = f"**Expert {i + 1}: {ref}** · task *{task}*" if ref else ""
         out[f"chat{i + 1}"] = gr.update(visible=bool(ref), label=column_label(ref, task) if ref else "")
     return out
@@ -129,7 +130,7 @@ def layout(ui: Named) -> None:
 
 def wire(ui: Named, demo) -> None:
     report = ["report", "report_table"]
-    heads = [f"{w}{i}" for i in range(C.N_EXPERTS) for w in ("box", "head")] + \
+    heads = [f"{w}{i}" for i in range(C.N_EXPERTS) for w in ("box", "head", "task")] + \
         [f"chat{i + 1}" for i in range(C.N_EXPERTS)]
     ui.on(demo.load, check_models, MODEL_INPUTS, report)
     ui.on(demo.load, expert_headers, MODEL_INPUTS, heads)
