@@ -331,8 +331,8 @@ def suite_budget(name: str) -> int:
 
 
 def has_gpu() -> bool:
-    import torch
-    return torch.cuda.is_available()
+    """Whether probes and chat run on an accelerator here (the device choice is checkpoint's)."""
+    return checkpoint.pick_device("auto") != "cpu"
 
 
 def build_suites(wheels: str | None = None, check: bool = False, log=None) -> list[str]:

@@ -9,6 +9,7 @@ share the key "local".
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 import threading
@@ -112,7 +113,6 @@ MAX_EXPIRED = 10_000
 
 
 def _env_int(name: str, default: int, lo: int) -> int:
-    import os
     raw = os.environ.get(name, "").strip()
     try:
         v = int(raw) if raw else default

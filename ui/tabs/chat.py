@@ -22,6 +22,8 @@ MAX_NEW_TOKENS = 96
 # a prompt longer than this is refused before any model sees it (and is not kept):
 # far beyond what a small model's context holds, and streamed back in every column
 MAX_PROMPT_CHARS = 4000
+# how long a message waits for a merge in its session before it is refused (a sweep takes minutes)
+MERGE_WAIT_S = 10.0
 # a plain sum asked in symbols or words ("47 + 8", "What's 47 plus 8?", "6 times 7")
 _OPS = {"+": "+", "plus": "+", "-": "-", "minus": "-", "*": "*", "×": "*", "x": "*", "times": "*",
         "multiplied by": "*"}
@@ -178,8 +180,6 @@ def chat_send(v: dict, request=None):
 # Send and Stop reach the server as two requests that may be handled in either order; a Stop
 # this close to a Send was meant for it
 STOP_GRACE_S = 0.5
-# how long a message waits for a merge in its session before it is refused (a sweep takes minutes)
-MERGE_WAIT_S = 10.0
 
 
 def chat_arm(v: dict, request=None) -> None:
