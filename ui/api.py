@@ -21,7 +21,7 @@ from core import recipe as R
 from core.errors import UserError
 
 from . import state as S
-from .tabs.common import guard
+from .common import guard
 from .tabs.merge import merge_and_record
 from .tabs.probe import PROBE_LIMIT, SUITES
 

@@ -21,7 +21,7 @@ import gradio as gr
 from . import controls as C
 from . import state as S
 from .tabs import chat, compare, export, learn, look, merge, models, probe
-from .tabs.common import CONCURRENCY, Named
+from .common import CONCURRENCY, Named
 
 log = logging.getLogger("merge_explorer.ui")
 

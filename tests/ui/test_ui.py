@@ -560,7 +560,7 @@ def test_acm_coefficients_picture(session):
 
 
 def test_model_names_in_labels_are_short_but_tell_folders_apart():
-    from ui.tabs.common import _short, short_names
+    from ui.common import _short, short_names
     assert short_names(["/runs/a/qwen/final", "/runs/b/qwen/final", "zoo:math"]) == \
         {"/runs/a/qwen/final": "a/qwen/final", "/runs/b/qwen/final": "b/qwen/final", "zoo:math": "math"}
     tv = LK.tv_figures({"experts": ["/runs/a/qwen/final", "/runs/b/qwen/final"], "layers": ["layer 0"],
@@ -661,7 +661,7 @@ def test_a_hidden_knob_is_not_sent_and_an_unknown_choice_is_refused():
     ("/data/runs/qwen-math/final", "math", "qwen-math/final (math)"),
 ])
 def test_chat_columns_name_the_task_only_when_the_name_does_not(ref, task, label):
-    from ui.tabs.common import column_label
+    from ui.common import column_label
     assert column_label(ref, task) == label
     assert MD.expert_headers({"expert0": ref, "task0": task})["chat1"]["label"] == label
 

@@ -13,7 +13,7 @@ from core.errors import UserError
 from .. import controls as C
 from .. import gpu as G
 from .. import state as S
-from .common import Named, _experts, column_label, guard
+from ..common import Named, _experts, column_label, guard
 
 
 CHAT_COLUMNS = 2 + C.N_EXPERTS          # merged, each parent, the base (optional, last)

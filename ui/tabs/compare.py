@@ -11,7 +11,7 @@ import gradio as gr
 from .. import controls as C
 from .. import figures as F
 from .. import state as S
-from .common import Named, _short, guard
+from ..common import Named, _short, guard
 
 BOARD_OUTPUTS = ["board", "board_pick", "board_plot"]
 HEADERS = ["entry", "model", "refuses harmful", "over-refuses benign", "math solved", "code passes", "measured on"]

