@@ -307,7 +307,38 @@ def validate(recipe: Recipe) -> Checked:
     shared = {k: v for k, v in top.items() if spec.param(k) is not None and spec.param(k).per_model}
     written = [{**shared, **_canonical(spec, m.parameters, f" of {quoted(m.model)}", per_model=True)}
                for m in recipe.models]
-    return Checked(recipe, spec, written, {k: v for k, v in top.items() if k not in shared}, idx)
+    checked = Checked(recipe, spec, written, {k: v for k, v in top.items() if k not in shared}, idx)
+    _check_rules(checked)
+    return checked
+
+
+def unused_sentence(spec, p) -> str:
+    """The refusal of a parameter the method's settings do not use (``Param.used_when``)."""
+    who = spec.label.split(" (")[0]
+    g, v = p.used_when
+    return f"{who}'s {p.name} is used only when {g} is {v}; set {g}: {v} or leave {p.name} out."
+
+
+def _check_rules(checked: Checked) -> None:
+    """The method's rules between parameters, once, on the written values:
+    a parameter set to other than its default while its ``used_when`` does
+    not hold (it would change nothing: say so rather than ignore it), then
+    the method's own ``check``."""
+    spec, idx = checked.spec, checked.contributors
+    per, glob = checked.params()
+    for p in spec.params:
+        if not p.used_when or p.used_with(glob):
+            continue
+        if p.per_model:
+            models, written = checked.recipe.models, checked.written
+            hit = any(p.name in written[i] and written[i][p.name] != p.default_for(task_of(models[i], written[i]))
+                      for i in idx)
+        else:
+            hit = p.name in checked.written_global and checked.written_global[p.name] != p.default
+        if hit:
+            raise UserError(unused_sentence(spec, p))
+    if spec.check is not None:
+        spec.check([per[i] for i in idx], glob)
 
 
 def to_mergekit_yaml(recipe: Recipe) -> str:

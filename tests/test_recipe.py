@@ -202,3 +202,82 @@ def test_mergekit_export_maps_aliases_and_refuses_what_mergekit_lacks(toy, monke
 def test_a_number_yaml_reads_as_text_is_taken_as_the_number():
     rec = R.validate(R.loads(TA.replace("lambda: 0.5", "lambda: 5e-1")))
     assert rec.written_global["lambda"] == 0.5
+
+
+# ---------------------------------------------------- rules between parameters (Param.used_when)
+ACM_DENSITY = "ACM's density is used only when base_method is ties; set base_method: ties or leave density out."
+
+
+def acm_recipe(base_method: str | None = None, density=None, shared=False, **glob) -> dict:
+    experts = [{"model": "zoo:safety"}, {"model": "zoo:math"}]
+    if density is not None and not shared:
+        experts[1]["parameters"] = {"density": density}
+    params = dict(glob)
+    if base_method is not None:
+        params["base_method"] = base_method
+    if density is not None and shared:
+        params["density"] = density
+    return {"merge_method": "acm", "base_model": "zoo:base", "models": experts, "parameters": params}
+
+
+@pytest.mark.parametrize("shared", [False, True], ids=["per-model", "under-parameters"])
+def test_a_knob_the_settings_do_not_use_is_refused_at_validation(shared):
+    # ACM-TA (the default base_method) does not trim: a density below 1 would change nothing
+    assert refused(R.from_dict(acm_recipe(density=0.5, shared=shared))) == ACM_DENSITY
+    assert refused(R.from_dict(acm_recipe("task_arithmetic", density=0.5, shared=shared))) == ACM_DENSITY
+    # its default (1: no trim) is not a setting; with ties the same density is used
+    R.validate(R.from_dict(acm_recipe("task_arithmetic", density=1.0, shared=shared)))
+    checked = R.validate(R.from_dict(acm_recipe("ties", density=0.5, shared=shared)))
+    assert [mp["density"] for mp in checked.model_params] == [0.5 if shared else 1.0, 0.5]
+    sb = R.from_dict({"merge_method": "subspace_boosting", "base_model": "zoo:base",
+                      "models": [{"model": "zoo:safety", "parameters": {"density": 0.3}}]})
+    assert refused(sb) == ("Subspace Boosting's density is used only when base_method is ties; "
+                           "set base_method: ties or leave density out.")
+
+
+def test_the_rule_comes_from_the_registry_for_any_method(monkeypatch):
+    spec = MethodSpec("toy3", "Toy three (test)", _zero, params=[
+        Param("mode", "a", kind="choice", choices=("a", "b")),
+        Param("sharp", 0.0, 0.0, 1.0, used_when=("mode", "b")),
+        Param("keep", 1.0, 0.0, 1.0, per_model=True, used_when=("mode", "b"))])
+    monkeypatch.setitem(registry.REGISTRY, "toy3", spec)
+
+    def toy3(glob=None, per=None):
+        return R.from_dict({"merge_method": "toy3", "base_model": "zoo:base",
+                            "models": [{"model": "zoo:math", "parameters": per or {}}], "parameters": glob or {}})
+    assert refused(toy3({"sharp": 0.5})) == \
+        "Toy three's sharp is used only when mode is b; set mode: b or leave sharp out."
+    assert refused(toy3(per={"keep": 0.2})) == \
+        "Toy three's keep is used only when mode is b; set mode: b or leave keep out."
+    R.validate(toy3({"sharp": 0.0}, {"keep": 1.0}))
+    R.validate(toy3({"mode": "b", "sharp": 0.5}, {"keep": 0.2}))
+
+
+def test_acm_clusters_are_checked_at_validation():
+    assert refused(R.from_dict(acm_recipe(n_calibration=8, clusters=9))) == \
+        "ACM's clusters (9) must not exceed n_calibration (8)."
+    R.validate(R.from_dict(acm_recipe(n_calibration=8, clusters=8)))
+
+
+def test_the_plan_refuses_before_any_model_is_read(monkeypatch):
+    from core import service
+    from core.merge import plan
+
+    def no_inspect(ref):
+        raise AssertionError(f"{ref} was inspected before the recipe was validated")
+    monkeypatch.setattr(plan.M, "inspect", no_inspect)
+    with pytest.raises(UserError) as err:
+        service.plan(acm_recipe("task_arithmetic", density=0.5))
+    assert str(err.value) == ACM_DENSITY
+
+
+def test_the_command_line_prints_the_same_one_sentence(monkeypatch, tmp_path, cli):
+    from core.merge import plan
+
+    def no_inspect(ref):
+        raise AssertionError(f"{ref} was inspected before the recipe was validated")
+    monkeypatch.setattr(plan.M, "inspect", no_inspect)
+    path = tmp_path / "acm.yaml"
+    path.write_text(yaml.safe_dump(acm_recipe(density=0.5)))
+    assert cli.refused(["merge", path, "--out", tmp_path / "out"]) == ACM_DENSITY
+    assert not (tmp_path / "out").exists()

@@ -20,7 +20,13 @@ A method receives them resolved (``Params``): every declared parameter is
 there, typed, with its declared default where the recipe is silent, so a
 method reads ``params["weight"]`` and never repeats a default. A default
 may depend on the expert's task (``Param.by_task``: LED's r); the registry
-is the one place that says so, and the UI asks it.
+is the one place that says so, and the UI asks it. The same holds for what
+else a control is: the paper's symbol and the words a person reads
+(``Param.title``: "λ (scale)"), and when a method uses the parameter at all
+(``Param.used_when``: ACM's density only with base_method ties). The UI
+hides a knob its settings do not use; recipe validation refuses one set to
+a value other than its default (core.recipe), for the UI, the HTTP API and
+the command line alike.
 
 Row blocks. A spec with ``elementwise=True`` promises that entry j of the
 result depends only on entry j of the inputs, so the engine may call ``fn``
@@ -60,10 +66,27 @@ class Param:
     mergekit: str | None = None    # name in mergekit YAML when different/present
     by_task: tuple = ()            # ((task, default), ...): defaults that depend on the expert's task
     step: float | None = None      # a slider's step where the UI's rule of thumb cannot reach the default
+    symbol: str = ""               # the paper's symbol ("λ", "r", "t"); the control reads "λ (scale)"
+    label: str = ""                # the control's words (default: the name, "_" read as a space)
+    used_when: tuple = ()          # (global param, value): used only when that global has that value
 
     def default_for(self, task: str | None = None) -> Any:
         """The default for an expert of ``task``; the plain default when the task has none."""
         return dict(self.by_task).get(task, self.default)
+
+    @property
+    def title(self) -> str:
+        """What a person reads for this parameter: "λ (scale)", "r (mask ratio)", "density"."""
+        words = self.label or self.name.replace("_", " ")
+        return f"{self.symbol} ({words})" if self.symbol else words
+
+    def used_with(self, global_params: Mapping) -> bool:
+        """Whether a method with these global settings uses this parameter at all
+        (``used_when``; a global missing from ``global_params`` has no value, so it matches none)."""
+        if not self.used_when:
+            return True
+        name, value = self.used_when
+        return str(global_params.get(name)) == str(value)
 
 
 class Params(Mapping):
@@ -131,6 +154,10 @@ class MethodSpec:
     # trims by magnitude as mergekit does: where equal magnitudes straddle a cut (bf16 weights) it sorts the
     # whole tensor once, as mergekit does (core/methods/_threshold.py); the memory estimate counts the sort
     sorts_ties: bool = False
+    # check(model_params, global_params) raises UserError for a rule between parameters that
+    # Param.used_when cannot say (ACM: clusters <= n_calibration); recipe validation runs it once,
+    # with the contributing experts' resolved Params, before any weight is read
+    check: Callable | None = None
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)

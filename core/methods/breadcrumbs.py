@@ -45,7 +45,8 @@ def _kept(deltas: list, model_params: list, global_params: dict, ctx: TensorCont
 merge = sparse_merge(_kept, consensus=False)
 merge_ties = sparse_merge(_kept, consensus=True)
 _DENSITY = "fraction of this expert's changes kept per tensor (1 keeps all and ignores γ)"
-_GAMMA = (Param("gamma", 0.01, 0.0, 1.0, per_model=True, help="γ: fraction of the largest changes dropped as outliers"),)
+_GAMMA = (Param("gamma", 0.01, 0.0, 1.0, per_model=True, symbol="γ", label="outliers",
+                help="γ: fraction of the largest changes dropped as outliers"),)
 
 
 SPEC = register(MethodSpec(

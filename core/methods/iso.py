@@ -87,14 +87,15 @@ def merge_cts(base: torch.Tensor, deltas: list, model_params: list, global_param
 SPEC_C = register(MethodSpec(
     name="iso_c", label="Iso-C", fn=merge_c,
     summary="Sum the task vectors, then give every singular direction the same strength.",
-    params=[Param("alpha", 1.0, 0.0, 2.0, help="α: global scale of the merged task vector")],
+    params=[Param("alpha", 1.0, 0.0, 2.0, symbol="α", label="scale",
+                  help="α: global scale of the merged task vector")],
 ))
 
 SPEC_CTS = register(MethodSpec(
     name="iso_cts", label="Iso-CTS", fn=merge_cts,
     summary="Like Iso-C, but reserve part of the spectrum for each expert's own directions.",
     params=[
-        Param("alpha", 1.0, 0.0, 2.0, help="α: global scale of the merged task vector"),
+        Param("alpha", 1.0, 0.0, 2.0, symbol="α", label="scale", help="α: global scale of the merged task vector"),
         Param("common_space_fraction", 0.8, 0.0, 1.0,
               help="share of the spectrum given to directions common to all experts"),
     ],

@@ -56,6 +56,6 @@ SPEC = register(MethodSpec(
     name="slerp", label="SLERP", fn=merge, mergekit_name="slerp", min_models=1, max_models=1,
     summary="Spherical interpolation between the base and one expert, one angle per tensor.",
     params=[
-        Param("t", 0.5, 0.0, 1.0, help="t: 0 gives the base, 1 the expert"),
+        Param("t", 0.5, 0.0, 1.0, symbol="t", label="interpolation", help="t: 0 gives the base, 1 the expert"),
     ],
 ))

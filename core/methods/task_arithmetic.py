@@ -25,7 +25,7 @@ SPEC = register(MethodSpec(
     summary="Add each expert's task vector, scaled by its weight and a global λ.",
     params=[
         Param("weight", 1.0, 0.0, 2.0, per_model=True, help="wᵢ: how much of this expert's task vector to add"),
-        Param("lambda", 1.0, 0.0, 2.0, help="λ: global scale of the summed task vectors"),
+        Param("lambda", 1.0, 0.0, 2.0, symbol="λ", label="scale", help="λ: global scale of the summed task vectors"),
     ],
     elementwise=True,   # a weighted sum: the engine may feed row blocks
 ))

@@ -124,7 +124,7 @@ def sparse_params(density_help: str, normalize_help: str, *, rescale: bool, extr
         Param("weight", 1.0, 0.0, 2.0, per_model=True, help="wᵢ: how much of this expert's task vector to add"),
         Param("density", 1.0, 0.0, 1.0, per_model=True, help=density_help),
         *extra,
-        Param("lambda", 1.0, 0.0, 2.0, help="λ: global scale of the merged task vector"),
+        Param("lambda", 1.0, 0.0, 2.0, symbol="λ", label="scale", help="λ: global scale of the merged task vector"),
         Param("rescale", rescale, kind="bool", help="scale the kept entries so each task vector keeps its L1 norm"),
         Param("normalize", False, kind="bool", help=normalize_help),
     ]
@@ -218,7 +218,7 @@ SPEC = register(MethodSpec(
         Param("weight", 1.0, 0.0, 2.0, per_model=True, help="wᵢ: this expert's weight, applied before the sign vote"),
         Param("density", 1.0, 0.0, 1.0, per_model=True,
               help="fraction of this expert's largest-magnitude changes kept per tensor (1 keeps all)"),
-        Param("lambda", 1.0, 0.0, 2.0, help="λ: global scale of the merged task vector"),
+        Param("lambda", 1.0, 0.0, 2.0, symbol="λ", label="scale", help="λ: global scale of the merged task vector"),
         Param("normalize", True, kind="bool",
               help="divide each entry by the summed weights of the experts that agree with its sign"),
         Param("rescale", False, kind="bool",

@@ -68,6 +68,6 @@ SPEC = register(MethodSpec(
     name="tsv", label="TSV-Merge", fn=merge,
     summary="Keep each expert's top singular directions and orthogonalise them so the experts stop interfering.",
     params=[
-        Param("alpha", 1.0, 0.0, 2.0, help="α: global scale of the merged task vector"),
+        Param("alpha", 1.0, 0.0, 2.0, symbol="α", label="scale", help="α: global scale of the merged task vector"),
     ],
 ))

@@ -271,6 +271,29 @@ def test_acm_ties_with_unit_coefficients_is_ties_and_scales_agreeing_entries():
     assert torch.allclose(ta_out, sum(c * d for c, d in zip(coeffs, same)) / 3)
 
 
+def test_rules_between_parameters_are_checked_with_the_recipe_before_any_forward_pass(calib, monkeypatch):
+    from core import recipe as R
+
+    def no_forward(*a, **k):
+        raise AssertionError("the models ran before the recipe's rules were checked")
+    monkeypatch.setattr(A, "layer_mi", no_forward)
+    ta = _recipe(calib)
+    ta.models[1].parameters["density"] = 0.5
+    sentence = "ACM's density is used only when base_method is ties; set base_method: ties or leave density out."
+    for call in (R.validate, service.plan, service.acm_analysis):
+        with pytest.raises(UserError) as err:
+            call(ta)
+        assert str(err.value) == sentence
+    with pytest.raises(UserError) as err:
+        R.validate(_recipe(calib, clusters=17))
+    assert str(err.value) == "ACM's clusters (17) must not exceed n_calibration (16)."
+    # ACM-TIES uses density: the same recipe validates and plans, and the plan carries it
+    tied = _recipe(calib, base_method="ties")
+    tied.models[1].parameters["density"] = 0.5
+    p = service.plan(tied)
+    assert [mp["density"] for mp in p.model_params] == [1.0, 0.5, 1.0]
+
+
 def test_recipe_errors_are_one_sentence(cache_dir, calib, tmp_path):
     with pytest.raises(UserError, match="only when base_method is ties"):
         r = _recipe(calib)

@@ -86,13 +86,8 @@ def analyse(p, progress=None) -> dict:
     """MI, coefficients and everything the UI plots for a merge plan (see service.acm_analysis)."""
     from . import activations
     from .mi import max_mi
-    from ...errors import UserError
-    glob = p.global_params
-    if glob["base_method"] != "ties" and any(mp["density"] < 1 for mp in p.model_params):
-        raise UserError("ACM's density applies only when base_method is ties.")
+    glob = p.global_params   # validated with the recipe: density only under ties, clusters <= n_calibration
     n, k = glob["n_calibration"], glob["clusters"]
-    if k > n:
-        raise UserError(f"ACM's clusters ({k}) must not exceed n_calibration ({n}).")
     points, mi, details = activations.layer_mi(p.base, list(p.sources), _rows(glob, n, p.base.path), n_calibration=n,
                                                clusters=k, seed=p.seed, progress=progress)
     t = glob["temperature"]
@@ -102,6 +97,14 @@ def analyse(p, progress=None) -> dict:
             "base_method": glob["base_method"], "mi_max": max_mi(activations.MAX_PAIRS),
             "units": "nats", "n_pool": details["n_pool"], "n_calibration": details["n_calibration"],
             "clusters": k, "cached": details["cached"]}
+
+
+def check(model_params: list, global_params) -> None:
+    """ACM's rule between parameters (recipe validation runs it, before any weight is read)."""
+    from ...errors import UserError
+    n, k = global_params["n_calibration"], global_params["clusters"]
+    if k > n:
+        raise UserError(f"ACM's clusters ({k}) must not exceed n_calibration ({n}).")
 
 
 def prepare(plan, progress=None) -> Prepared:
@@ -124,21 +127,21 @@ def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: d
 
 
 SPEC = register(MethodSpec(
-    name="acm", sorts_ties=True, label="ACM (activation-guided)", fn=merge, prepare=prepare,
+    name="acm", sorts_ties=True, label="ACM (activation-guided)", fn=merge, prepare=prepare, check=check,
     summary="Scale each expert's task vector per layer by how much its activations drifted from the base's "
             "(mutual information on calibration prompts), then Task Arithmetic or TIES.",
     params=[
         Param("base_method", "task_arithmetic", kind="choice", choices=BASE_METHODS,
               help="how the per-layer weighted task vectors are combined: ACM-TA or ACM-TIES"),
         # step 0.01 from 0.01: the default 0.7 and 1.0 lie on the slider (0.05 steps from 0.01 missed both)
-        Param("temperature", DEFAULT_T, 0.01, 10.0, step=0.01,
+        Param("temperature", DEFAULT_T, 0.01, 10.0, step=0.01, symbol="t",
               help="t: how strongly MI differences spread the layer coefficients (λ in [0.5, 1))"),
         Param("n_calibration", 100, 4, 2000, kind="int",
               help="calibration samples chosen by K-means from the pool"),
         Param("clusters", 20, 1, 200, kind="int", help="K of the K-means over the pool's mean hidden states"),
-        Param("calibration", "", kind="str",
+        Param("calibration", "", kind="str", label="calibration data (file)",
               help="JSONL of {\"text\": ...} or {\"prompt\": ...} lines; empty: the built-in pool"),
-        Param("density", 1.0, 0.0, 1.0, per_model=True,
+        Param("density", 1.0, 0.0, 1.0, per_model=True, used_when=("base_method", "ties"),
               help="ACM-TIES only: fraction of this expert's largest changes kept per tensor"),
     ],
 ))

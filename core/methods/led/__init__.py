@@ -206,13 +206,13 @@ SPEC = register(MethodSpec(
             "elect those important in both, keep only weights no other expert elected, add those task-vector entries.",
     params=[
         Param("weight", 1.0, 0.0, 2.0, per_model=True, help="λᵢ: this expert's own scale of its masked task vector (the paper's λᵢ; not a global λ)"),
-        Param("mask_ratio", RATIO_DEFAULT, 0.0, 1.0, per_model=True, by_task=RATIO_BY_TASK,
+        Param("mask_ratio", RATIO_DEFAULT, 0.0, 1.0, per_model=True, by_task=RATIO_BY_TASK, symbol="r",
               help="rᵢ: fraction of each tensor's weights located as important (kept); its default follows the task: "
                    + ", ".join(f"{r:g} {task}" for task, r in RATIO_BY_TASK) + f", {RATIO_DEFAULT:g} custom"),
         Param("task", "auto", kind="choice", choices=TASK_CHOICES, per_model=True,
               help="which task data locates this expert's weights; auto: the model entry's task, or the "
                    "built-in model's name"),
-        Param("location_data", "", kind="str", per_model=True,
+        Param("location_data", "", kind="str", per_model=True, label="location data (file)",
               help="JSONL of {prompt, response} or AdvBench CSV (goal,target); empty: the built-in data of the task"),
         Param("election", "11", kind="choice", choices=("11", "10", "01"),
               help="11: important in base AND expert (LED); 10: base scores only; 01: expert scores only"),
