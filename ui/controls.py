@@ -39,15 +39,20 @@ def family_refs() -> list[str]:
 ZOO = family_refs()
 NONE = ""             # an empty expert slot
 
-# A knob that only some settings of a method use: (method, param) -> (global param, value it needs).
-# ACM's per-expert density trims like TIES and only ACM-TIES uses it; a sweep of it under ACM-TA is flat.
-USED_WHEN = {("acm", "density"): ("base_method", "ties"),
-             ("subspace_boosting", "density"): ("base_method", "ties")}
-
-
 def methods() -> dict:
     from core import service
     return service.list_methods()
+
+
+def used_when() -> dict:
+    """A knob that only some settings of a method use: (method, param) -> (global param, value it
+    needs), as the registry's ``Param.used_when`` says. ACM's per-expert density trims like TIES and
+    only ACM-TIES uses it; a sweep of it under ACM-TA is flat."""
+    return {(name, p.name): tuple(p.used_when) for name, spec in methods().items()
+            for p in spec.params if p.used_when}
+
+
+USED_WHEN = used_when()
 
 
 def method_choices() -> list[tuple[str, str]]:
@@ -92,12 +97,8 @@ def _range(p) -> tuple[float, float, float]:
 
 
 def pretty(p) -> str:
-    """A control's label: the parameter name, with the paper's symbol when it has one."""
-    names = {"lambda": "λ (scale)", "mask_ratio": "r (mask ratio)", "temperature": "t (temperature)",
-             "weight": "weight", "density": "density", "gamma": "γ (outliers)", "alpha": "α (scale)",
-             "t": "t (interpolation)", "beta": "β (floor)", "location_data": "location data (file)",
-             "calibration": "calibration data (file)"}
-    return names.get(p.name, p.name.replace("_", " "))
+    """A control's label, as its Param says: the paper's symbol and words ("λ (scale)"), or the words alone."""
+    return p.title
 
 
 def numeric(p) -> bool:
@@ -259,9 +260,10 @@ def describe(recipe: dict) -> str:
 
 
 def in_use(method: str, name: str, glob: dict) -> bool:
-    """Whether the method, with these global settings, uses the parameter at all."""
-    need = USED_WHEN.get((method, name))
-    return need is None or str(glob.get(need[0])) == need[1]
+    """Whether the method, with these global settings, uses the parameter at all (``Param.used_when``)."""
+    spec = methods().get(method)
+    p = spec.param(name) if spec is not None else None
+    return p is None or p.used_with(glob)
 
 
 def sweep_choices(v: dict) -> list[tuple[str, str]]:
