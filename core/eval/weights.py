@@ -267,8 +267,10 @@ def provenance(base, experts: list, merged, progress: Progress | None = None) ->
                         m = m[: shape[0]]
                     else:
                         raise UserError(f"The merged {quoted(name)} is {list(m.shape)} but the base's is {list(shape)}.")
-                delta = m.to("cpu", torch.float32).reshape(-1) - t0
-                taus = [_shared(r.get(name), shape) - t0 for r in readers[1:]]
+                # the dot products sum 10^5..10^7 products: in float32 their rounding moved a Task Arithmetic
+                # merge's exact coefficient 1 to 0.9999995 on some CPUs (the summation order is the kernel's)
+                delta = (m.to("cpu", torch.float32).reshape(-1) - t0).double()
+                taus = [(_shared(r.get(name), shape) - t0).double() for r in readers[1:]]
                 vec = np.empty(1 + n + n * n)
                 vec[0] = float(torch.dot(delta, delta))
                 for j, t in enumerate(taus):
