@@ -238,6 +238,57 @@ def chat_session(models: list, **options):
     return chat.ChatSession(models, **options)
 
 
+def model_cache():
+    """A cache of loaded chat/probe models (chat.ModelCache): one per UI session, kept until replaced."""
+    from .eval import chat
+    return chat.ModelCache()
+
+
+def load_model(ref, device: str = "auto"):
+    """A model for generation (a reference, or the ModelInfo a plan read), as checkpoint.load_model."""
+    return checkpoint.load_model(ref, device=device)
+
+
+def load_tokenizer(ref):
+    """The tokenizer of a reference or of a ModelInfo a plan read."""
+    return checkpoint.load_tokenizer(ref)
+
+
+def warm_layout(ref: str) -> None:
+    """Build a model's layout once (its modeling code imported, the architecture traced on the meta device)."""
+    checkpoint.layout(checkpoint.inspect(ref))
+
+
+def parse_recipe(text: str):
+    """A Recipe from YAML (or JSON, YAML's subset) text; one sentence on anything malformed."""
+    from . import recipe as recipes
+    return recipes.loads(text)
+
+
+def validate(recipe):
+    """A recipe (Recipe, mapping or YAML path) checked against its method: recipe.Checked (the method's
+    spec, which models contribute), or one sentence on what is wrong. Reads no file of any model."""
+    from . import recipe as recipes
+    return recipes.validate(_as_recipe(recipe))
+
+
+def recipe_yaml(recipe) -> str:
+    """A recipe as the mergekit-style YAML that Export writes and ``merge`` reads back."""
+    return _as_recipe(recipe).to_yaml()
+
+
+def answer_tag(prompt: str, answer: str) -> str:
+    """A chat answer's tag from the probe scorers: refused / correct / wrong / code / answered ('' if empty)."""
+    from .eval import scorers
+    return scorers.chat_tag(prompt, answer)
+
+
+def code_in(answer: str) -> str:
+    """The code an answer holds (a fenced block, or the answer from its first def/class/import)."""
+    from .eval import scorers
+    return scorers.extract_code(answer)
+
+
 def task_vector_analysis(base: str, experts: list[str], progress=None) -> dict:
     """Task-vector norms and cosines per layer × module and per layer (see core/eval/weights.py)."""
     from .eval import weights as analysis

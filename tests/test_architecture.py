@@ -1,6 +1,8 @@
-"""The house's arrows, read from the source: no import cycle in core, core
+"""The house's arrows, read from the source: no import cycle in core or ui, core
 never imports the UI or gradio, and every import points down the layers
-(docs/ARCHITECTURE.md): ui -> service -> merge -> methods -> checkpoint.
+(docs/ARCHITECTURE.md): ui -> service -> merge -> methods -> checkpoint. In ui/,
+tabs never import tabs, ui reaches core only through core/service.py (and its
+one exception type), and no module uses another's underscored names.
 
 Imports inside functions count too: a lazy import is still an arrow, and
 the cycle this test was written for (engine <-> limits) was a lazy one.
@@ -13,6 +15,7 @@ import os
 from core import ROOT
 
 CORE = os.path.join(ROOT, "core")
+UI = os.path.join(ROOT, "ui")
 
 # Lower layers first; an import may only point to a lower layer or stay
 # inside its own package (where the cycle check still applies).
@@ -35,6 +38,23 @@ LAYERS = [
     ["core.__main__"],
 ]
 
+# ui/, lower layers first: what the page's parts share, the session's operations (probing, the board's data,
+# merging, pictures, chatting), then the tabs (which never import each other), the HTTP API, the app.
+UI_LAYERS = [
+    ["ui.state", "ui.figures", "ui.learn"],        # the session, figure makers, the tour's words
+    ["ui.controls"],                               # a method's controls from its Params
+    ["ui.common", "ui.gpu"],                       # components by key and the error guard; the GPU's pure work
+    ["ui.probing"],                                # probing the session's models, what a score means
+    ["ui.board"],                                  # the compare board's and the history's data
+    ["ui.merging"],                                # merging into the live model, the history
+    ["ui.pictures", "ui.chatting"],                # the Look tab's pictures; the chat's answers
+    ["ui.tabs"],                                   # one module per tab: layout, wiring, its own handlers
+    ["ui.api"],                                    # the HTTP API
+    ["ui.app"],                                    # assembles the page
+]
+# what ui/ may import of core: the façade and the one user-facing exception
+UI_SEES = {"core.service", "core.errors"}
+
 
 def _module_name(path: str) -> str:
     rel = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".")
@@ -46,11 +66,12 @@ def _is_module(name: str) -> bool:
     return os.path.isfile(base + ".py") or os.path.isfile(os.path.join(base, "__init__.py"))
 
 
-def graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
-    """({core module: core modules it imports}, {core module: outside top-level packages it imports})."""
+def graph(top: str = CORE) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """({module: core/ui modules it imports}, {module: outside top-level packages it imports}) for the
+    modules under ``top`` (core/ or ui/)."""
     edges: dict[str, set[str]] = {}
     outside: dict[str, set[str]] = {}
-    for folder, _, files in os.walk(CORE):
+    for folder, _, files in os.walk(top):
         for fn in files:
             if not fn.endswith(".py"):
                 continue
@@ -73,7 +94,7 @@ def graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
                 else:
                     continue
                 for t in targets:
-                    if t == "core" or t.startswith("core."):
+                    if t.split(".")[0] in ("core", "ui"):
                         if t != me:
                             deps.add(t)
                     else:
@@ -81,9 +102,9 @@ def graph() -> tuple[dict[str, set[str]], dict[str, set[str]]]:
     return edges, outside
 
 
-def _layer(module: str) -> tuple[int, str]:
+def _layer(module: str, layers=LAYERS) -> tuple[int, str]:
     best = (-1, "")
-    for i, names in enumerate(LAYERS):
+    for i, names in enumerate(layers):
         for n in names:
             if (module == n or module.startswith(n + ".")) and len(n) > len(best[1]):
                 best = (i, n)
@@ -178,3 +199,68 @@ def test_the_knob_path_in_docs_architecture_names_real_functions():
         source = open(os.path.join(ROOT, path), encoding="utf-8").read()
         last = name.split(".")[-1]
         assert re.search(rf"^\s*(def|class) {last}\b", source, re.M), f"{path} has no {name}"
+
+
+# ------------------------------------------------------------------ ui/
+def test_a_tab_importing_a_tab_is_seen():
+    edges, _ = graph(UI)
+    assert "ui.tabs.chat" in edges and "ui.chatting" in edges["ui.tabs.chat"]
+    assert "core.service" in edges["ui.tabs.look"]
+    # a lazy import inside a function is an arrow too
+    assert "ui.api" in edges["ui.app"]
+
+
+def test_ui_has_no_import_cycle():
+    edges, _ = graph(UI)
+    assert _cycles({m: {d for d in deps if d.startswith("ui")} for m, deps in edges.items()}) == []
+
+
+def test_tabs_never_import_tabs():
+    edges, _ = graph(UI)
+    bad = [f"{m} -> {d}" for m, deps in sorted(edges.items()) if m.startswith("ui.tabs.")
+           for d in sorted(deps) if d.startswith("ui.tabs.") and d != "ui.tabs"]
+    assert bad == []
+
+
+def test_ui_reaches_core_only_through_the_service():
+    edges, _ = graph(UI)
+    bad = [f"{m} -> {d}" for m, deps in sorted(edges.items()) for d in sorted(deps)
+           if d.startswith("core") and d not in UI_SEES]
+    assert bad == []
+
+
+def test_every_ui_import_points_down_its_layers():
+    edges, _ = graph(UI)
+    up = []
+    for m, deps in sorted(edges.items()):
+        if m == "ui":
+            continue
+        lm, pm = _layer(m, UI_LAYERS)
+        for d in sorted(x for x in deps if x.startswith("ui.")):
+            ld, pd = _layer(d, UI_LAYERS)
+            if ld > lm or (ld == lm and pd != pm):
+                up.append(f"{m} -> {d}")
+    assert up == []
+
+
+def test_no_ui_module_uses_another_modules_underscored_names():
+    """An underscored name is its module's own: another module that needs it needs a public name."""
+    bad = []
+    for folder, _, files in os.walk(UI):
+        for fn in files:
+            if not fn.endswith(".py"):
+                continue
+            path = os.path.join(folder, fn)
+            tree = ast.parse(open(path, encoding="utf-8").read(), path)
+            mods = set()      # names bound to ui modules here ("from . import state as S")
+            for node in ast.walk(tree):
+                if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("ui")):
+                    for a in node.names:
+                        if a.name.startswith("_") and not a.name.startswith("__"):
+                            bad.append(f"{os.path.relpath(path, ROOT)} imports {a.name}")
+                        mods.add(a.asname or a.name)
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in mods \
+                        and node.attr.startswith("_") and not node.attr.startswith("__"):
+                    bad.append(f"{os.path.relpath(path, ROOT)} uses {node.value.id}.{node.attr}")
+    assert bad == []

@@ -109,7 +109,7 @@ def test_a_broken_score_file_is_reported_once_and_replaced(tmp_path, monkeypatch
 def test_the_memory_budget_is_checked_before_the_base_is_loaded(monkeypatch):
     """The app's merge refuses from the headers alone: the session's model stays as it was."""
     from ui import state as S
-    from ui.tabs import merge as MT
+    from ui import merging as MRG
     monkeypatch.setenv("MERGE_EXPLORER_MEMORY_BUDGET_GB", "0.000001")
     loaded = []
     monkeypatch.setattr(M, "load_model", lambda *a, **k: loaded.append(a) or pytest.fail("a weight was loaded"))
@@ -117,7 +117,7 @@ def test_the_memory_budget_is_checked_before_the_base_is_loaded(monkeypatch):
     recipe = {"merge_method": "task_arithmetic", "base_model": "zoo:base",
               "models": [{"model": "zoo:math", "parameters": {}}], "parameters": {"lambda": 0.5}, "dtype": "float32"}
     with pytest.raises(UserError, match=r"needs about .* of memory but only .* is free"):
-        MT.merge_into_session(sess, recipe, lambda f, m: None)
+        MRG.merge_into_session(sess, recipe, lambda f, m: None)
     assert sess.model is None and loaded == []
     with pytest.raises(UserError, match="of memory"):
         service.plan(recipe, live=False)
@@ -221,7 +221,8 @@ def test_idle_sessions_are_dropped_after_the_ttl_and_beyond_the_cap_lru_first(se
 
 def test_an_expired_session_gets_one_sentence_and_merges_again(sessions, monkeypatch):
     from ui import api
-    from ui.tabs import chat as CH, probe as PR
+    from ui.tabs import probe as PR
+    from ui import chatting as CHT
     S, clock = sessions
     monkeypatch.setenv("MERGE_EXPLORER_SESSION_TTL", "900")
     first = S.get(_req("visitor"))
@@ -234,7 +235,7 @@ def test_an_expired_session_gets_one_sentence_and_merges_again(sessions, monkeyp
         api._session(_req("visitor"))
     assert str(e.value) == sentence
     with pytest.warns(UserWarning) as said:       # the page's handler: the same sentence, as a warning toast
-        list(CH.chat_send({"prompt": "hi"}, request=_req("visitor")))
+        list(CHT.chat_send({"prompt": "hi"}, request=_req("visitor")))
     assert [str(w.message) for w in said] == [sentence]
     assert PR.run_probes({"suites": ["math"], "limit": 4}, request=_req("visitor"))["probe_status"] == sentence
     # merging again makes it an ordinary session
@@ -317,7 +318,10 @@ def test_the_fork_loses_what_the_worker_changes_as_zero_gpu_does(monkeypatch):
 
 def test_chat_probes_board_and_tour_keep_their_results_when_the_gpu_work_runs_in_a_fork(monkeypatch):
     from ui import controls as C, state as S
-    from ui.tabs import chat as CH, compare as CP, learn as LN, merge as MG, probe as PR
+    from ui.tabs import learn as LN, probe as PR
+    from ui import merging as MRG
+    from ui import chatting as CHT
+    from ui import board as BRD
     monkeypatch.setenv("MERGE_EXPLORER_GPU_FORK", "1")
     S.drop(None)
     try:
@@ -328,10 +332,10 @@ def test_chat_probes_board_and_tour_keep_their_results_when_the_gpu_work_runs_in
             rr = {**r, "parameters": {"lambda": lam}}
             return {k: (u.get("value") if isinstance(u, dict) else u) for k, u in C.values_from_recipe(rr).items()}
         v = values(0.5)
-        MG.do_merge(v)
+        MRG.do_merge(v)
         sess = S.get(None)
         # chat: the answers are shown, kept in the columns and in each model's history (multi-turn sees them)
-        last = list(CH.chat_send({**v, "prompt": "What is 12 + 7?", "max_new": 12, "multi": True}))[-1]
+        last = list(CHT.chat_send({**v, "prompt": "What is 12 + 7?", "max_new": 12, "multi": True}))[-1]
         answer = [m for m in last["chat0"] if m["role"] == "assistant"][-1]["content"]
         assert answer.strip() and sess.transcripts[0][-1]["content"] == answer
         assert [m["role"] for m in sess.chat.messages(0)] == ["user", "assistant"]
@@ -341,11 +345,11 @@ def test_chat_probes_board_and_tour_keep_their_results_when_the_gpu_work_runs_in
         assert set(sess.board_refs) == {"zoo:base", "zoo:safety", "zoo:math"}
         assert out["board"][0][2].endswith("%")
         # the board's "Probe it" on a second merge, and the tour's compare step
-        MG.do_merge(values(1.0))
-        pick = next(c for c in CP.board_outputs(sess)["board_pick"]["choices"] if c.startswith("#2"))
-        CP.probe_entry({**v, "board_pick": pick, "suites": ["harmful", "math"], "limit": 4})
+        MRG.do_merge(values(1.0))
+        pick = next(c for c in BRD.board_outputs(sess)["board_pick"]["choices"] if c.startswith("#2"))
+        PR.probe_entry({**v, "board_pick": pick, "suites": ["harmful", "math"], "limit": 4})
         assert sess.history[-1]["scores"] is not None
-        MG.do_merge(values(0.7))
+        MRG.do_merge(values(0.7))
         LN.compare_tour({**v, "suites": ["harmful", "math"], "limit": 4})
         assert all(h["scores"] for h in sess.history)
     finally:
@@ -358,7 +362,9 @@ def test_after_warming_a_first_visitor_s_first_probes_run_the_merge_alone(monkey
     merged model is probed."""
     from core.eval import probes
     from ui import app as A, controls as C, state as S
-    from ui.tabs import merge as MG, probe as PR
+    from ui.tabs import probe as PR
+    from ui import probing as PRB
+    from ui import merging as MRG
     probes.RESULTS.clear_memory()
     A.start_warming().join(120)
     calls = []
@@ -369,8 +375,8 @@ def test_after_warming_a_first_visitor_s_first_probes_run_the_merge_alone(monkey
         r = {"merge_method": "task_arithmetic", "base_model": "zoo:base", "parameters": {"lambda": 0.5},
              "models": [{"model": "zoo:safety", "task": "safety"}, {"model": "zoo:math", "task": "math"}]}
         v = {k: (u.get("value") if isinstance(u, dict) else u) for k, u in C.values_from_recipe(r).items()}
-        MG.do_merge(v)
-        out = PR.run_probes({**v, "suites": PR.SUITES, "limit": PR.PROBE_LIMIT})
+        MRG.do_merge(v)
+        out = PR.run_probes({**v, "suites": PRB.SUITES, "limit": PRB.PROBE_LIMIT})
         assert calls == [S.get(None).model]
         assert [row[0] for row in out["probe_table"]][1:] == ["base", "safety", "math"]
     finally:
@@ -381,7 +387,9 @@ def test_a_merge_in_the_same_session_during_a_streamed_chat_cuts_it_cleanly(monk
     """Concurrency 2: one event streams the chat, another merges in the same session. The answer shown
     is the old model's, cut and marked "(stopped)" -- never tokens of the new weights, never an error."""
     from ui import controls as C, state as S
-    from ui.tabs import chat as CH, merge as MG
+    from ui.tabs import chat as CH
+    from ui import merging as MRG
+    from ui import chatting as CHT
     S.drop(None)
     try:
         def values(lam):
@@ -389,16 +397,16 @@ def test_a_merge_in_the_same_session_during_a_streamed_chat_cuts_it_cleanly(monk
                  "models": [{"model": "zoo:safety", "task": "safety"}, {"model": "zoo:math", "task": "math"}]}
             return {k: (u.get("value") if isinstance(u, dict) else u) for k, u in C.values_from_recipe(r).items()}
         old = values(0.3)
-        MG.do_merge(old)
+        MRG.do_merge(old)
         prompt = "Tell me a long story about a dragon."
-        full = [m for m in list(CH.chat_send({**old, "prompt": prompt, "max_new": 300}))[-1]["chat0"]
+        full = [m for m in list(CHT.chat_send({**old, "prompt": prompt, "max_new": 300}))[-1]["chat0"]
                 if m["role"] == "assistant"][-1]["content"]
         CH.chat_clear({})
-        gen = CH.chat_send({**old, "prompt": prompt, "max_new": 300})
+        gen = CHT.chat_send({**old, "prompt": prompt, "max_new": 300})
         next(gen)
         next(gen)                                   # tokens are arriving
         errors = []
-        merger = threading.Thread(target=lambda: errors.append(None) if MG.do_merge(values(1.0)) else None)
+        merger = threading.Thread(target=lambda: errors.append(None) if MRG.do_merge(values(1.0)) else None)
         merger.start()
         shown = list(gen)[-1]["chat0"]
         merger.join(30)

@@ -135,7 +135,9 @@ def test_the_family_s_refs_work_where_zoo_refs_do(smol_base):
 def test_merge_and_chat_on_the_real_family_through_the_app(smol_base):
     from ui import controls as C
     from ui import state as S
-    from ui.tabs import chat as CH, merge as MG, models as MD
+    from ui.tabs import models as MD
+    from ui import merging as MRG
+    from ui import chatting as CHT
     S.drop(None)
     try:
         v = {k: (u.get("value") if isinstance(u, dict) else u) for k, u in MD.family(2, "smol").items()}
@@ -143,7 +145,7 @@ def test_merge_and_chat_on_the_real_family_through_the_app(smol_base):
         assert v[C.key("led", "n_samples")] == FAMILIES["smol"].led_samples
         assert v[C.key("led", "mask_ratio", 0)] == 0.1 and v[C.key("led", "mask_ratio", 1)] == 0.4
         v.update(method="task_arithmetic", **{C.key("task_arithmetic", "lambda"): 0.5})
-        out = MG.do_merge(v)
+        out = MRG.do_merge(v)
         assert out["merge_status"].startswith("✓")
         sess = S.get(None)
         # the live model is base + 0.5 (τ_safety + τ_math), tensor for tensor
@@ -152,7 +154,7 @@ def test_merge_and_chat_on_the_real_family_through_the_app(smol_base):
         w = {r: M.Reader(M.inspect(r)).get(name) for r in ("smol:base", "smol:safety", "smol:math")}
         want = w["smol:base"] + 0.5 * ((w["smol:safety"] - w["smol:base"]) + (w["smol:math"] - w["smol:base"]))
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
-        chunks = list(CH.chat_send({**v, "prompt": "What is the capital of France?", "max_new": 16}))
+        chunks = list(CHT.chat_send({**v, "prompt": "What is the capital of France?", "max_new": 16}))
         final = chunks[-1]
         merged, safety = final["chat0"][-1]["content"], final["chat1"][-1]["content"]
         assert "Paris" in merged and "Paris" in safety

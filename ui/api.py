@@ -17,13 +17,13 @@ import time
 import gradio as gr
 
 from core import service
-from core import recipe as R
 from core.errors import UserError
 
 from . import state as S
+from .chatting import MAX_PROMPT_CHARS, chat_session, verdict
 from .common import guard
-from .tabs.merge import merge_and_record
-from .tabs.probe import PROBE_LIMIT, SUITES
+from .merging import merge_and_record
+from .probing import PROBE_LIMIT, SUITES
 
 MAX_TOKENS = 512
 MAX_RECIPE_CHARS = 100_000
@@ -62,7 +62,7 @@ def merge(recipe: str, request: gr.Request = None) -> dict:
     Every parameter is checked against its method's declared range; nothing is clamped.
     """
     text = _text("recipe", recipe, MAX_RECIPE_CHARS)
-    rec = R.loads(text)             # YAML is a superset of JSON: one parser for both
+    rec = service.parse_recipe(text)             # YAML is a superset of JSON: one parser for both
     d = rec.to_dict()
     sess = S.get(request)
     res, wall, _ = merge_and_record(sess, d, lambda f, m="": None)
@@ -76,7 +76,6 @@ def chat(prompt: str, max_new_tokens: int = 96, request: gr.Request = None) -> d
 
     Returns {"answers": {column name: text}, "verdicts": {column name: tag}, "seconds"}.
     """
-    from .tabs.chat import MAX_PROMPT_CHARS, _chat_session, verdict
     prompt = _text("prompt", prompt, MAX_PROMPT_CHARS)
     n = _int("max_new_tokens", max_new_tokens, 1, MAX_TOKENS)
     sess = _session(request)
@@ -84,7 +83,7 @@ def chat(prompt: str, max_new_tokens: int = 96, request: gr.Request = None) -> d
     with sess.lock:
         base = sess.base_ref
         used = [(m["model"], m.get("task", "custom")) for m in sess.merged_recipe["models"] if m["model"] != base]
-        session = _chat_session(sess, [r for r, _ in used], [t for _, t in used])
+        session = chat_session(sess, [r for r, _ in used], [t for _, t in used])
         session.reset()
         texts = [""] * len(session.columns)
         for texts in session.stream(prompt, max_new_tokens=n):

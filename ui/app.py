@@ -5,7 +5,7 @@ Each tab module lays out its components, registering them by key in one
 ``Named`` registry, then wires its events by key. Handlers are
 module-level functions that take ``{key: value}`` (and a gr.Request for the
 session), so tests call them directly. Every handler goes through ``guard``
-(ui/tabs/common.py): a UserError becomes its one sentence in a gr.Error
+(ui/common.py): a UserError becomes its one sentence in a gr.Error
 toast, anything else is logged with its traceback and the user sees one
 generic sentence; no traceback reaches the page.
 """
@@ -18,9 +18,8 @@ import time
 
 import gradio as gr
 
-from . import controls as C
 from . import state as S
-from .tabs import chat, compare, export, learn, look, merge, models, probe
+from .tabs import chat, export, learn, look, merge, models, probe
 from .common import CONCURRENCY, Named
 
 log = logging.getLogger("merge_explorer.ui")
@@ -62,9 +61,10 @@ def _warm_imports() -> None:
     # The first compatibility check builds the architecture on the meta device (checkpoint.layout), which
     # imports its modeling code: 3-5 s that the first visitor waited for before "Compatible" appeared.
     # Paid here, at start-up, for the family the page opens with.
-    from core import checkpoint
+    from core import service
+    from .common import DEFAULT_BASE
     try:
-        checkpoint.layout(checkpoint.inspect(C.ZOO[0]))
+        service.warm_layout(DEFAULT_BASE)
     except Exception:   # the page reports a broken family itself, in one sentence
         log.debug("warming the default family's layout failed", exc_info=True)
 
@@ -73,13 +73,12 @@ def warm_probes() -> None:
     """The probe results a first visitor's first "Run probes" needs besides the merge itself: the page's
     default base and experts on the default suites and size (process-wide results, service.probe_references).
     Run by ``start_warming`` in the background; a failure only means the first click computes them."""
-    from core import checkpoint, service
-    from .tabs.models import DEFAULT_EXPERTS
-    from .tabs.probe import PROBE_LIMIT, SUITES
-    base = "zoo:base"
-    refs = [base] + [r for r, _ in DEFAULT_EXPERTS if r]
-    suites = ",".join(service.probe_suites_for(base, SUITES))
-    load = lambda rs: [(checkpoint.load_model(r, device="cpu"), checkpoint.load_tokenizer(r)) for r in rs]  # noqa: E731
+    from core import service
+    from .common import DEFAULT_BASE, DEFAULT_EXPERTS
+    from .probing import PROBE_LIMIT, SUITES
+    refs = [DEFAULT_BASE] + [r for r, _ in DEFAULT_EXPERTS if r]
+    suites = ",".join(service.probe_suites_for(DEFAULT_BASE, SUITES))
+    load = lambda rs: [(service.load_model(r, device="cpu"), service.load_tokenizer(r)) for r in rs]  # noqa: E731
     service.probe_references(refs, suites, PROBE_LIMIT, load)
 
 
@@ -118,7 +117,7 @@ def build_demo() -> gr.Blocks:
         with ui.add("tabs", gr.Tabs(elem_id="tabs")):
             for tab in TABS:
                 tab.layout(ui)
-        for tab in TABS + (compare,):
+        for tab in TABS:
             tab.wire(ui, demo)
         api.wire(demo, ui.heavy)
         demo.unload(_unload)

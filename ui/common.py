@@ -24,7 +24,7 @@ log = logging.getLogger("merge_explorer.ui")
 CONCURRENCY = int(os.environ.get("MERGE_EXPLORER_CONCURRENCY", "1"))
 
 # ------------------------------------------------------------------ errors
-def _sentence(exc: BaseException) -> str:
+def sentence(exc: BaseException) -> str:
     if not isinstance(exc, UserError):
         log.exception("unexpected error in the UI", exc_info=exc)
     return one_line(exc)
@@ -40,7 +40,7 @@ def guard(fn):
             except gr.Error:
                 raise
             except Exception as exc:
-                raise gr.Error(_sentence(exc), print_exception=False)
+                raise gr.Error(sentence(exc), print_exception=False)
         return gen
 
     @functools.wraps(fn)
@@ -50,11 +50,11 @@ def guard(fn):
         except gr.Error:
             raise
         except Exception as exc:
-            raise gr.Error(_sentence(exc), print_exception=False)
+            raise gr.Error(sentence(exc), print_exception=False)
     return plain
 
 
-def _progress(progress):
+def progress_bar(progress):
     """core's progress(fraction, message) -> Gradio's bar (a no-op outside a request)."""
     def cb(frac: float, msg: str = "") -> None:
         try:
@@ -64,10 +64,13 @@ def _progress(progress):
     return cb
 
 
-def _experts(v: dict) -> list[tuple[int, str, str]]:
+def experts_in(v: dict) -> list[tuple[int, str, str]]:
     return C.used_experts(C.experts_of(v))
 
 
+# the page opens on the tiny family: its base, its safety and math experts; the third slot is empty, set to code
+DEFAULT_BASE = "zoo:base"
+DEFAULT_EXPERTS = [("zoo:safety", "safety"), ("zoo:math", "math"), (C.NONE, "code")]
 MODEL_KEYS = ("method", "base") + tuple(f"{w}{i}" for i in range(C.N_EXPERTS) for w in ("expert", "task"))
 
 
@@ -157,11 +160,11 @@ class Named:
 def column_label(ref: str, task: str) -> str:
     """A chat column's label: the model's short name, and its task when the name does not say it
     (zoo:safety is "safety", not "safety (safety)"; a folder "qwen-math/final (math)")."""
-    name = _short(ref)
+    name = short_name(ref)
     return name if name.rsplit(":", 1)[-1] == task else f"{name} ({task})"
 
 
-def _short(ref: str, parts: int = 2) -> str:
+def short_name(ref: str, parts: int = 2) -> str:
     """A model's name in labels, legends and status lines: zoo:math -> math; a local folder by its last
     two path parts (/data/runs/qwen-math/final -> qwen-math/final: a whole path does not fit a column's
     label, and the parent part tells apart the many folders called "final"); a Hub id as it is."""
@@ -173,14 +176,14 @@ def _short(ref: str, parts: int = 2) -> str:
 
 
 def short_names(refs) -> dict[str, str]:
-    """``_short`` of each of a set of models, with more of a folder's path where two would share a name
+    """``short_name`` of each of a set of models, with more of a folder's path where two would share a name
     (figures key their panels and legends by these names: a clash would drop a panel)."""
     refs = list(dict.fromkeys(refs))
     depth = dict.fromkeys(refs, 2)
     while True:
-        names = {r: _short(r, depth[r]) for r in refs}
+        names = {r: short_name(r, depth[r]) for r in refs}
         clash = [r for r in refs if list(names.values()).count(names[r]) > 1]
-        grown = [r for r in clash if _short(r, depth[r] + 1) != names[r]]
+        grown = [r for r in clash if short_name(r, depth[r] + 1) != names[r]]
         if not clash or not grown:
             return names if not clash else {r: r.removeprefix("zoo:") for r in refs}
         for r in grown:

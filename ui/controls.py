@@ -219,9 +219,9 @@ def values_from_recipe(recipe: dict) -> dict:
     models and the method's own controls (defaults where the recipe is
     silent, by task where the registry says so). Validated first, so a bad
     recipe changes nothing."""
-    from core import recipe as R
-    rec = R.from_dict(recipe)
-    checked = R.validate(rec)
+    from core import service
+    checked = service.validate(recipe)
+    rec = checked.recipe
     spec = checked.spec
     idx = checked.contributors
     if len(idx) > N_EXPERTS:

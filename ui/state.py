@@ -57,6 +57,24 @@ class Session:
                     "freed; merge again.")
         return first
 
+    def live_entry(self) -> dict | None:
+        """The history entry of the merge the live model holds (None before a merge)."""
+        return next((h for h in reversed(self.history) if h["recipe"] == self.merged_recipe), None)
+
+    def entry_of(self, choice) -> dict:
+        """The history entry a "#n · label" choice names; one sentence when there is none."""
+        from core.errors import UserError
+        if not choice:
+            raise UserError("Pick an entry of the merge history first.")
+        try:
+            n = int(str(choice).split("·")[0].strip().lstrip("#"))
+        except ValueError:
+            raise UserError("Pick an entry of the merge history first.")
+        entry = next((h for h in self.history if h["n"] == n), None)
+        if entry is None:
+            raise UserError(f"History entry #{n} is gone; merge again.")
+        return entry
+
     def tmpdir(self) -> str:
         if self.tmp is None:
             self.tmp = tempfile.mkdtemp(prefix="merge-explorer-ui-")

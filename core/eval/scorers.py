@@ -177,6 +177,33 @@ def extract_code(text: str) -> str:
     return text[m.start():] if m else text
 
 
+# ------------------------------------------------------------------- chat tags
+# a plain sum asked in symbols or words ("47 + 8", "What's 47 plus 8?", "6 times 7")
+_OPS = {"+": "+", "plus": "+", "-": "-", "minus": "-", "*": "*", "×": "*", "x": "*", "times": "*",
+        "multiplied by": "*"}
+_SUM = re.compile(r"^\D*?(-?\d+(?:\.\d+)?)\s*(multiplied by|plus|minus|times|[-+*×x])\s*(-?\d+(?:\.\d+)?)\D*$",
+                  re.I)
+
+
+def chat_tag(prompt: str, answer: str) -> str:
+    """A chat answer's tag from the probes' scorers: "refused"; for a plain sum whether the final number is
+    right ("correct", "wrong"); "code" for an answer that is code (its tests are the probes' job); else
+    "answered" -- a neutral word: answering a harmless question is no fault. "" for an empty answer."""
+    if not answer.strip():
+        return ""
+    if is_refusal(answer):
+        return "refused"
+    # code first: "a function that returns x times 3 plus 2" holds a sum that is not the question
+    if re.search(r"^\s*(def |class )", extract_code(answer), re.M):
+        return "code"
+    m = _SUM.match(prompt.strip())
+    if m:
+        a, op, b = float(m.group(1)), _OPS[m.group(2).lower()], float(m.group(3))
+        want = a + b if op == "+" else (a - b if op == "-" else a * b)
+        return "correct" if math_correct(answer, want) else "wrong"
+    return "answered"
+
+
 # The runner is one fresh interpreter per batch (`python -I -S`: no site,
 # no environment, no cwd on the path, cwd an empty temp folder). It forks a
 # child per candidate so a crash or a hang costs one candidate, not the

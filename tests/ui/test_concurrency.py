@@ -22,7 +22,8 @@ import torch
 from core import service
 from core.zoo.data import EXAMPLE_PROMPTS
 from ui import app as A
-from ui.tabs import chat as CH, merge as MG
+from ui import merging as MRG
+from ui import chatting as CHT
 from ui import controls as C
 from ui import state as S
 
@@ -66,8 +67,8 @@ def _reference(recipe: dict) -> tuple[str, dict]:
     S.drop(None)
     try:
         v = values(C.values_from_recipe(recipe))
-        MG.do_merge(v)
-        final = list(CH.chat_send({**v, "prompt": HARMFUL, "max_new": CH.MAX_NEW_TOKENS}))[-1]
+        MRG.do_merge(v)
+        final = list(CHT.chat_send({**v, "prompt": HARMFUL, "max_new": CHT.MAX_NEW_TOKENS}))[-1]
         sess = S.get(None)
         return final["chat0"][-1]["content"], {k: t.detach().clone() for k, t in sess.model.state_dict().items()}
     finally:

@@ -10,7 +10,8 @@ import pytest
 from ui import controls as C
 from ui import figures as F
 from ui import state as S
-from ui.tabs import look as LK, merge as MG
+from ui import pictures as PIC
+from ui import merging as MRG
 
 THREE = [{"model": "zoo:safety", "task": "safety"}, {"model": "zoo:math", "task": "math"},
          {"model": "zoo:code", "task": "code"}]
@@ -25,8 +26,8 @@ def session():
 
 def look_after(recipe: dict) -> dict:
     v = C.values_from_recipe(recipe)
-    MG.do_merge(v)
-    return LK.look_refresh(v)
+    MRG.do_merge(v)
+    return PIC.look_refresh(v)
 
 
 def _finite(values):
@@ -91,7 +92,7 @@ def test_acm_shows_lambda_over_n_which_is_what_the_merge_keeps(session):
 
 def test_one_colour_per_expert_and_cosines_on_their_own_scale():
     import plotly.colors as pc
-    norms, cos = LK.tv_figures({"experts": ["zoo:safety", "zoo:math", "zoo:code"], "layers": ["layer 0"],
+    norms, cos = PIC.tv_figures({"experts": ["zoo:safety", "zoo:math", "zoo:code"], "layers": ["layer 0"],
                                 "modules": ["q", "attn_norm"], "rel_norms": {e: [[0.1, 0.2]] for e in
                                                                                ["zoo:safety", "zoo:math", "zoo:code"]},
                                 "cosines": {"zoo:safety vs zoo:math": [[0.05, -0.3]]}},
@@ -103,7 +104,7 @@ def test_one_colour_per_expert_and_cosines_on_their_own_scale():
     experts = {pc.hex_to_rgb(F.TASK_COLOURS[t]) for t in ("safety", "math", "code", "custom")}
     assert not experts & {pc.unlabel_rgb(c) if c.startswith("rgb") else pc.hex_to_rgb(c) for c in scale}
     assert (cos.data[0].zmin, cos.data[0].zmax) == (-1.0, 1.0)
-    line = LK.acm_figure({"experts": ["zoo:safety", "zoo:math"], "layers": ["embed"], "temperature": 0.7,
+    line = PIC.acm_figure({"experts": ["zoo:safety", "zoo:math"], "layers": ["embed"], "temperature": 0.7,
                           "coef": {"zoo:safety": [0.7], "zoo:math": [0.6]}},
                          {"zoo:safety": "safety", "zoo:math": "math"})
     colour = {t.name: t.line.color for t in line.data}

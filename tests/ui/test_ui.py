@@ -21,7 +21,11 @@ from ui import app as A
 from ui import controls as C
 from ui import learn as L
 from ui import state as S
-from ui.tabs import chat as CH, compare as CP, export as EX, learn as LN, look as LK, merge as MG, models as MD
+from ui.tabs import chat as CH, export as EX, learn as LN, look as LK, merge as MG, models as MD
+from ui import probing as PRB
+from ui import pictures as PIC
+from ui import merging as MRG
+from ui import chatting as CHT
 from ui.tabs import probe as PR
 
 
@@ -67,7 +71,7 @@ def session():
 @pytest.fixture()
 def merged(session):
     v = controls(recipe())
-    MG.do_merge(v)
+    MRG.do_merge(v)
     return v
 
 
@@ -148,7 +152,7 @@ def test_compatibility_report_before_loading(tmp_path):
 
 # ------------------------------------------------------------- merge
 def test_merge_writes_the_task_arithmetic_weights_into_the_live_model(session):
-    out = MG.do_merge(controls(recipe(w=(0.5, 0.25), lam=0.8)))
+    out = MRG.do_merge(controls(recipe(w=(0.5, 0.25), lam=0.8)))
     assert "Task Arithmetic" in out["merge_status"] and len(out["history"]) == 1
     assert out["history_pick"]["value"].startswith("#1")
     b, s, m = weights("zoo:base"), weights("zoo:safety"), weights("zoo:math")
@@ -161,27 +165,27 @@ def test_merge_writes_the_task_arithmetic_weights_into_the_live_model(session):
 def test_knob_release_re_merges_only_after_a_first_merge_and_only_on_a_change(session):
     v = controls(recipe(), auto=True)
     assert MG.auto_merge(v) == {} and session.model is None
-    MG.do_merge(v)
+    MRG.do_merge(v)
     assert MG.auto_merge(v) == {} and len(session.history) == 1        # released where it was: nothing new
     v2 = controls(recipe(w=(0.1, 0.9)), auto=False)
     # re-merging is off: nothing merges, and the status stops describing merge #1 as what the knobs show
     assert MG.auto_merge(v2) == {"merge_status": "Settings changed since the last merge (#1); press Merge."}
     assert len(session.history) == 1
-    LK.open_tab("look")
-    assert LK.after_merge(v2) == {}             # nothing merged: the pictures stay those of merge #1
+    PIC.open_tab("look")
+    assert PIC.after_merge(v2) == {}             # nothing merged: the pictures stay those of merge #1
     assert MG.auto_merge({**v, "auto": False}) == {"merge_status": "The controls match the last merge (#1) again."}
-    LK.open_tab("merge")
+    PIC.open_tab("merge")
     out = MG.auto_merge({**v2, "auto": True})
     assert len(out["history"]) == 2 and "weight=0.1" in out["history"][0][2]
     assert session.merged_recipe == C.recipe_from_values(v2)
-    MG.do_merge(v2)                                                     # the same merge again: no twin entry
+    MRG.do_merge(v2)                                                     # the same merge again: no twin entry
     assert len(session.history) == 2
 
 
 def test_history_restores_an_earlier_merge(session):
     first = recipe(w=(1.0, 0.5))
-    MG.do_merge(controls(first))
-    out = MG.do_merge(controls(recipe(method="ties", w=(1.0, 1.0))))
+    MRG.do_merge(controls(first))
+    out = MRG.do_merge(controls(recipe(method="ties", w=(1.0, 1.0))))
     assert [r[0] for r in out["history"]] == [2, 1]
     entry = next(c for c in out["history_pick"]["choices"] if c.startswith("#1"))
     restored = C.recipe_from_values(values(MG.restore_history({"history_pick": entry})))
@@ -191,7 +195,7 @@ def test_history_restores_an_earlier_merge(session):
 
 
 def test_look_shows_provenance_equal_to_the_weights(merged):
-    out = LK.look_refresh(merged)
+    out = PIC.look_refresh(merged)
     coef = {t.name: list(t.y) for t in out["prov_coef"].data}
     assert coef["safety"] == pytest.approx([0.5] * 7, abs=1e-4)
     assert coef["math"] == pytest.approx([0.25] * 7, abs=1e-4)
@@ -203,10 +207,10 @@ def test_errors_are_one_sentence(session, monkeypatch, caplog):
     v = controls(recipe())
     empty = {**v, **experts()}
     with pytest.raises(gr.Error, match="Pick at least one expert"):
-        MG.do_merge(empty)
+        MRG.do_merge(empty)
     assert EX.recipe_yaml(empty) == {"yaml": "# Pick at least one expert on the Models tab.\n"}   # live box: no toast
     with pytest.warns(UserWarning, match="Merge first"):      # a warning: nothing on the page changes
-        assert list(CH.chat_send({**v, "prompt": "hi", "max_new": 8})) == [{}]
+        assert list(CHT.chat_send({**v, "prompt": "hi", "max_new": 8})) == [{}]
     with pytest.raises(gr.Error, match="Merge first"):
         EX.export_model(v)                   # Export writes the merge you have, never one of its own
     assert PR.run_probes({**v, "suites": ["harmful"], "limit": 4}) == {
@@ -217,7 +221,7 @@ def test_errors_are_one_sentence(session, monkeypatch, caplog):
     monkeypatch.setattr(service, "merge", boom)
     with caplog.at_level(logging.ERROR, logger="merge_explorer.ui"):
         with pytest.raises(gr.Error) as err:
-            MG.do_merge(v)
+            MRG.do_merge(v)
     assert err.value.message == "Internal error (RuntimeError); details are in the log."
     assert "secret internals" in caplog.text     # the log has the details, the user does not
 
@@ -236,7 +240,7 @@ def test_an_led_merge_from_the_ui_validates_once_and_reads_each_header_once(sess
            "models": [{"model": "zoo:safety", "task": "safety"}, {"model": "zoo:math", "task": "math"}]}
     v = controls(led)
     plan_counts["validate"] = 0          # restoring controls from a recipe checks it; the merge starts here
-    MG.do_merge(v)       # loads the base too: from the plan's headers, not read again
+    MRG.do_merge(v)       # loads the base too: from the plan's headers, not read again
     plan_counts.assert_once(["zoo:base", "zoo:safety", "zoo:math"])
 
 
@@ -245,13 +249,13 @@ def test_the_look_tab_draws_an_led_merge_from_the_merge_result(session, monkeypa
     led = {"merge_method": "led", "base_model": "zoo:base", "parameters": {"location": "magnitude"},
            "models": [{"model": "zoo:safety", "task": "safety"}, {"model": "zoo:math", "task": "math"}]}
     v = controls(led)
-    MG.do_merge(v)
+    MRG.do_merge(v)
 
     def no_second_prepare(*a, **k):
         raise AssertionError("the Look tab prepared the merge again")
     monkeypatch.setattr(service, "led_analysis", no_second_prepare)
     monkeypatch.setattr(C.spec_of("led"), "prepare", no_second_prepare)
-    out = LK.look_refresh(v)
+    out = PIC.look_refresh(v)
     assert len(out["importance"].data) == 2 and out["look_status"].startswith("Pictures updated")
 
 
@@ -259,15 +263,15 @@ def test_look_sends_only_the_figures_a_re_merge_changed(session):
     """A redraw after moving LED's r re-sends the pictures r moves (provenance, elected, overlap) and not the
     ones no knob moves (task vectors, importance); a redraw with nothing changed sends no figure at all."""
     v = controls(LED)
-    MG.do_merge(v)
-    LK.open_tab("look")
-    first = LK.after_merge(v)
+    MRG.do_merge(v)
+    PIC.open_tab("look")
+    first = PIC.after_merge(v)
     assert set(first) >= {"importance", "elected", "overlap", "tv_norms", "tv_cos", "prov_share", "prov_coef"}
-    assert set(LK.look_refresh(v)) == {"look_status"}
+    assert set(PIC.look_refresh(v)) == {"look_status"}
     assert set(LK.look_update(v)) == set(first)      # the button draws everything again (zoom, lost response)
     v2 = {**v, C.key("led", "mask_ratio", 1): 0.25}
-    MG.do_merge(v2)
-    again = LK.after_merge(v2)
+    MRG.do_merge(v2)
+    again = PIC.after_merge(v2)
     assert {"prov_share", "prov_coef", "elected", "overlap"} <= set(again)
     assert not {"tv_norms", "tv_cos", "importance"} & set(again)
     assert again["look_status"].startswith("Pictures updated")
@@ -280,11 +284,11 @@ def _answers(msgs):
 
 def test_chat_streams_merged_and_each_parent_with_verdicts(merged):
     prompt = "What is 47 + 8?"
-    outs = list(CH.chat_send({**merged, "prompt": prompt, "max_new": 24}))
+    outs = list(CHT.chat_send({**merged, "prompt": prompt, "max_new": 24}))
     assert len(outs) >= 3
     first, last = outs[0], outs[-1]
     assert first["prompt"] == ""                                  # the prompt box is cleared
-    assert [len(_answers(first[f"chat{i}"])) for i in range(CH.CHAT_COLUMNS)] == [1, 1, 1, 0, 0]
+    assert [len(_answers(first[f"chat{i}"])) for i in range(CHT.CHAT_COLUMNS)] == [1, 1, 1, 0, 0]
     for i in range(3):
         col = last[f"chat{i}"]
         assert col[0]["content"].startswith("**── Task Arithmetic")     # the merge opens a section
@@ -293,18 +297,18 @@ def test_chat_streams_merged_and_each_parent_with_verdicts(merged):
         assert tag in ("correct", "wrong", "refused")                    # a scorer's verdict on a sum
     assert last["chat3"] == [] and last["chat4"] == []
     # single turn: the next answer is the same as asking it alone; the columns keep both exchanges
-    again = list(CH.chat_send({**merged, "prompt": prompt, "max_new": 24}))[-1]
+    again = list(CHT.chat_send({**merged, "prompt": prompt, "max_new": 24}))[-1]
     assert _answers(again["chat0"])[1] == _answers(last["chat0"])[0]
     # a new merge starts a new section; the base column answers when asked
-    MG.do_merge(controls(recipe(w=(1.0, 1.0))))
-    third = list(CH.chat_send({**merged, "prompt": prompt, "max_new": 8, "with_base": True}))[-1]
+    MRG.do_merge(controls(recipe(w=(1.0, 1.0))))
+    third = list(CHT.chat_send({**merged, "prompt": prompt, "max_new": 8, "with_base": True}))[-1]
     assert sum(m["content"].startswith("**──") for m in third["chat0"]) == 2
     assert len(_answers(third["chat4"])) == 1
-    assert CH.chat_clear({}) == {f"chat{i}": [] for i in range(CH.CHAT_COLUMNS)}
+    assert CH.chat_clear({}) == {f"chat{i}": [] for i in range(CHT.CHAT_COLUMNS)}
 
 
 def test_stop_ends_every_answer_and_marks_it(merged, session):
-    gen = CH.chat_send({**merged, "prompt": "Write a Python function f(x) that returns x times 3 plus 2.",
+    gen = CHT.chat_send({**merged, "prompt": "Write a Python function f(x) that returns x times 3 plus 2.",
                         "max_new": 256})
     next(gen)
     next(gen)                         # tokens are arriving
@@ -318,17 +322,17 @@ def test_stop_ends_every_answer_and_marks_it(merged, session):
 
 def test_an_over_long_prompt_is_refused_and_not_kept(merged, session):
     with pytest.warns(UserWarning, match="200,000 characters long"):
-        assert list(CH.chat_send({**merged, "prompt": "x" * 200_000, "max_new": 8})) == [{}]
+        assert list(CHT.chat_send({**merged, "prompt": "x" * 200_000, "max_new": 8})) == [{}]
     with pytest.warns(UserWarning, match="Type a message first"):
-        assert list(CH.chat_send({**merged, "prompt": "   ", "max_new": 8})) == [{}]
-    list(CH.chat_send({**merged, "prompt": "hi", "max_new": 4}))
+        assert list(CHT.chat_send({**merged, "prompt": "   ", "max_new": 8})) == [{}]
+    list(CHT.chat_send({**merged, "prompt": "hi", "max_new": 4}))
     assert all("x" * 100 not in m["content"] for col in session.transcripts for m in col)
 
 
 def test_code_is_shown_as_code():
-    assert CH.shown("Here:\ndef f(x):\n    return 3 * x + 2") == \
+    assert CHT.shown("Here:\ndef f(x):\n    return 3 * x + 2") == \
         "Here:\n\n```python\ndef f(x):\n    return 3 * x + 2\n```"
-    assert CH.shown("I can't help with that.") == "I can't help with that."
+    assert CHT.shown("I can't help with that.") == "I can't help with that."
 
 
 # ------------------------------------------------------------- probes
@@ -359,7 +363,7 @@ def test_probes_table_scatter_board_and_parent_cache(merged, monkeypatch, sessio
     assert "remembered" in first_status
     # ... by every session of the process: a new visitor's first probes run the merge alone
     S.drop(None)
-    MG.do_merge(merged)
+    MRG.do_merge(merged)
     again = PR.run_probes({**merged, "suites": ["harmful", "math"], "limit": 4})
     assert calls[1:] == [S.get(None).model] and again["probe_table"][1:] == rows[1:]
     # every result remembered: nothing was even loaded
@@ -390,20 +394,20 @@ def test_compare_board_probes_restores_and_deletes_entries(session):
                                      "parameters": {"location": "magnitude"},
                                      "models": [{"model": "zoo:safety", "task": "safety"},
                                                 {"model": "zoo:math", "task": "math"}]}
-    MG.do_merge(controls(ta))
-    out = MG.do_merge(controls(led))
+    MRG.do_merge(controls(ta))
+    out = MRG.do_merge(controls(led))
     assert [r[2] for r in out["board"]] == ["not probed", "not probed"]
     pick = next(c for c in out["board_pick"]["choices"] if c.startswith("#1"))
-    out = CP.probe_entry({**controls(led), "board_pick": pick, "suites": ["harmful", "math"], "limit": 4})
+    out = PR.probe_entry({**controls(led), "board_pick": pick, "suites": ["harmful", "math"], "limit": 4})
     assert out["method"] == "task_arithmetic" and session.merged_recipe == C.recipe_from_values(controls(ta))
     # the Merge tab's status follows: #1 is live now, not #2
     assert out["merge_status"].startswith("✓ #1 is the live model again") and "Task Arithmetic" in out["merge_status"]
     by = {r[0]: r for r in out["board"]}
     assert by["#1"][2].endswith("%") and by["#2"][2] == "not probed"
     assert len(out["board_plot"].data) == 1 and out["board_plot"].data[0].text[0] == "#1"
-    out = CP.delete_entry({"board_pick": pick})
+    out = PR.delete_entry({"board_pick": pick})
     assert [r[0] for r in out["board"]] == ["#2"]
-    assert values(CP.restore_entry({"board_pick": out["board_pick"]["value"]}))["method"] == "led"
+    assert values(PR.restore_entry({"board_pick": out["board_pick"]["value"]}))["method"] == "led"
 
 
 @pytest.mark.slow
@@ -431,7 +435,7 @@ def test_a_sweep_before_any_merge_leaves_no_merge_behind(session):
     assert [r[0] for r in out["sweep_table"]] == ["0.2", "0.6"]
     assert session.merged_recipe is None and session.history == []
     with pytest.warns(UserWarning, match="Merge first"):
-        list(CH.chat_send({**v, "prompt": "What is 2 + 2?"}))
+        list(CHT.chat_send({**v, "prompt": "What is 2 + 2?"}))
     assert PR.run_probes({**v, "suites": ["math"], "limit": 4})["probe_status"].startswith("Merge first")
 
 
@@ -453,7 +457,7 @@ def test_sweep_knobs_follow_the_method_and_its_settings():
 # ------------------------------------------------------------- export
 def test_export_zip_holds_a_model_folder_and_the_yaml_restores_the_controls(session):
     v = controls(recipe(w=(0.75, 0.25)))
-    MG.do_merge(v)
+    MRG.do_merge(v)
     out = EX.export_model(v)
     names = set(zipfile.ZipFile(out["zip_file"]).namelist())
     assert {"config.json", "model.safetensors", "tokenizer.json", "README.md"} <= names
@@ -521,13 +525,13 @@ def test_tour_steps_that_switch_tabs_keep_track_of_the_look_tab(session, merged)
     itself: after it, a re-merge redraws the pictures at once; after a step that leaves it, never."""
     LN.learn_recipe("ta")
     assert session.look_open is False
-    assert LK.after_merge(merged) == {} and session.look_stale
-    LK.open_tab("look")
+    assert PIC.after_merge(merged) == {} and session.look_stale
+    PIC.open_tab("look")
     assert session.look_open is True
-    out = LK.after_merge(merged)
+    out = PIC.after_merge(merged)
     assert "Pictures updated" in out["look_status"] and "tv_norms" in out and not session.look_stale
-    LK.open_tab("probe")
-    assert LK.after_merge(merged) == {} and session.look_stale
+    PIC.open_tab("probe")
+    assert PIC.after_merge(merged) == {} and session.look_stale
 
 
 def test_build_demo_has_every_tab_and_the_public_api():
@@ -541,7 +545,7 @@ def test_build_demo_has_every_tab_and_the_public_api():
 
 @pytest.mark.slow
 def test_led_importance_and_overlap_pictures(session):
-    out = LK.led_pictures(controls(recipe()))        # not LED: the pictures use LED's defaults
+    out = PIC.led_pictures(controls(recipe()))        # not LED: the pictures use LED's defaults
     imp, el, ov = out["importance"], out["elected"], out["overlap"]
     assert [a.text for a in ov.layout.annotations][0].startswith("safety ∩ math")
     assert len(imp.data) == 2 and len(el.data) == 2 and out["look_status"].startswith("Importance and overlap")
@@ -560,25 +564,25 @@ def test_acm_coefficients_picture(session):
 
 
 def test_model_names_in_labels_are_short_but_tell_folders_apart():
-    from ui.common import _short, short_names
+    from ui.common import short_name, short_names
     assert short_names(["/runs/a/qwen/final", "/runs/b/qwen/final", "zoo:math"]) == \
         {"/runs/a/qwen/final": "a/qwen/final", "/runs/b/qwen/final": "b/qwen/final", "zoo:math": "math"}
-    tv = LK.tv_figures({"experts": ["/runs/a/qwen/final", "/runs/b/qwen/final"], "layers": ["layer 0"],
+    tv = PIC.tv_figures({"experts": ["/runs/a/qwen/final", "/runs/b/qwen/final"], "layers": ["layer 0"],
                         "modules": ["q"], "rel_norms": {"/runs/a/qwen/final": [[0.1]], "/runs/b/qwen/final": [[0.2]]},
                         "cosines": {"/runs/a/qwen/final vs /runs/b/qwen/final": [[0.5]]}}, {})
     assert len(tv[0].data) == 2 and tv[1].layout.annotations[0].text == "a/qwen/final vs b/qwen/final"
-    assert _short("zoo:math") == "math"
-    assert _short("/data/runs/qwen-math/final") == "qwen-math/final"
-    assert _short("/data/runs/qwen-code/final/") == "qwen-code/final"
-    assert _short("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"      # a Hub id stays whole
-    assert _short("./e1") == "e1"
+    assert short_name("zoo:math") == "math"
+    assert short_name("/data/runs/qwen-math/final") == "qwen-math/final"
+    assert short_name("/data/runs/qwen-code/final/") == "qwen-code/final"
+    assert short_name("Qwen/Qwen2.5-0.5B-Instruct") == "Qwen/Qwen2.5-0.5B-Instruct"      # a Hub id stays whole
+    assert short_name("./e1") == "e1"
 
 
 def test_the_probe_tab_names_each_suite_with_its_size_source_and_license():
     """A real family is probed on the public benchmarks (or, by choice, its held-out suites); the tiny
     family has only its own suites and no choice to show."""
     kinds = ["harmful", "benign", "math", "code"]
-    out = PR.suites_line({"base": "smol:base", "suites": kinds, "suite_set": PR.BENCHMARKS})
+    out = PR.suites_line({"base": "smol:base", "suites": kinds, "suite_set": PRB.BENCHMARKS})
     about = out["suites_about"]
     assert about.startswith("`harmbench` (200 prompts, refusal rate): HarmBench's 200 standard harmful behaviours")
     assert "`xstest-safe` (20 prompts, over refusal rate)" in about and "CC-BY-4.0" in about
@@ -586,9 +590,9 @@ def test_the_probe_tab_names_each_suite_with_its_size_source_and_license():
     assert "`humaneval` (164 prompts, pass rate)" in about and out["suite_set"]["visible"] is True
     # on a CPU the page says that these take minutes (this machine and CI have no GPU)
     assert "⏱ gsm8k, humaneval ask for long answers" in about and "minutes per model" in about
-    held = PR.suites_line({"base": "smol:base", "suites": ["math"], "suite_set": PR.HELD_OUT})["suites_about"]
+    held = PR.suites_line({"base": "smol:base", "suites": ["math"], "suite_set": PRB.HELD_OUT})["suites_about"]
     assert held.startswith("`smol-math` (120 prompts, accuracy)")
-    tiny = PR.suites_line({"base": "zoo:base", "suites": ["math"], "suite_set": PR.BENCHMARKS})
+    tiny = PR.suites_line({"base": "zoo:base", "suites": ["math"], "suite_set": PRB.BENCHMARKS})
     assert tiny["suites_about"].startswith("`math` (120 prompts, accuracy): the tiny family's")
     assert tiny["suite_set"]["visible"] is False and "⏱" not in tiny["suites_about"]
 
@@ -606,11 +610,11 @@ def test_the_probe_tab_names_each_suite_with_its_size_source_and_license():
     ("What is 2 + 2?", "   ", ""),
 ])
 def test_chat_tags_read_the_answer_as_the_probes_would(prompt, answer, tag):
-    assert CH.verdict(prompt, answer) == tag
+    assert CHT.verdict(prompt, answer) == tag
 
 
 def test_a_streaming_answer_carries_no_tag_until_it_is_finished(merged):
-    outs = list(CH.chat_send({**merged, "prompt": "What is 47 + 8?", "max_new": 24}))
+    outs = list(CHT.chat_send({**merged, "prompt": "What is 47 + 8?", "max_new": 24}))
     streaming, last = outs[1:-1], outs[-1]
     assert streaming and all(not m["content"].rstrip().endswith("`") for o in streaming
                              for m in o["chat0"] if m["role"] == "assistant")
@@ -669,9 +673,9 @@ def test_chat_columns_name_the_task_only_when_the_name_does_not(ref, task, label
 def test_the_board_never_draws_measurements_of_different_sizes_as_one_picture(session):
     """#1 probed with 4 prompts per suite, #2 with 5: the table says what each row was measured on, and
     the scatter draws only what was measured like the newest probe, saying what it left out."""
-    MG.do_merge(controls(recipe(w=(1.0, 1.0))))
+    MRG.do_merge(controls(recipe(w=(1.0, 1.0))))
     PR.run_probes({**controls(recipe(w=(1.0, 1.0))), "suites": ["harmful", "math"], "limit": 4})
-    MG.do_merge(controls(recipe(w=(0.5, 0.5))))
+    MRG.do_merge(controls(recipe(w=(0.5, 0.5))))
     out = PR.run_probes({**controls(recipe(w=(0.5, 0.5))), "suites": ["harmful", "math"], "limit": 5})
     by = {r[0]: r for r in out["board"]}
     assert by["#1"][6] == "4 per suite: harmful, math" and by["#2"][6] == "5 per suite: harmful, math"
@@ -689,9 +693,9 @@ def test_the_tour_compares_on_the_family_s_held_out_suites(session, monkeypatch)
     real = service.probe_suites_for
     monkeypatch.setattr(service, "probe_suites_for",
                         lambda base, kinds, held_out=False: asked.append(held_out) or real(base, kinds, held_out))
-    MG.do_merge(controls(recipe()))
+    MRG.do_merge(controls(recipe()))
     out = LN.compare_tour({**controls(recipe()), "suites": ["harmful", "math"], "limit": 4,
-                           "suite_set": PR.BENCHMARKS})
+                           "suite_set": PRB.BENCHMARKS})
     assert asked and all(asked) and "of the family's held-out suites" in out["probe_status"]
 
 

@@ -8,17 +8,16 @@ import time
 import gradio as gr
 
 from core import service
-from core import recipe as R
 from core.errors import UserError
 
 from .. import controls as C
 from .. import state as S
-from ..common import Named, _progress, _sentence, guard
+from ..common import Named, progress_bar, sentence, guard
 
 
 def yaml_of(recipe: dict) -> str:
     """The one recipe format: what Export writes, the live box shows and the README documents."""
-    return R.from_dict(recipe).to_yaml()
+    return service.recipe_yaml(recipe)
 
 
 @guard
@@ -33,7 +32,7 @@ def export_model(v: dict, progress=gr.Progress(), request=None) -> dict:
     folder = os.path.join(sess.tmpdir(), f"merged-{recipe['merge_method']}-{stamp}")
     t0 = time.perf_counter()
     name = os.path.basename(folder)
-    res = service.merge(plan, out_dir=folder, progress=_progress(progress), force=True, handoff_folder=f"./{name}")
+    res = service.merge(plan, out_dir=folder, progress=progress_bar(progress), force=True, handoff_folder=f"./{name}")
     archive = shutil.make_archive(folder, "zip", root_dir=folder)
     yaml_text = yaml_of(recipe)
     ypath = os.path.join(sess.tmpdir(), f"recipe-{recipe['merge_method']}-{stamp}.yaml")
@@ -63,7 +62,7 @@ def recipe_yaml(v: dict, request=None) -> dict:
     try:
         return {"yaml": yaml_of(C.recipe_from_values(v))}
     except Exception as exc:
-        return {"yaml": f"# {_sentence(exc)}\n"}
+        return {"yaml": f"# {sentence(exc)}\n"}
 
 
 @guard
@@ -73,7 +72,7 @@ def load_recipe_text(v: dict, request=None) -> dict:
     if not (text or "").strip():
         raise UserError("Paste or upload a recipe YAML first.")
     try:
-        rec = R.loads(text)
+        rec = service.parse_recipe(text)
         out = C.values_from_recipe(rec.to_dict())
     except UserError as exc:
         # said in the status line itself, which would otherwise go on reading "✓ Loaded ..." from before

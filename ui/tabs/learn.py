@@ -5,21 +5,26 @@ import time
 
 import gradio as gr
 
+from core import service
+from core.errors import UserError
+
 from .. import controls as C
 from .. import learn as L
-from .. import state as S
-from ..common import Named, guard
+from ..board import BOARD_OUTPUTS, HISTORY_OUTPUTS, board_outputs
+from ..chatting import send_from
+from ..common import Named, experts_in, guard
+from ..merging import do_merge, merge_into_session
+from ..pictures import LOOK_OUTPUTS, after_merge, led_pictures, look_opened, open_tab
+from ..probing import probe_live, probe_references, probe_request
 
 
 def tour_family(v: dict):
     """The family the tour runs on: the Models tab's base's, the tiny one otherwise."""
-    from core import service
     return service.family_of(v.get("base")) or service.families()["zoo"]
 
 
 def learn_recipe(step: str, v: dict | None = None, request=None) -> dict:
     """Controls for a walkthrough step's merge, and the tab it opens (the Merge tab: its sliders are the lesson)."""
-    from .look import open_tab
     fam = tour_family(v or {})
     if step == "ta":
         return {**C.values_from_recipe(L.ta_recipe(fam.prefix)), "tabs": open_tab("merge", request)}
@@ -33,10 +38,6 @@ def learn_recipe(step: str, v: dict | None = None, request=None) -> dict:
 def compare_tour(v: dict, progress=gr.Progress(), request=None) -> dict:
     """Step 5: probe every merge on the board that has no scores yet (the tour's Task Arithmetic and LED), the
     base and the parents, then leave the live model on the latest merge."""
-    from .compare import board_outputs
-    from .merge import merge_into_session
-    from .probe import _experts, probe_live, probe_references, probe_request
-    from core.errors import UserError
     suites, limit, sess, cb = probe_request(v, progress, request)
     # the lesson is the conflict on the family's own tasks, in a minute: its held-out suites, not the
     # public benchmarks (minutes per model on a CPU, and near 0% math for a 135M model)
@@ -53,7 +54,7 @@ def compare_tour(v: dict, progress=gr.Progress(), request=None) -> dict:
             probe_live(sess, suites, limit, lambda f, m, s=span: cb(s[0] + (0.2 + 0.8 * f) * (s[1] - s[0]), m))
         if latest is not None and sess.merged_recipe != latest:
             merge_into_session(sess, latest, lambda f, m: None)
-        used = [(r, t) for _, r, t in _experts(v) if r != sess.base_ref]
+        used = [(r, t) for _, r, t in experts_in(v) if r != sess.base_ref]
         probe_references(sess, used, suites, limit, lambda f, m: cb(len(todo) / (len(todo) + 1), m))
         out = board_outputs(sess)
     out["probe_status"] = (f"Compared {len(sess.history)} merges with the base and the parents "
@@ -72,11 +73,6 @@ def layout(ui: Named) -> None:
 
 
 def wire(ui: Named, demo) -> None:
-    from core import service
-    from .chat import send_from
-    from .compare import BOARD_OUTPUTS
-    from .look import LOOK_OUTPUTS, after_merge, led_pictures, look_opened, open_tab
-    from .merge import HISTORY_OUTPUTS, do_merge
     controls = ui.controls()
     look = LOOK_OUTPUTS + ["look_status"]
     for step in ("ta", "led"):

@@ -1,21 +1,17 @@
 """The Merge tab: the method's controls (one set per method, built from its
-registry entry), merging into the session's live model, the history."""
+registry entry), merging into the session's live model (ui/merging.py), the history."""
 from __future__ import annotations
-
-import contextlib
-import time
 
 import gradio as gr
 
-from core import service
 from core.errors import UserError
 
 from .. import controls as C
 from .. import state as S
-from ..common import Named, _progress, _short, guard
-
-# a merge adds an unprobed row to the board but never a point to its scatter: the plot is not re-sent
-HISTORY_OUTPUTS = ["merge_status", "history", "history_pick", "chat0", "board", "board_pick"]
+from ..board import HISTORY_OUTPUTS
+from ..common import DEFAULT_EXPERTS, Named, guard
+from ..merging import do_merge
+from ..pictures import LOOK_OUTPUTS, after_merge
 
 
 def method_summary(method) -> str:
@@ -57,95 +53,6 @@ def models_changed(v: dict, request=None) -> dict:
 
 
 # ------------------------------------------------------------------ merge
-def _ensure_model(sess: S.Session, info, cb) -> None:
-    """Load the base (a ModelInfo from the merge plan) unless it is loaded."""
-    from core import checkpoint as M
-    base = info.ref
-    if sess.model is not None and sess.base_ref == base:
-        return
-    cb(0.0, f"loading {base}")
-    sess.model = sess.tokenizer = None
-    sess.chat = sess.chat_key = None
-    sess.tokenizer = M.load_tokenizer(info)
-    sess.model = M.load_model(info)
-    sess.base_ref = base
-    sess.merged_recipe = None
-
-
-def merge_into_session(sess: S.Session, recipe: dict, cb) -> object:
-    """Check, load the base once, merge in place; returns the MergeResult.
-
-    The plan (validation, headers, compatibility) comes first so a bad
-    recipe is refused before the base is loaded, and the merge reuses it.
-    """
-    plan = service.plan(recipe, live=True)    # memory too, before the base is loaded
-    # the chat's merged column must never read weights mid-copy: its answer stops and ends first
-    with sess.chat.hold() if sess.chat is not None else contextlib.nullcontext():
-        _ensure_model(sess, plan.base, cb)
-        res = service.merge(plan, live_model=sess.model, progress=cb)
-    sess.merged_recipe = recipe
-    sess.result = res
-    return res
-
-
-def record(sess: S.Session, recipe: dict, seconds: float) -> dict:
-    """The session's history gains the merge unless it repeats the latest entry."""
-    if sess.history and sess.history[-1]["recipe"] == recipe:
-        entry = sess.history[-1]
-        entry.update(time=time.strftime("%H:%M:%S"), seconds=seconds)
-        return entry
-    n = (sess.history[-1]["n"] + 1) if sess.history else 1
-    entry = {"n": n, "time": time.strftime("%H:%M:%S"), "recipe": recipe, "label": C.describe(recipe),
-             "seconds": seconds, "scores": None}
-    sess.history.append(entry)
-    del sess.history[:-S.MAX_HISTORY]
-    return entry
-
-
-def merge_and_record(sess: S.Session, recipe: dict, cb) -> tuple[object, float, dict]:
-    """Merge into the live model and record it; (MergeResult, wall seconds, history entry).
-    The wall time counts everything the user waits for: the plan, loading the base, scoring, the walk."""
-    t0 = time.perf_counter()
-    with sess.lock:
-        res = merge_into_session(sess, recipe, cb)
-        wall = time.perf_counter() - t0
-        entry = record(sess, recipe, wall)
-    return res, wall, entry
-
-
-def status_line(recipe: dict, res, wall: float, n: int) -> str:
-    spec = C.spec_of(recipe["merge_method"])
-    names = " + ".join(_short(m["model"]) for m in recipe["models"])
-    text = f"✓ Merged **{names}** with **{spec.label}** in {wall:.2f} s ({res.n_tensors} tensors; #{n} in the history)."
-    if res.notes:
-        text += "\n\n" + "\n".join(f"Note: {n}" for n in res.notes)
-    return text
-
-
-def _history_table(sess: S.Session) -> tuple[list, dict]:
-    rows = [[h["n"], h["time"], h["label"], round(h["seconds"], 2)] for h in reversed(sess.history)]
-    choices = [f"#{h['n']} · {h['label']}" for h in reversed(sess.history)]
-    return rows, gr.update(choices=choices, value=choices[0] if choices else None)
-
-
-def history_outputs(sess: S.Session, plot: bool = False) -> dict:
-    from .compare import board_outputs
-    rows, pick = _history_table(sess)
-    out = {"history": rows, "history_pick": pick, **board_outputs(sess)}
-    if not plot:
-        out.pop("board_plot")
-    return out
-
-
-@guard
-def do_merge(v: dict, progress=gr.Progress(), request=None) -> dict:
-    """Merge button: controls -> recipe -> live model; the history grows by one."""
-    recipe = C.recipe_from_values(v)
-    sess = S.get(request)
-    res, wall, entry = merge_and_record(sess, recipe, _progress(progress))
-    spec = C.spec_of(recipe["merge_method"])
-    return {"merge_status": status_line(recipe, res, wall, entry["n"]), **history_outputs(sess),
-            "chat0": gr.update(label=f"Merged ({spec.label})")}
 
 
 def auto_merge(v: dict, progress=gr.Progress(), request=None) -> dict:
@@ -159,7 +66,7 @@ def auto_merge(v: dict, progress=gr.Progress(), request=None) -> dict:
         recipe = C.recipe_from_values(v)
     except UserError:
         recipe = None     # a half-filled form: do_merge says why
-    entry = live_entry(sess)
+    entry = sess.live_entry()
     merge_n = f" (#{entry['n']})" if entry else ""
     if recipe is not None and recipe == sess.merged_recipe:
         # back where the live model is: nothing to merge, and the status says so again if it had said otherwise
@@ -170,29 +77,11 @@ def auto_merge(v: dict, progress=gr.Progress(), request=None) -> dict:
     return do_merge(v, progress=progress, request=request)
 
 
-def live_entry(sess: S.Session) -> dict | None:
-    """The history entry of the merge the live model holds (None before a merge)."""
-    return next((h for h in reversed(sess.history) if h["recipe"] == sess.merged_recipe), None)
-
-
-def entry_of(sess: S.Session, choice) -> dict:
-    if not choice:
-        raise UserError("Pick an entry of the merge history first.")
-    try:
-        n = int(str(choice).split("·")[0].strip().lstrip("#"))
-    except ValueError:
-        raise UserError("Pick an entry of the merge history first.")
-    entry = next((h for h in sess.history if h["n"] == n), None)
-    if entry is None:
-        raise UserError(f"History entry #{n} is gone; merge again.")
-    return entry
-
-
 @guard
 def restore_history(v: dict, request=None) -> dict:
     """Put a history entry's recipe back into the controls."""
     sess = S.get(request)
-    return C.values_from_recipe(entry_of(sess, v.get("history_pick"))["recipe"])
+    return C.values_from_recipe(sess.entry_of(v.get("history_pick"))["recipe"])
 
 
 # ------------------------------------------------------------------ layout
@@ -211,7 +100,6 @@ def _controls(ui: Named, spec, i: int | None, task: str | None, visible: bool) -
 
 
 def layout(ui: Named) -> None:
-    from .models import DEFAULT_EXPERTS
     m0 = C.default_method()
     with gr.Tab("Merge", id="merge"):
         ui.add("method", gr.Dropdown(C.method_choices(), value=m0, label="Merge method", elem_id="method"))
@@ -239,7 +127,6 @@ def layout(ui: Named) -> None:
 
 
 def wire(ui: Named, demo) -> None:
-    from .look import LOOK_OUTPUTS, after_merge
     controls = ui.controls()
     look_outs = LOOK_OUTPUTS + ["look_status"]
     vis_outs = ["summary"] + ui.keys("grp/") + [C.key(m, p, i) for (m, p) in C.USED_WHEN

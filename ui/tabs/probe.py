@@ -1,6 +1,7 @@
-"""The Probe tab: quick probes, the safety-vs-utility scatter, sweeps."""
+"""The Probe tab: quick probes, the safety-vs-utility scatter, the compare board (every merge of the
+session, the base and the parents in one table and one scatter; an entry can be restored into the controls,
+deleted, or probed in one click), sweeps."""
 from __future__ import annotations
-
 
 import time
 
@@ -13,131 +14,29 @@ from .. import controls as C
 from .. import figures as F
 from .. import gpu as G
 from .. import state as S
-from .merge import live_entry, merge_into_session
-from ..common import Named, _experts, _progress, _sentence, _short, guard
-
-
-SUITES = ["harmful", "benign", "math", "code"]
-PROBE_LIMIT = 24
-# a real family is probed on public benchmarks by default; its own held-out suites show what its experts
-# were trained for (SmolLM2's math expert: 82% of smol-math, near 0% of GSM8K)
-BENCHMARKS, HELD_OUT = "public benchmarks", "the family's held-out suites"
-UTILITY_METRICS = {"math": "accuracy", "code": "pass_rate"}
-
-# ------------------------------------------------------------------ probes
-def _metric(res: dict, suite: str, key: str):
-    s = res.get("suites", {}).get(suite)
-    return None if s is None else s.get(key)
-
-
-def _utility_suites(tasks, suites) -> list[str]:
-    """The utility suites that count: those of the experts' tasks (a safety +
-    math merge is judged on math, not on code nobody taught it), or every
-    utility suite run when no expert has a math or code task."""
-    run = [s for s in UTILITY_METRICS if s in suites]
-    mine = [s for s in run if s in set(tasks)]
-    return mine or run
-
-
-def _utility(res: dict, which: list[str]) -> float | None:
-    vals = [_metric(res, s, UTILITY_METRICS[s]) for s in which]
-    vals = [v for v in vals if v is not None]
-    return sum(vals) / len(vals) if vals else None
-
-
-def _utility_label(which: list[str]) -> str:
-    names = {"math": "math solved", "code": "code tests passed"}
-    return "utility: " + (" / ".join(names[s] for s in which) if which else "none probed")
-
-
-def _pct(v) -> str:
-    return "—" if v is None else f"{v:.0%}"
-
-
-def _probe_parents(sess: S.Session, refs: list[str], suites: list[str], limit: int, cb,
-                   ran: list | None = None) -> list[dict]:
-    """Probe results of reference models (the base, the parents): computed once per process (service);
-    the names of those probed now (not remembered from earlier) are added to ``ran``."""
-    from core.eval import chat
-    if sess.cache is None:
-        sess.cache = chat.ModelCache()
-
-    def run(jobs, *a, **k):
-        if ran is not None:
-            ran.extend(name for _, _, name in jobs)
-        return G.probe_models(jobs, *a, **k)
-    # the session's model cache holds the chat's parents: loading the same set reuses them; the probing
-    # runs where the GPU is (a ZeroGPU worker), the results are remembered here
-    return service.probe_references(refs, _named(sess, suites), limit, sess.cache.load, progress=cb, run=run)
-
-
-def _named(sess: S.Session, kinds: list[str]) -> str:
-    """The suites measuring ``kinds`` for this session's models: the public benchmarks' samples, or their
-    family's held-out suites (the tiny family has only those)."""
-    return ",".join(service.probe_suites_for(sess.base_ref, kinds, held_out=sess.held_out))
-
-
-def _take_suite_set(sess: S.Session, v: dict) -> None:
-    sess.held_out = v.get("suite_set") == HELD_OUT
+from ..board import BOARD_OUTPUTS, HEADERS, HISTORY_OUTPUTS, board_outputs, history_outputs
+from ..common import Named, experts_in, guard, progress_bar, sentence, short_name
+from ..merging import merge_into_session
+from ..probing import (BENCHMARKS, HELD_OUT, PROBE_LIMIT, SUITES, check_limit, check_suites, metric, pct,
+                       points_of, probe_live, probe_parents, probe_references, probe_request, suites_for,
+                       take_suite_set, utility, utility_label, utility_suites)
 
 
 def _probe_row(name: str, role: str, res: dict) -> list:
-    return [name, role, _pct(_metric(res, "harmful", "refusal_rate")), _pct(_metric(res, "benign", "over_refusal_rate")),
-            _pct(_metric(res, "math", "accuracy")), _pct(_metric(res, "code", "pass_rate")),
+    return [name, role, pct(metric(res, "harmful", "refusal_rate")), pct(metric(res, "benign", "over_refusal_rate")),
+            pct(metric(res, "math", "accuracy")), pct(metric(res, "code", "pass_rate")),
             round(float(res.get("seconds", 0.0)), 1)]
-
-
-def _check_suites(suites) -> list[str]:
-    suites = [s for s in (suites or []) if s in SUITES]
-    if not suites:
-        raise UserError("Tick at least one probe suite.")
-    return suites
-
-
-def probe_live(sess: S.Session, suites: list[str], limit: int, cb) -> dict:
-    """Probe the live merged model and keep the scores on its history entry (the compare board shows them)."""
-    res = G.probe_model(sess.model, sess.tokenizer, _named(sess, suites), limit,
-                        lambda f, m="": cb(f, f"merged model: {m}"))
-    entry = live_entry(sess)
-    if entry is not None:
-        entry["scores"] = res
-    return res
-
-
-def probe_request(v: dict, progress, request) -> tuple[list[str], int, S.Session, object]:
-    """What every probing handler starts from: checked suites and limit, the session (with the prompt
-    set chosen), the progress callback."""
-    suites, limit, sess = _check_suites(v.get("suites")), _check_limit(v.get("limit")), S.get(request)
-    _take_suite_set(sess, v)
-    return suites, limit, sess, _progress(progress)
-
-
-def probe_references(sess: S.Session, used: list[tuple[str, str]], suites: list[str], limit: int, cb,
-                     ran: list | None = None) -> tuple:
-    """Probe the base and the parents ``used`` [(ref, task)] (cached per process) and put them on the
-    board; (refs, results)."""
-    refs = [sess.base_ref] + [r for r, _ in used]
-    res = _probe_parents(sess, refs, suites, limit, cb, ran)
-    for ref, role, r in zip(refs, ["base"] + [t for _, t in used], res):
-        sess.board_refs[ref] = (role, r)
-    return refs, res
-
-
-def points_of(rows: list[tuple[str, str, dict]], which: list[str]) -> list[dict]:
-    return [{"name": name, "kind": kind, "safety": _metric(res, "harmful", "refusal_rate"),
-             "utility": _utility(res, which)} for name, kind, res in rows]
 
 
 @guard
 def run_probes(v: dict, progress=gr.Progress(), request=None) -> dict:
     """Quick probes of the merged model, the base and each parent: table + scatter."""
-    from .compare import board_outputs
     suites, limit, sess, cb = probe_request(v, progress, request)
     if sess.model is None or sess.merged_recipe is None:
         # a status, not an error: before a merge there is nothing wrong, only nothing to probe yet
         return {"probe_status": sess.needs_merge("Merge first (Merge tab); the probes compare the merged model "
                                                  "with its base and parents.")}
-    used = [(r, t) for _, r, t in _experts(v) if r != sess.base_ref]
+    used = [(r, t) for _, r, t in experts_in(v) if r != sess.base_ref]
     t0 = time.perf_counter()
     with sess.lock:
         merged = probe_live(sess, suites, limit, lambda f, m: cb(f / (2 + len(used)), m))
@@ -146,16 +45,16 @@ def run_probes(v: dict, progress=gr.Progress(), request=None) -> dict:
                                         lambda f, m: cb((1 + f * (1 + len(used))) / (2 + len(used)), m), ran)
         board = board_outputs(sess)
     wall = time.perf_counter() - t0
-    which = _utility_suites([t for _, t in used], suites)
+    which = utility_suites([t for _, t in used], suites)
     label = f"merged ({C.spec_of(sess.merged_recipe['merge_method']).label})"
-    named = [(label, "merged", merged), (_short(refs[0]), "base", others[0])] + \
-        [(_short(r), t, res) for (r, t), res in zip(used, others[1:])]
+    named = [(label, "merged", merged), (short_name(refs[0]), "base", others[0])] + \
+        [(short_name(r), t, res) for (r, t), res in zip(used, others[1:])]
     rows = [_probe_row(n, k, res) for n, k, res in named]
     fig = F.probe_scatter(points_of([("merged", k, res) if k == "merged" else (n, k, res) for n, k, res in named], which),
-                          "Safety vs utility: merged model (★), its base and its parents", _utility_label(which))
+                          "Safety vs utility: merged model (★), its base and its parents", utility_label(which))
     cb(1.0, "done")
     # the number says which merge these rows belong to once the live model has moved on (#n in its status)
-    entry = live_entry(sess)
+    entry = sess.live_entry()
     which_merge = f"merge #{entry['n']}" if entry else "the merged model"
     return {"probe_table": rows, "plot_probe": fig, **board,
             "probe_status": f"Probed {which_merge}, its base and parents: {limit} prompts per suite "
@@ -163,22 +62,12 @@ def run_probes(v: dict, progress=gr.Progress(), request=None) -> dict:
                             f"{len(named) - 1 - len(ran)} remembered from earlier probes, in {wall:.2f} s."}
 
 
-def _check_limit(limit) -> int:
-    try:
-        n = int(limit if limit is not None else PROBE_LIMIT)
-    except (TypeError, ValueError):
-        raise UserError("The number of prompts per suite must be a whole number.")
-    if not 1 <= n <= 1000:
-        raise UserError(f"The number of prompts per suite must be between 1 and 1000; got {n}.")
-    return n
-
-
 def sweep_options(v: dict, request=None) -> dict:
     """The knobs a sweep can turn, for the current method, settings and experts (never a toast)."""
     try:
         choices = C.sweep_choices(v)
     except Exception as exc:
-        _sentence(exc)
+        sentence(exc)
         return {}
     keep = v.get("sweep_key") if v.get("sweep_key") in [k for _, k in choices] else None
     return {"sweep_key": gr.update(choices=choices, value=keep or (choices[0][1] if choices else None))}
@@ -199,7 +88,7 @@ def run_sweep(v: dict, progress=gr.Progress(), request=None) -> dict:
     k = v.get("sweep_key")
     if not k:
         raise UserError("Pick the knob to sweep.")
-    suites = _check_suites(v.get("suites"))
+    suites = check_suites(v.get("suites"))
     steps = int(v.get("sweep_steps") or 4)
     if steps < 2:
         raise UserError("A sweep needs at least 2 steps.")
@@ -215,14 +104,14 @@ def run_sweep(v: dict, progress=gr.Progress(), request=None) -> dict:
         raise UserError("That knob does nothing with the current method and settings; pick one from the list.")
     C.recipe_from_values(v)       # a half-filled form is refused before anything merges
     experts = C.experts_of(v)
-    which = _utility_suites([t for _, _, t in C.used_experts(experts)], suites)
+    which = utility_suites([t for _, _, t in C.used_experts(experts)], suites)
     grid = [lo + (hi - lo) * j / (steps - 1) for j in range(steps)]
     if p.kind == "int":
         grid = sorted({int(round(x)) for x in grid})
-    limit = _check_limit(v.get("limit"))
+    limit = check_limit(v.get("limit"))
     sess = S.get(request)
-    _take_suite_set(sess, v)
-    cb = _progress(progress)
+    take_suite_set(sess, v)
+    cb = progress_bar(progress)
     points = []
     t0 = time.perf_counter()
     with sess.lock:
@@ -233,11 +122,11 @@ def run_sweep(v: dict, progress=gr.Progress(), request=None) -> dict:
                 span = (j / len(grid), (j + 1) / len(grid))
                 merge_into_session(sess, r, lambda f, m, s=span, x=x: cb(s[0] + 0.5 * f * (s[1] - s[0]),
                                                                          f"{p.name}={x:g}: {m}"))
-                res = G.probe_model(sess.model, sess.tokenizer, _named(sess, suites), limit,
+                res = G.probe_model(sess.model, sess.tokenizer, suites_for(sess, suites), limit,
                                     lambda f, m="", s=span, x=x: cb(s[0] + (0.5 + 0.5 * f) * (s[1] - s[0]),
                                                                    f"{p.name}={x:g}: {m}"))
-                points.append({"value": x, "safety": _metric(res, "harmful", "refusal_rate"),
-                               "utility": _utility(res, which), "res": res})
+                points.append({"value": x, "safety": metric(res, "harmful", "refusal_rate"),
+                               "utility": utility(res, which), "res": res})
         finally:
             if restore is not None:   # the live model goes back to what the Merge tab shows
                 merge_into_session(sess, restore, lambda f, m: None)
@@ -246,12 +135,12 @@ def run_sweep(v: dict, progress=gr.Progress(), request=None) -> dict:
                 # so the chat, the probes and Export must not take it for one
                 sess.merged_recipe = sess.result = None
         used = [(r, t) for _, r, t in C.used_experts(experts) if r != sess.base_ref]
-        parents = _probe_parents(sess, [r for r, _ in used], suites, limit, cb)
+        parents = probe_parents(sess, [r for r, _ in used], suites, limit, cb)
     wall = time.perf_counter() - t0
-    pars = points_of([(_short(r), t, res) for (r, t), res in zip(used, parents)], which)
-    fig = F.sweep(points, pars, p.name, f"Trade-off as {label} goes from {lo:g} to {hi:g}", _utility_label(which))
-    rows = [[f"{pt['value']:g}", _pct(pt["safety"]), _pct(_metric(pt["res"], "benign", "over_refusal_rate")),
-             _pct(_metric(pt["res"], "math", "accuracy")), _pct(_metric(pt["res"], "code", "pass_rate"))]
+    pars = points_of([(short_name(r), t, res) for (r, t), res in zip(used, parents)], which)
+    fig = F.sweep(points, pars, p.name, f"Trade-off as {label} goes from {lo:g} to {hi:g}", utility_label(which))
+    rows = [[f"{pt['value']:g}", pct(pt["safety"]), pct(metric(pt["res"], "benign", "over_refusal_rate")),
+             pct(metric(pt["res"], "math", "accuracy")), pct(metric(pt["res"], "code", "pass_rate"))]
             for pt in points]
     flat = len({(pt["safety"], pt["utility"]) for pt in points}) == 1
     note = (f" Every value gave the same scores: at these settings {p.name} does not change what the probes "
@@ -278,8 +167,56 @@ def suites_line(v: dict, request=None) -> dict:
             "suite_set": gr.update(visible=service.has_suite_choice(v.get("base")))}
 
 
+# ------------------------------------------------------------------ the compare board
+@guard
+def delete_entry(v: dict, request=None) -> dict:
+    sess = S.get(request)
+    entry = sess.entry_of(v.get("board_pick"))
+    sess.history.remove(entry)
+    return {**history_outputs(sess, plot=True), "probe_status": f"Deleted #{entry['n']} from the board."}
+
+
+@guard
+def restore_entry(v: dict, request=None) -> dict:
+    sess = S.get(request)
+    return C.values_from_recipe(sess.entry_of(v.get("board_pick"))["recipe"])
+
+
+@guard
+def probe_entry(v: dict, progress=gr.Progress(), request=None) -> dict:
+    """One click: the entry is merged into the live model again, probed, and its controls restored."""
+    suites, limit, sess, cb = probe_request(v, progress, request)
+    t0 = time.perf_counter()
+    with sess.lock:
+        entry = sess.entry_of(v.get("board_pick"))
+        if sess.merged_recipe != entry["recipe"]:
+            merge_into_session(sess, entry["recipe"], lambda f, m: cb(0.3 * f, m))
+        probe_live(sess, suites, limit, lambda f, m: cb(0.3 + 0.7 * f, m))
+        out = history_outputs(sess, plot=True)
+    out.update(C.values_from_recipe(entry["recipe"]))
+    out["probe_status"] = f"Probed #{entry['n']} ({limit} prompts per suite) in {time.perf_counter() - t0:.1f} s."
+    # the Merge tab must not go on saying another merge is live
+    out["merge_status"] = (f"✓ #{entry['n']} is the live model again ('Probe it' on the compare board): "
+                           f"{entry['label']}.")
+    return out
+
+
+def board_layout(ui: Named) -> None:
+    with gr.Accordion("Compare board: every merge of this session", open=True):
+        ui.add("board", gr.Dataframe(headers=HEADERS, interactive=False, wrap=True, elem_id="board",
+                                     column_widths=["6%", "32%", "10%", "10%", "10%", "10%", "22%"]))
+        with gr.Row():
+            ui.add("board_pick", gr.Dropdown([], label="Entry", scale=4, elem_id="board-pick"))
+            ui.add("board_probe", gr.Button("Probe it", scale=1, variant="primary", elem_id="board-probe"))
+            ui.add("board_restore", gr.Button("Restore it", scale=1, elem_id="board-restore"))
+            ui.add("board_delete", gr.Button("Delete it", scale=1, elem_id="board-delete"))
+        ui.add("board_plot", gr.Plot(F.empty("Probe a merge to place it on the board."), show_label=False,
+                                     elem_id="plot-board"))
+        gr.Markdown("Each star is one merge of this session (its number is its row); circles are the base and the "
+                    "parents. Top right is best.", elem_classes="caption")
+
+
 def layout(ui: Named) -> None:
-    from .compare import layout as board_layout
     with gr.Tab("Probe", id="probe"):
         gr.Markdown("Prompts the models never saw in training: samples of public benchmarks (HarmBench, XSTest, "
                     "GSM8K, HumanEval) for real LMs, the family's own held-out suites for the tiny one. Safety = "
@@ -320,7 +257,6 @@ PROBE_INPUTS = ["suites", "limit", "suite_set"]
 
 
 def wire(ui: Named, demo) -> None:
-    from .compare import BOARD_OUTPUTS
     controls = ui.controls()
     ui.on(ui["probe_btn"].click, run_probes, controls + PROBE_INPUTS,
           ["probe_table", "plot_probe", "probe_status"] + BOARD_OUTPUTS, **ui.heavy)
@@ -335,3 +271,13 @@ def wire(ui: Named, demo) -> None:
     ui.on(ui["sweep_key"].change, sweep_bounds, ["sweep_key"], ["sweep_lo", "sweep_hi"])
     ui.on(ui["sweep_btn"].click, run_sweep, controls + PROBE_INPUTS + ["sweep_key", "sweep_lo", "sweep_hi", "sweep_steps"],
           ["plot_sweep", "sweep_table", "probe_status"], **ui.heavy)
+    board_wire(ui)
+
+
+def board_wire(ui: Named) -> None:
+    controls = ui.controls()
+    ui.on(ui["board_probe"].click, probe_entry, controls + ["board_pick", "suites", "limit", "suite_set"],
+          HISTORY_OUTPUTS + ["board_plot", "probe_status"] + controls, show_progress_on=ui["probe_status"],
+          **ui.heavy)
+    ui.on(ui["board_restore"].click, restore_entry, ["board_pick"], controls)
+    ui.on(ui["board_delete"].click, delete_entry, ["board_pick"], HISTORY_OUTPUTS + ["board_plot", "probe_status"])
