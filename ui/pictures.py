@@ -143,23 +143,65 @@ def only_changed(sess: S.Session, out: dict) -> dict:
     return out
 
 
+def _subject(recipe: dict) -> tuple[str, tuple[str, ...]]:
+    """What a method's pictures are of: the base and the experts, in order."""
+    base = recipe.get("base_model") or recipe["models"][0]["model"]
+    return base, tuple(m["model"] for m in recipe["models"] if m["model"] != base)
+
+
+def _names(subject) -> str:
+    return " + ".join(short_names(subject[1]).values()) or "no expert"
+
+
+# a method's panels and the button that draws them for other models
+METHOD_PANELS = {"led": (("importance", "elected", "overlap"), "Importance & overlap"),
+                 "acm": (("acm",), "ACM coefficients")}
+
+
+def _take_down_stale(sess: S.Session, subject, method: str, out: dict) -> None:
+    """A method's panels drawn for other experts than ``subject`` (and not redrawn now, the merge being another
+    method's) are replaced by a sentence: an overlap of two experts under a three-expert merge, or ACM's N = 2
+    after a merge of three, would contradict what the model is."""
+    for group, (keys, button) in METHOD_PANELS.items():
+        old = sess.shows.get(group)
+        if group == method or old is None or old == subject:
+            continue
+        for k in keys:
+            out[k] = F.empty(f"Drawn for {_names(old)}; the experts are now {_names(subject)}: "
+                             f"press '{button}'.")
+        del sess.shows[group]
+
+
 @guard
 def look_refresh(v: dict, request=None) -> dict:
-    """Cheap pictures after every merge: task vectors, provenance, and the
-    method's own analysis when its scores are already cached (LED, ACM)."""
+    """Cheap pictures of the live merge: task vectors, provenance, and the method's own analysis (brought by
+    the merge, or from cached scores). Before any merge, of the models the controls name. The pictures never
+    show the controls' settings while the live model holds another merge: they say so instead."""
     t0 = time.perf_counter()
-    recipe = C.recipe_from_values(v)
     sess = S.get(request)
+    with sess.lock:
+        live = sess.merged_recipe if sess.model is not None else None
+        entry = sess.live_entry() if live is not None else None
+    try:
+        shown = C.recipe_from_values(v)
+    except UserError:
+        if live is None:
+            raise
+        shown = None
+    recipe = live or shown
+    notes = []
+    if live is not None and shown != live:
+        which = f"the live merge #{entry['n']}" if entry else "the live merge"
+        notes.append(f"these show {which}; the controls changed since: press Merge to see theirs")
     out = {}
     tasks = {m["model"]: m.get("task", "custom") for m in recipe["models"]}
-    base = recipe.get("base_model") or recipe["models"][0]["model"]
-    experts = [m["model"] for m in recipe["models"] if m["model"] != base]
-    notes = []
+    subject = _subject(recipe)
+    base, experts = subject[0], list(subject[1])
     if experts:
         tv = service.task_vector_analysis(base, experts)
         out["tv_norms"], out["tv_cos"] = tv_figures(tv, tasks)
         with sess.lock:
-            if sess.model is not None and sess.merged_recipe is not None and sess.base_ref == base:
+            if live is not None and sess.base_ref == base:
                 pv = service.provenance(base, experts, sess.model)
                 out["prov_share"], out["prov_coef"] = prov_figures(pv, tasks)
                 sess.figures["prov"] = pv
@@ -167,11 +209,15 @@ def look_refresh(v: dict, request=None) -> dict:
                 notes.append("merge first to see where the merged weights came from")
     # the merge that made the live model brought its method's pictures along
     with sess.lock:
-        merged = sess.result.analysis if sess.result is not None and sess.merged_recipe == recipe else None
-    if recipe["merge_method"] == "led":
+        merged = sess.result.analysis if sess.result is not None and live is not None else None
+    method = recipe["merge_method"]
+    if method == "led":
         out["importance"], out["elected"], out["overlap"] = led_figures(merged or service.led_analysis(recipe))
-    if recipe["merge_method"] == "acm":
+        sess.shows["led"] = subject
+    if method == "acm":
         out["acm"] = acm_figure(merged or service.acm_analysis(recipe), tasks)
+        sess.shows["acm"] = subject
+    _take_down_stale(sess, subject, method, out)
     only_changed(sess, out)
     out["look_status"] = f"Pictures updated in {time.perf_counter() - t0:.3f} s." + \
         (f" ({'; '.join(notes)})" if notes else "")
@@ -219,5 +265,33 @@ def led_pictures(v: dict, progress=gr.Progress(), request=None) -> dict:
     a = service.led_analysis(recipe, progress=progress_bar(progress))
     imp, el, ov = led_figures(a)
     note = " (scores from the cache)" if a.get("cached") else ""
-    out = only_changed(S.get(request), {"importance": imp, "elected": el, "overlap": ov})
-    return {**out, "look_status": f"Importance and overlap computed{note}. " + " ".join(a.get("notes") or [])}
+    sess = S.get(request)
+    sess.shows["led"] = _subject(recipe)
+    out = only_changed(sess, {"importance": imp, "elected": el, "overlap": ov})
+    return {**out, "look_status": f"Importance and overlap of {_names(_subject(recipe))} computed{note}. "
+                                  + _defaults_note(v, "led", a["mask_ratio"]) + " ".join(a.get("notes") or [])}
+
+
+def _defaults_note(v: dict, method: str, values: dict | None = None) -> str:
+    """When the chosen method is not ``method``, the pictures use ``method``'s defaults: say which."""
+    if v.get("method") == method:
+        return ""
+    other = C.spec_of(v.get("method") or C.default_method()).label
+    if method == "led":
+        names = short_names(values)
+        rs = ", ".join(f"{names[e]} {r:g}" for e, r in values.items())
+        return f"The method chosen is {other}, so these use LED's default r per task ({rs}). "
+    t = C.spec_of("acm").param("temperature").default
+    return f"The method chosen is {other}, so this uses ACM's default t = {t:g}. "
+
+
+@guard
+def acm_pictures(v: dict, progress=gr.Progress(), request=None) -> dict:
+    recipe = acm_recipe(v)
+    tasks = {m["model"]: m.get("task", "custom") for m in recipe["models"]}
+    a = service.acm_analysis(recipe, progress=progress_bar(progress))
+    note = " (from the cache)" if a.get("cached") else ""
+    sess = S.get(request)
+    sess.shows["acm"] = _subject(recipe)
+    return {**only_changed(sess, {"acm": acm_figure(a, tasks)}),
+            "look_status": f"ACM coefficients of {_names(_subject(recipe))} computed{note}. " + _defaults_note(v, "acm")}

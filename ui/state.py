@@ -44,6 +44,7 @@ class Session:
     look_open: bool = False                              # the Look tab is the one shown
     look_stale: bool = False                             # a merge happened since its pictures were drawn
     drawn: dict = field(default_factory=dict)            # Look figure key -> digest of the figure the page shows
+    shows: dict = field(default_factory=dict)            # "led"/"acm" -> (base, experts) its Look panels are of
     tmp: str | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     touched: float = field(default_factory=time.monotonic)

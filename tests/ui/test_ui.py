@@ -277,6 +277,58 @@ def test_look_sends_only_the_figures_a_re_merge_changed(session):
     assert again["look_status"].startswith("Pictures updated")
 
 
+def _title(fig) -> str:
+    return fig.layout.title.text if fig.layout.title.text else " ".join(a.text for a in fig.layout.annotations)
+
+
+def test_look_takes_down_method_pictures_of_other_experts(session):
+    """LED's and ACM's panels drawn for safety + math do not stay up, unmarked, after a Task Arithmetic merge of
+    three experts: "Update pictures" replaces them by a sentence naming both sets and the button to press."""
+    PIC.open_tab("look")
+    MRG.do_merge(controls(LED))
+    PIC.look_refresh(controls(LED))
+    PIC.acm_pictures(controls(LED))
+    three = {**controls(recipe(w=(0.5, 0.25))), **experts(("zoo:safety", "safety"), ("zoo:math", "math"),
+                                                          ("zoo:code", "code"))}
+    three[C.key("task_arithmetic", "weight", 2)] = 0.25
+    MRG.do_merge(three)
+    out = LK.look_update(three)
+    for k in ("importance", "elected", "overlap"):
+        assert _title(out[k]) == ("Drawn for safety + math; the experts are now safety + math + code: "
+                                  "press 'Importance & overlap'."), k
+    assert _title(out["acm"]) == ("Drawn for safety + math; the experts are now safety + math + code: "
+                                  "press 'ACM coefficients'.")
+    assert len(out["tv_norms"].data) == 3           # the task vectors are the three experts'
+    # drawn for the three, ACM's title counts three
+    acm = PIC.acm_pictures(three)
+    assert "N = 3" in _title(acm["acm"]) and "t = 0.7" in _title(acm["acm"])
+    assert acm["look_status"].startswith("ACM coefficients of safety + math + code computed")
+    assert "ACM's default t = 0.7" in acm["look_status"]
+
+
+def test_look_draws_the_live_merge_not_unmerged_controls(session):
+    """ACM merged at t = 0.56, then the slider moved to 0.8 with re-merging off: the picture keeps t = 0.56
+    (what the model is) and the status says the controls changed since."""
+    PIC.open_tab("look")
+    acm = {**LED, "merge_method": "acm", "parameters": {"temperature": 0.56}}
+    v = controls(acm)
+    MRG.do_merge(v)
+    entry = session.live_entry()
+    out = LK.look_update({**v, "acm.temperature": 0.8})
+    assert "t = 0.56, N = 2" in _title(out["acm"])
+    assert f"these show the live merge #{entry['n']}; the controls changed since: press Merge" in out["look_status"]
+    assert "controls changed" not in LK.look_update(v)["look_status"]
+
+
+def test_led_pictures_say_they_use_leds_default_r(session):
+    out = PIC.led_pictures(controls(recipe()))
+    assert out["look_status"].startswith("Importance and overlap of safety + math computed")
+    assert ("The method chosen is Task Arithmetic, so these use LED's default r per task (safety 0.1, math 0.4)."
+            in out["look_status"])
+    own = PIC.led_pictures(controls(LED))
+    assert "default r" not in own["look_status"]
+
+
 # ------------------------------------------------------------- chat
 def _answers(msgs):
     return [m["content"] for m in msgs if m["role"] == "assistant" and not m["content"].startswith("**──")]
@@ -555,7 +607,7 @@ def test_led_importance_and_overlap_pictures(session):
 
 @pytest.mark.slow
 def test_acm_coefficients_picture(session):
-    out = LK.acm_pictures(controls(recipe()))        # not ACM: the picture uses ACM's defaults
+    out = PIC.acm_pictures(controls(recipe()))        # not ACM: the picture uses ACM's defaults
     fig = out["acm"]
     assert [t.name for t in fig.data][:2] == ["safety", "math"] and out["look_status"].startswith("ACM coefficients")
     for t in fig.data[:2]:

@@ -3,12 +3,11 @@ from __future__ import annotations
 
 import gradio as gr
 
-from core import service
 
 from .. import figures as F
 from .. import state as S
-from ..common import Named, guard, progress_bar
-from ..pictures import LOOK_OUTPUTS, acm_figure, acm_recipe, look_opened, look_refresh, led_pictures, only_changed
+from ..common import Named, guard
+from ..pictures import LOOK_OUTPUTS, acm_pictures, led_pictures, look_opened, look_refresh
 
 
 def tab_selected(evt: gr.SelectData, request: gr.Request = None) -> None:
@@ -21,16 +20,6 @@ def look_update(v: dict, request=None) -> dict:
     a hidden legend entry, and repairs a picture a lost response left behind)."""
     S.get(request).drawn.clear()
     return look_refresh(v, request=request)
-
-
-@guard
-def acm_pictures(v: dict, progress=gr.Progress(), request=None) -> dict:
-    recipe = acm_recipe(v)
-    tasks = {m["model"]: m.get("task", "custom") for m in recipe["models"]}
-    a = service.acm_analysis(recipe, progress=progress_bar(progress))
-    note = " (from the cache)" if a.get("cached") else ""
-    return {**only_changed(S.get(request), {"acm": acm_figure(a, tasks)}),
-            "look_status": f"ACM coefficients computed{note}."}
 
 
 CAPTIONS = {
