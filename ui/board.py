@@ -8,7 +8,7 @@ import gradio as gr
 from . import figures as F
 from . import state as S
 from .common import short_name
-from .probing import UTILITY_METRICS, metric, pct, utility, utility_label
+from .probing import UTILITY_METRICS, measured_on, metric, pct, points_of, utility_label, utility_suites
 
 
 BOARD_OUTPUTS = ["board", "board_pick", "board_plot"]
@@ -17,20 +17,13 @@ BOARD_OUTPUTS = ["board", "board_pick", "board_plot"]
 HEADERS = ["entry", "model", "refuses harmful", "over-refuses benign", "math solved", "code passes", "measured on"]
 
 
-def measured_on(res: dict) -> tuple[tuple, str]:
-    """What a probe result was measured on: (a key to compare by, a label): the suites and their sizes
-    ("24 per suite: harmbench, xstest-safe (20), gsm8k, humaneval")."""
-    suites = res.get("suites", {})
-    key = tuple(sorted((k, v.get("suite", k), v.get("n")) for k, v in suites.items()))
-    top = max((v.get("n") or 0 for v in suites.values()), default=0)
-    names = [v.get("suite", k) + ("" if v.get("n") == top else f" ({v.get('n')})") for k, v in suites.items()]
-    return key, f"{top} per suite: {', '.join(names)}"
-
-
-def _entries(sess: S.Session) -> list[tuple[str, str, str, dict | None]]:
-    """(label, kind, description, probe result or None): merges newest first, then base and parents."""
-    out = [(f"#{h['n']}", "merged", h["label"], h.get("scores")) for h in reversed(sess.history)]
-    out += [(short_name(ref), role, role, res) for ref, (role, res) in sess.board_refs.items()]
+def _entries(sess: S.Session) -> list[tuple[str, str, str, dict | None, list]]:
+    """(label, kind, description, probe result or None, tasks): merges newest first (with the tasks they merge),
+    then the base and the parents, one row per measurement."""
+    out = [(f"#{h['n']}", "merged", h["label"], h.get("scores"),
+            [m.get("task", "custom") for m in h["recipe"]["models"]]) for h in reversed(sess.history)]
+    out += [(short_name(ref), role, role, res, [role]) for ref, (role, results) in sess.board_refs.items()
+            for res in results.values()]
     return out
 
 
@@ -39,18 +32,18 @@ def board_outputs(sess: S.Session) -> dict:
     rows = [[label, desc, pct(metric(r, "harmful", "refusal_rate")) if r else "not probed",
              pct(metric(r, "benign", "over_refusal_rate")) if r else "", pct(metric(r, "math", "accuracy")) if r else "",
              pct(metric(r, "code", "pass_rate")) if r else "", measured_on(r)[1] if r else ""]
-            for label, kind, desc, r in entries]
+            for label, kind, desc, r, _t in entries]
     # one picture, one measurement: only the entries measured like the newest probed merge (or, before any,
     # the references) are drawn; others keep their row in the table with what they were measured on
-    probed = [(label, kind, r) for label, kind, _desc, r in entries if r]
-    ref = next((r for _label, kind, r in probed if kind == "merged"), probed[0][2] if probed else None)
-    same = [(label, kind, r) for label, kind, r in probed if measured_on(r)[0] == measured_on(ref)[0]] if ref else []
-    # utility: the utility suites every drawn entry has, so all points are judged alike
-    which = [s for s in UTILITY_METRICS if same and all(s in r.get("suites", {}) for _, _, r in same)]
-    tasks = {role for _, (role, _) in sess.board_refs.items()}
-    which = [s for s in which if s in tasks] or which
-    pts = [{"name": label, "kind": kind, "safety": metric(r, "harmful", "refusal_rate"), "utility": utility(r, which)}
-           for label, kind, r in same]
+    probed = [(label, kind, r, tasks) for label, kind, _desc, r, tasks in entries if r]
+    ref = next((r for _label, kind, r, _t in probed if kind == "merged"), probed[0][2] if probed else None)
+    same = [e for e in probed if measured_on(e[2])[0] == measured_on(ref)[0]] if ref else []
+    # utility: the mean of the skills the drawn merges were made for (math and code for a three-expert merge),
+    # of those every drawn entry was probed on, so all points are judged alike; the axis names them
+    run = [s for s in UTILITY_METRICS if same and all(s in r.get("suites", {}) for _, _, r, _ in same)]
+    merged = [t for _, kind, _, tasks in same if kind == "merged" for t in tasks]
+    which = utility_suites(merged or [t for _, _, _, tasks in same for t in tasks], run)
+    pts = points_of([(label, kind, r) for label, kind, r, _ in same], which)
     left = len(probed) - len(same)
     title = "Compare board: every probed merge (★), the base and the parents"
     if ref is not None:

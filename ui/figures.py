@@ -190,7 +190,8 @@ def stacked_shares(x: list[str], shares: dict[str, list], other: list, title: st
 
 
 def probe_scatter(points: list[dict], title: str = "Safety vs utility", xtitle: str = "utility") -> go.Figure:
-    """points: {"name", "safety" (refusal of harmful, 0..1), "utility" (0..1), "kind"}."""
+    """points: {"name", "safety" (refusal of harmful, 0..1), "utility" (0..1), "kind", "n" (prompts per suite,
+    shown on hover)}."""
     fig = go.Figure()
     labels = _spot_labels([(_nan(p.get("utility")), _nan(p.get("safety"))) for p in points], [p["name"] for p in points])
     for p, label in zip(points, labels):
@@ -199,7 +200,8 @@ def probe_scatter(points: list[dict], title: str = "Safety vs utility", xtitle: 
             x=[_nan(p.get("utility"))], y=[_nan(p.get("safety"))], mode="markers+text", text=[label],
             textposition="top right" if p.get("kind") == "merged" else "top left", name=p["name"], cliponaxis=False,
             marker=dict(size=14, color=colour, symbol="star" if p.get("kind") == "merged" else "circle"),
-            hovertemplate=f"<b>{p['name']}</b><br>refuses harmful: %{{y:.0%}}<br>utility: %{{x:.0%}}<extra></extra>"))
+            hovertemplate=f"<b>{p['name']}</b><br>refuses harmful: %{{y:.0%}}<br>utility: %{{x:.0%}}"
+                          + (f"<br>{p['n']} prompts per suite" if p.get("n") else "") + "<extra></extra>"))
     _axes_01(fig, xtitle)
     fig.update_layout(showlegend=True, legend=dict(orientation="h", y=-0.25))
     return _layout(fig, title, 400).update_layout(margin=dict(l=70, r=50, t=60, b=50))

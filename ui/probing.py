@@ -40,8 +40,13 @@ def utility(res: dict, which: list[str]) -> float | None:
 
 
 def utility_label(which: list[str]) -> str:
+    """The utility axis' title, naming what it averages ("utility: mean of math solved and code tests passed")."""
     names = {"math": "math solved", "code": "code tests passed"}
-    return "utility: " + (" / ".join(names[s] for s in which) if which else "none probed")
+    if not which:
+        return "utility: none probed"
+    if len(which) == 1:
+        return f"utility: {names[which[0]]}"
+    return "utility: mean of " + " and ".join(names[s] for s in which)
 
 
 def pct(v) -> str:
@@ -109,6 +114,16 @@ def probe_request(v: dict, progress, request) -> tuple[list[str], int, S.Session
     return suites, limit, sess, progress_bar(progress)
 
 
+def measured_on(res: dict) -> tuple[tuple, str]:
+    """What a probe result was measured on: (a key to compare by, a label): the suites and their sizes
+    ("24 per suite: harmbench, xstest-safe (20), gsm8k, humaneval")."""
+    suites = res.get("suites", {})
+    key = tuple(sorted((k, v.get("suite", k), v.get("n")) for k, v in suites.items()))
+    top = max((v.get("n") or 0 for v in suites.values()), default=0)
+    names = [v.get("suite", k) + ("" if v.get("n") == top else f" ({v.get('n')})") for k, v in suites.items()]
+    return key, f"{top} per suite: {', '.join(names)}"
+
+
 def probe_references(sess: S.Session, used: list[tuple[str, str]], suites: list[str], limit: int, cb,
                      ran: list | None = None) -> tuple:
     """Probe the base and the parents ``used`` [(ref, task)] (cached per process) and put them on the
@@ -116,10 +131,17 @@ def probe_references(sess: S.Session, used: list[tuple[str, str]], suites: list[
     refs = [sess.base_ref] + [r for r, _ in used]
     res = probe_parents(sess, refs, suites, limit, cb, ran)
     for ref, role, r in zip(refs, ["base"] + [t for _, t in used], res):
-        sess.board_refs[ref] = (role, r)
+        # every measurement is kept: the board draws a reference measured as the merges it is drawn with
+        sess.board_refs.setdefault(ref, (role, {}))[1][measured_on(r)[0]] = r
     return refs, res
 
 
+def sample_size(res: dict) -> int:
+    """Prompts per suite of a probe result (the largest suite's: a suite smaller than the limit has all it has)."""
+    return max((v.get("n") or 0 for v in res.get("suites", {}).values()), default=0)
+
+
 def points_of(rows: list[tuple[str, str, dict]], which: list[str]) -> list[dict]:
+    """Scatter points: each with its refusal, its utility (mean over ``which``) and its sample size."""
     return [{"name": name, "kind": kind, "safety": metric(res, "harmful", "refusal_rate"),
-             "utility": utility(res, which)} for name, kind, res in rows]
+             "utility": utility(res, which), "n": sample_size(res)} for name, kind, res in rows]

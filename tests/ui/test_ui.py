@@ -735,7 +735,36 @@ def test_the_board_never_draws_measurements_of_different_sizes_as_one_picture(se
     fig = out["board_plot"]
     assert sorted(t.name for t in fig.data) == sorted(["#2", "base", "safety", "math"])
     title = fig.layout.title.text
-    assert "measured on 5 per suite: harmful, math" in title and "1 entry measured on other prompts not drawn" in title
+    # #1 and the base and parents' rows at 4 prompts stay in the table, not in the picture
+    assert "measured on 5 per suite: harmful, math" in title and "4 entries measured on other prompts not drawn" in title
+    assert [r[6].split(" per")[0] for r in out["board"] if r[0] == "base"] == ["4", "5"]
+
+
+def test_the_board_judges_a_three_expert_merge_on_the_mean_of_its_skills_and_keeps_each_size(session):
+    """Safety + math + code merged: utility is the mean of math solved and code passed, on both scatters,
+    named on the axis; the base probed at 4 and then at 6 prompts keeps both rows, and each scatter draws
+    the base measured as its merge was (the same numbers on both), its size on hover."""
+    three = {**controls(recipe(w=(0.5, 0.25))), **experts(("zoo:safety", "safety"), ("zoo:math", "math"),
+                                                          ("zoo:code", "code"))}
+    three[C.key("task_arithmetic", "weight", 2)] = 0.25
+    MRG.do_merge(three)
+    small = PR.run_probes({**three, "suites": ["harmful", "math", "code"], "limit": 4})
+    out = PR.run_probes({**three, "suites": ["harmful", "math", "code"], "limit": 6})
+    for fig in (out["plot_probe"], out["board_plot"]):
+        assert fig.layout.xaxis.title.text == "utility: mean of math solved and code tests passed"
+    rows = {r[0]: r for r in out["probe_table"]}
+    merged = next(r for k, r in rows.items() if k.startswith("merged"))
+    want = (float(merged[4].rstrip("%")) + float(merged[5].rstrip("%"))) / 200
+    star = next(t for t in out["board_plot"].data if t.name == "#1")
+    assert star.x[0] == pytest.approx(want, abs=0.006)            # the table rounds to whole percents
+    assert "6 prompts per suite" in star.hovertemplate
+    base_rows = [r for r in out["board"] if r[0] == "base"]
+    assert [r[6].split(" per suite")[0] for r in base_rows] == ["4", "6"]
+    on_probe = {t.name: (t.x[0], t.y[0]) for t in out["plot_probe"].data}
+    on_board = {t.name: (t.x[0], t.y[0]) for t in out["board_plot"].data}
+    assert on_board["base"] == on_probe["base"] and on_board["code"] == on_probe["code"]
+    small_base = {t.name: (t.x[0], t.y[0]) for t in small["plot_probe"].data}["base"]
+    assert {t.name: (t.x[0], t.y[0]) for t in small["board_plot"].data}["base"] == small_base
 
 
 def test_the_tour_compares_on_the_family_s_held_out_suites(session, monkeypatch):
