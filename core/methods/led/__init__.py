@@ -118,25 +118,33 @@ class Prepared:
 
     def aux(self, name: str) -> dict:
         from . import masks
+        from .importance import shared_rows
         setup = self.plan
         shape = setup.base.tensors[name].shape
         rows = shape[0] if shape else None   # a grown vocabulary: elect on the shared rows only
         code = setup.election
         used = [[s for s, on in ((b, code != "01"), (x, code != "10")) if on]
                 for b, x in zip(self.base_scores, self.expert_scores)]
-        got = [[s.codes(name, e.ratio, rows) for s in sets] for sets, e in zip(used, setup.experts)]
+        ranked = [[s.ranked(name, rows) for s in sets] for sets in used]
+        # rᵢ as read from the plan's Params (Expert.ratio) becomes its grid step jᵢ here, once per expert and
+        # tensor: ``codes <= jᵢ`` is top_r(scores, rᵢ); None where no codes answer or rᵢ is off the grid
+        steps = [next((masks.grid_step(e.ratio, c.size) for c in cs if c is not None), None)
+                 for cs, e in zip(ranked, setup.experts)]
         imp = [s.total(name, rows) for s in self.expert_scores]
         imp_base = [s.total(name, rows) for s in self.base_scores]
-        if all(c is not None for cs in got for c in cs):
+        if all(j is not None and all(c is not None for c in cs) for cs, j in zip(ranked, steps)):
             # every set answers from its rank codes: elect in cache-sized chunks, counting on the way
-            out_shape = got[0][0][0].shape
-            fin, counts, inter = masks.elect_codes([[c[0].reshape(-1) for c in cs] for cs in got],
-                                                   [cs[0][1] for cs in got], setup.disjoint, self._summary.safety)
+            out_shape = ranked[0][0].shape
+            fin, counts, inter = masks.elect_codes([[c.reshape(-1) for c in cs] for cs in ranked], steps,
+                                                   setup.disjoint, self._summary.safety)
             final = [torch.from_numpy(x).view(out_shape) for x in fin]
             self._summary.add_counts(name, imp, imp_base, counts, inter)
         else:
-            elected = [masks.combine(*[s.top(name, e.ratio, rows) for s in sets]) if len(sets) == 2
-                       else sets[0].top(name, e.ratio, rows) for sets, e in zip(used, setup.experts)]
+            # per set: its codes where they answer (the same mask), else top_r of its scores
+            tops = [[torch.from_numpy(c <= j) if c is not None and j is not None
+                     else masks.top_r(shared_rows(s.get(name), rows), e.ratio) for s, c in zip(sets, cs)]
+                    for sets, cs, j, e in zip(used, ranked, steps, setup.experts)]
+            elected = [masks.combine(*t) if len(t) == 2 else t[0] for t in tops]
             final = masks.disjoint(elected) if setup.disjoint else elected
             self._summary.add(name, imp, imp_base, elected, final)
         return {"masks": final}

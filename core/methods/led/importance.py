@@ -162,15 +162,21 @@ class Scores:
         shape = self.ranks.shape(name)
         return rows is None or not shape or shape[0] <= rows
 
+    def ranked(self, name: str, rows: int | None = None) -> np.ndarray | None:
+        """The tensor's rank codes (masks.rank_codes, shaped like it) when they
+        answer for it, else None (none, a cut vocabulary). No r here: the
+        caller turns its r into a grid step (masks.grid_step) once."""
+        return self.ranks.codes(name).numpy() if self._whole(name, rows) else None
+
     def codes(self, name: str, r: float, rows: int | None = None) -> tuple[np.ndarray, int] | None:
         """(rank codes, j) when ``codes <= j`` is this tensor's top-r; None
         when the ranks cannot answer (none, a cut vocabulary, r off the grid)."""
         from .masks import grid_step
-        if not self._whole(name, rows):
+        codes = self.ranked(name, rows)
+        if codes is None:
             return None
-        codes = self.ranks.codes(name)
-        j = grid_step(r, codes.numel())
-        return (codes.numpy(), j) if j is not None else None
+        j = grid_step(r, codes.size)
+        return (codes, j) if j is not None else None
 
     def top(self, name: str, r: float, rows: int | None = None) -> torch.Tensor:
         """top_r of a tensor's scores (its first ``rows`` rows when given):
