@@ -18,6 +18,7 @@ import time
 
 import gradio as gr
 
+from . import controls as C
 from . import state as S
 from .tabs import chat, export, learn, look, merge, models, probe
 from .common import CONCURRENCY, Named
@@ -44,8 +45,46 @@ def launch_options() -> dict:
 
 
 def _unload(request: gr.Request = None):
-    """The tab closed: free its models, chat threads and files."""
-    S.drop(request)
+    """The tab closed or reloads: its models, chat threads and files are freed unless the page comes back
+    within a few seconds (state.park)."""
+    S.park(request)
+
+
+# the reloaded page's load can arrive before the old page's unload: it waits this long for it
+ADOPT_WAIT_S = 3.0
+
+
+def reattach(v: dict, request=None) -> dict:
+    """Page load: a reloaded page gets its session back (merges, the live model, the board, the chat), and
+    the page shows it; a page whose browser had a session that is gone says so. The browser keeps the
+    session's secret token (gr.BrowserState), written here."""
+    from .board import history_outputs
+    from .chatting import CHAT_COLUMNS
+    token = v.get("sid")
+    deadline = time.monotonic() + ADOPT_WAIT_S
+    sess = S.adopt(token, request)
+    while sess is None and token and S.is_live(token) and time.monotonic() < deadline:
+        time.sleep(0.1)
+        sess = S.adopt(token, request)
+    if sess is None:
+        fresh = S.get(request)
+        out = {"sid": fresh.token}
+        if token and S.is_live(token):
+            out["merge_status"] = "This tab has a session of its own; the other tab keeps its merges."
+        elif token:
+            out["merge_status"] = ("A new session: this browser's earlier one is gone (closed, or idle for "
+                                   f"{S.ttl_seconds() // 60} minutes) and its merges with it.")
+        return out
+    out = {"sid": sess.token, **history_outputs(sess, plot=True)}
+    entry = sess.live_entry()
+    if sess.model is not None and sess.merged_recipe is not None:
+        out.update(C.values_from_recipe(sess.merged_recipe))
+        which = f"#{entry['n']}: {entry['label']}" if entry else C.describe(sess.merged_recipe)
+        out["merge_status"] = (f"✓ The page was reloaded and kept its session: {len(sess.history)} merge"
+                               f"{'' if len(sess.history) == 1 else 's'} in the history; the live model is {which}.")
+    if len(sess.transcripts) == CHAT_COLUMNS:
+        out.update({f"chat{i}": [dict(m) for m in sess.transcripts[i]] for i in range(CHAT_COLUMNS)})
+    return out
 
 
 def _warm_imports() -> None:
@@ -114,12 +153,20 @@ def build_demo() -> gr.Blocks:
         # tab, makes the browser do that while the person reads the Models tab.
         from . import figures as F
         gr.Plot(F.empty("", height=10), show_label=False, elem_classes="plotly-preload", container=False)
+        learn.bar_layout(ui)
         with ui.add("tabs", gr.Tabs(elem_id="tabs")):
             for tab in TABS:
                 tab.layout(ui)
         for tab in TABS:
             tab.wire(ui, demo)
         api.wire(demo, ui.heavy)
+        ui.add("sid", gr.BrowserState(None, storage_key="merge-explorer-session"))
+        from .board import BOARD_OUTPUTS, HISTORY_OUTPUTS
+        from .chatting import CHAT_COLUMNS
+        # not queued behind a merge: the page must show what it holds as soon as it loads
+        ui.on(demo.load, reattach, ["sid"], list(dict.fromkeys(
+            ["sid"] + HISTORY_OUTPUTS + BOARD_OUTPUTS + ui.controls() + [f"chat{i}" for i in range(CHAT_COLUMNS)])),
+            concurrency_limit=None, show_progress="hidden")
         demo.unload(_unload)
     demo.queue(max_size=int(os.environ.get("MERGE_EXPLORER_QUEUE", "32")), default_concurrency_limit=CONCURRENCY)
     return demo

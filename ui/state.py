@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import shutil
 import tempfile
 import threading
@@ -49,6 +50,9 @@ class Session:
     lock: threading.RLock = field(default_factory=threading.RLock)
     touched: float = field(default_factory=time.monotonic)
     expired: bool = False              # made anew for a visitor whose session was dropped while idle
+    # what the browser keeps (gr.BrowserState) to find this session again after a reload: a secret, not the
+    # session hash, which a reload changes and which other requests carry
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(18))
 
     def needs_merge(self, first: str) -> str:
         """The sentence for a handler that needs a merged model and finds none: ``first`` (what to do),
@@ -189,8 +193,61 @@ def get(request) -> Session:
 
 
 def drop(request) -> None:
-    """Free a closed tab's models and files (demo.unload)."""
+    """Free a closed tab's models and files at once."""
     with _LOCK:
         s = SESSIONS.pop(key_of(request), None)
     if s is not None:
         s.close()
+
+
+# A reload unloads the page and loads it again with a new session hash: the session waits this long for the
+# page to come back (``adopt``) before its models are freed.
+RELOAD_GRACE_S = 30.0
+PARKED: "dict[str, tuple[Session, float]]" = {}     # token -> (session of an unloaded page, when)
+
+
+def park(request) -> None:
+    """The page was unloaded (closed, or reloaded): keep its session for RELOAD_GRACE_S, then free it."""
+    with _LOCK:
+        s = SESSIONS.pop(key_of(request), None)
+        if s is None:
+            return
+        PARKED[s.token] = (s, time.monotonic())
+    timer = threading.Timer(RELOAD_GRACE_S + 0.5, _reap)
+    timer.daemon = True
+    timer.start()
+
+
+def _reap() -> None:
+    now = time.monotonic()
+    with _LOCK:
+        gone = [t for t, (_s, at) in PARKED.items() if now - at >= RELOAD_GRACE_S]
+        old = [PARKED.pop(t)[0] for t in gone]
+    for s in old:
+        s.close()
+
+
+def is_live(token: str | None) -> bool:
+    """Whether a page that is still open holds the session of ``token``."""
+    with _LOCK:
+        return any(s.token == token for s in SESSIONS.values())
+
+
+def adopt(token: str | None, request) -> Session | None:
+    """The page came back (a reload) holding ``token``: its parked session becomes this page's. None when there
+    is none (closed long ago, expired, still open in another tab, or never)."""
+    if not isinstance(token, str) or not token:
+        return None
+    k = key_of(request)
+    with _LOCK:
+        # only a parked session: one still live belongs to an open page (a second tab shares the browser's
+        # storage, and must not take the first tab's models); a reload's waits for the unload (app.reattach)
+        found = PARKED.pop(token, (None, 0.0))[0]
+        if found is None:
+            return None
+        mine = SESSIONS.pop(k, None)
+        SESSIONS[k] = found
+        found.touched = time.monotonic()
+    if mine is not None and mine is not found:
+        mine.close()
+    return found

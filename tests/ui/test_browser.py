@@ -142,35 +142,102 @@ def test_pick_tune_merge_look_chat_probe(page):
 
 
 def test_learn_walkthrough_steps(page):
-    """Each step is one click on the Learn tab and lands where it happens."""
+    """Each step is one click and lands where it happens; after each, the bar above the tabs says which step
+    is done and its Next button runs the next one from wherever the page is."""
     from playwright.sync_api import expect
     expect.set_options(timeout=60_000)
     tab(page, "Learn")
     shot(page, "6-learn")
+    expect(page.locator("#tour-bar")).to_be_hidden()
     page.locator("#learn-ta").click()
     expect(page.get_by_role("tab", name="Merge", exact=True)).to_have_attribute("aria-selected", "true")
     expect(page.locator("#merge-status")).to_contain_text("with Task Arithmetic")
-    tab(page, "Learn")
-    page.locator("#learn-ask_harmful").click()
+    expect(page.locator("#tour-text")).to_contain_text("step 1 of 5 done")
+    expect(page.locator("#next-ask_harmful")).to_be_visible()
+    expect(page.locator("#next-led")).to_be_hidden()
+    page.locator("#next-ask_harmful").click()
     expect(page.get_by_role("tab", name="Chat", exact=True)).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#tour-text")).to_contain_text("step 2 of 5 done")
     expect(page.locator("#prompt textarea")).to_have_value("")   # sent, so the box is cleared again
     for i in range(3):
         expect(page.locator(f"#chat-{i} .message.bot").last).not_to_be_empty()
-    tab(page, "Learn")
-    page.locator("#learn-led").click()      # step 4 shows LED's sliders on the Merge tab
+    page.locator("#next-overlap").click()
+    expect(page.get_by_role("tab", name="Look", exact=True)).to_have_attribute("aria-selected", "true")
+    expect(page.locator("#plot-overlap")).to_contain_text("Where safety and utility collide", timeout=120_000)
+    expect(page.locator("#tour-text")).to_contain_text("step 3 of 5 done")
+    page.locator("#next-led").click()      # step 4 shows LED's sliders on the Merge tab
     expect(page.get_by_role("tab", name="Merge", exact=True)).to_have_attribute("aria-selected", "true")
     expect(page.locator("#merge-status")).to_contain_text("with LED-Merging")
     expect(page.locator("#led-mask_ratio-1")).to_be_visible()
     expect(page.locator("#led-mask_ratio-1 input[type=number]")).to_have_value("0.1")
+    expect(page.locator("#tour-text")).to_contain_text("step 4 of 5 done")
     shot(page, "7-learn-led")
-    tab(page, "Learn")
-    page.locator("#learn-compare").click()  # step 5: the board compares Task Arithmetic and LED
+    page.locator("#next-compare").click()  # step 5: the board compares Task Arithmetic and LED
     expect(page.locator("#probe-status")).to_contain_text("Compared", timeout=180_000)
     expect(page.locator("#board")).to_contain_text("Task Arithmetic")
     expect(page.locator("#board")).to_contain_text("LED-Merging")
     expect(page.locator("#board")).not_to_contain_text("not probed")
     expect(page.locator("#plot-board")).to_contain_text("Compare board")
+    expect(page.locator("#tour-text")).to_contain_text("step 5 of 5 done")
+    expect(page.locator("#next-compare")).to_be_hidden()
     shot(page, "8-learn-compare")
+    page.locator("#tour-back").click()
+    expect(page.get_by_role("tab", name="Learn", exact=True)).to_have_attribute("aria-selected", "true")
+
+
+def test_a_tour_step_out_of_order_does_what_it_needs_first(page, url):
+    """Step 2 on a fresh page: nothing is merged yet, so it makes step 1's merge, says so, and the merged
+    model answers next to its parents (no warning, no error)."""
+    from playwright.sync_api import expect
+    expect.set_options(timeout=60_000)
+    page = page.context.browser.new_page(viewport={"width": 1360, "height": 900})
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    tab(page, "Learn")
+    page.locator("#learn-ask_harmful").click()
+    expect(page.get_by_role("tab", name="Chat", exact=True)).to_have_attribute("aria-selected", "true")
+    for i in range(3):
+        expect(page.locator(f"#chat-{i} .message.bot").last).not_to_be_empty()
+    expect(page.locator("#tour-text")).to_contain_text("step 2 of 5 done")
+    tab(page, "Merge")
+    expect(page.locator("#merge-status")).to_contain_text("Step 1's merge, made by step 2")
+    tab(page, "Probe")
+    expect(page.locator("#board")).to_contain_text("Task Arithmetic")
+    shot(page, "8b-learn-step-2-first")
+    no_error_toast(page)
+    page.close()
+
+
+def test_a_reload_keeps_the_session(page, url):
+    """A class reloads the page: the merge, the history, the chat and the live model are still there, and the
+    Merge tab says the page kept its session."""
+    from playwright.sync_api import expect
+    expect.set_options(timeout=60_000)
+    page = page.context.browser.new_page(viewport={"width": 1360, "height": 900})
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    expect(page.locator("#model-report")).to_contain_text("Compatible")
+    tab(page, "Merge")
+    page.locator("#merge-btn").click()
+    expect(page.locator("#merge-status")).to_contain_text("#1 in the history")
+    tab(page, "Chat")
+    page.locator("#ex-math").click()
+    page.locator("#send").click()
+    expect(page.locator("#chat-0 .message.bot").last).not_to_be_empty()
+    answer = page.locator("#chat-0 .message.bot").last.inner_text()
+    page.reload()
+    tab(page, "Merge")
+    expect(page.locator("#merge-status")).to_contain_text("The page was reloaded and kept its session: 1 merge")
+    tab(page, "Probe")
+    expect(page.locator("#board")).to_contain_text("LED-Merging")
+    tab(page, "Chat")
+    expect(page.locator("#chat-0 .message.bot").last).to_contain_text(answer.strip().splitlines()[0][:20])
+    page.locator("#ex-harmful").click()
+    page.locator("#send").click()        # the live model answers: no "Merge first"
+    expect(page.locator("#chat-0 .message.bot")).to_have_count(3)   # section header, first answer, this one
+    shot(page, "9-reloaded")
+    no_error_toast(page)
+    page.close()
 
 
 def test_switching_methods_keeps_each_methods_settings(page):

@@ -567,9 +567,72 @@ def test_walkthrough_steps_set_their_recipes():
     assert len(L.STEPS) == 5 and all(len(text.split(". ")) >= 2 for _, _, text in L.STEPS)
     led = LN.learn_recipe("led")
     r = C.recipe_from_values(values(led))
-    assert r["merge_method"] == "led" and led["tabs"].selected == "merge"     # step 4 shows LED's sliders
+    assert r["merge_method"] == "led" and LN.open_merge("led")({})["tabs"].selected == "merge"   # LED's sliders
     assert [m["parameters"]["mask_ratio"] for m in r["models"]] == [0.1, 0.4]
     assert not any("%" in text for _, _, text in L.STEPS)      # no scores quoted: the probes say them
+
+
+def test_each_tour_step_runs_from_a_fresh_page(session):
+    """Step 2 before step 1 makes step 1's merge (once); step 5 on a fresh page makes the merges of steps 1
+    and 4 and compares them; the controls then show the live merge."""
+    v = controls(recipe(w=(0.5, 0.25)))
+    out = LN.ask_harmful(v)
+    assert out["merge_status"].startswith("Step 1's merge, made by step 2 (nothing was merged yet): ✓ Merged")
+    assert out["prompt"] == service.example_prompts("zoo:base")["harmful"] and out["tabs"].selected == "chat"
+    assert [h["recipe"]["merge_method"] for h in session.history] == ["task_arithmetic"]
+    assert values(out)["task_arithmetic.weight.0"] == 1.0          # step 1's controls, not the page's 0.5
+    again = LN.ask_harmful(v)
+    assert "merge_status" not in again and len(session.history) == 1
+    S.drop(None)
+    fresh = S.get(None)
+    out = LN.compare_tour({**v, "suites": ["harmful", "math"], "limit": 4})
+    assert [h["recipe"]["merge_method"] for h in fresh.history] == ["task_arithmetic", "led"]
+    assert all(h["scores"] for h in fresh.history)
+    assert out["merge_status"].startswith("✓ Steps 1 and 4's merges, made by step 5") and out["method"] == "led"
+    assert [r[0] for r in out["board"]][:2] == ["#2", "#1"] and out["probe_status"].startswith("Compared 2 merges")
+
+
+def test_a_reloaded_page_gets_its_session_back_and_a_second_tab_does_not(monkeypatch):
+    """A reload unloads the page and loads it with a new session hash: the session waits (parked) and the new
+    page takes it back with its merges, its live model and its board, and says so. A second tab holding the same
+    browser token gets a session of its own; a token whose session is gone gets a sentence saying so."""
+    from types import SimpleNamespace as Req
+    monkeypatch.setattr(A, "ADOPT_WAIT_S", 0.3)
+    a, b = Req(session_hash="page-a"), Req(session_hash="page-b")
+    try:
+        MRG.do_merge(controls(recipe(w=(0.5, 0.25))), request=a)
+        first = S.get(a)
+        model = first.model
+        A._unload(a)
+        out = A.reattach({"sid": first.token}, request=b)
+        assert S.get(b) is first and first.model is model and out["sid"] == first.token
+        assert out["merge_status"] == ("✓ The page was reloaded and kept its session: 1 merge in the history; the "
+                                       f"live model is #1: {first.history[0]['label']}.")
+        assert [r[0] for r in out["history"]] == [1] and values(out)["task_arithmetic.weight.1"] == 0.25
+        other = A.reattach({"sid": first.token}, request=Req(session_hash="tab-2"))
+        assert other["merge_status"] == "This tab has a session of its own; the other tab keeps its merges."
+        assert S.get(Req(session_hash="tab-2")) is not first and S.get(b) is first
+        gone = A.reattach({"sid": "a-token-of-nothing"}, request=Req(session_hash="page-c"))
+        assert gone["merge_status"].startswith("A new session: this browser's earlier one is gone")
+        assert A.reattach({"sid": None}, request=Req(session_hash="page-d")).keys() == {"sid"}   # a first visit
+        # a page that does not come back: its models are freed after the grace
+        monkeypatch.setattr(S, "RELOAD_GRACE_S", 0.0)
+        A._unload(b)
+        S._reap()
+        assert first.model is None and A.reattach({"sid": first.token}, request=Req(session_hash="late"))[
+            "merge_status"].startswith("A new session")
+    finally:
+        for k in ("page-a", "page-b", "tab-2", "page-c", "page-d", "late"):
+            S.drop(Req(session_hash=k))
+
+
+def test_the_tour_bar_offers_the_next_step_and_ends():
+    out = LN.tour_done("ta")({})
+    assert out["tour_bar"]["visible"] is True and out["tour_text"].startswith("**Tour** · step 1 of 5 done: Merge")
+    assert [k for k in out if k.startswith("next-") and out[k]["visible"]] == ["next-ask_harmful"]
+    last = LN.tour_done("compare")({})
+    assert "step 5 of 5 done" in last["tour_text"] and "last step" in last["tour_text"]
+    assert not [k for k in last if k.startswith("next-") and last[k]["visible"]]
 
 
 def test_tour_steps_that_switch_tabs_keep_track_of_the_look_tab(session, merged):
