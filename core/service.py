@@ -277,6 +277,18 @@ def recipe_yaml(recipe) -> str:
     return _as_recipe(recipe).to_yaml()
 
 
+def tasks() -> list[str]:
+    """The tasks an expert can have (its task decides LED's default r and what the probes judge it on)."""
+    from . import recipe as recipes
+    return list(recipes.TASKS)
+
+
+def probe_kinds() -> dict[str, str]:
+    """What a probe suite can measure, each with its metric: {"harmful": "refusal_rate", ...}."""
+    from .eval import probes
+    return dict(probes.METRIC)
+
+
 def answer_tag(prompt: str, answer: str) -> str:
     """A chat answer's tag from the probe scorers: refused / correct / wrong / code / answered ('' if empty)."""
     from .eval import scorers

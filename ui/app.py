@@ -34,6 +34,12 @@ CSS = """
 /* a chat column's label floats over its top edge: start the scrolling messages below it, or a scrolled
    answer (and a new merge's section header) runs under the label */
 .chat-col .bubble-wrap {margin-top: 2.6em; height: calc(100% - 2.6em)}
+/* five columns are narrow: code wraps inside its column instead of running out of it */
+.chat-col pre, .chat-col code {white-space: pre-wrap; overflow-wrap: anywhere}
+/* a column's own trash icon would empty that column on the page only (the session keeps its transcript, and
+   the next answer brings it back): the Clear button clears every column and the session; and without it
+   a column's label has room before the copy icon */
+.chat-col button[aria-label="Clear"] {display: none}
 """
 
 TABS = (models, merge, look, chat, probe, export, learn)

@@ -25,22 +25,22 @@ import copy
 
 import gradio as gr
 
+from core import service
 from core.errors import UserError, quoted
 
 N_EXPERTS = 3
-TASKS = ["safety", "math", "code", "custom"]
 
 def family_refs() -> list[str]:
     """Every built-in model reference, family by family (zoo:base .. smol:math)."""
-    from core import service
     return [f.ref(n) for f in service.families().values() for n in f.names]
 
 
 ZOO = family_refs()
+
+TASKS = service.tasks()
 NONE = ""             # an empty expert slot
 
 def methods() -> dict:
-    from core import service
     return service.list_methods()
 
 
@@ -219,7 +219,6 @@ def values_from_recipe(recipe: dict) -> dict:
     models and the method's own controls (defaults where the recipe is
     silent, by task where the registry says so). Validated first, so a bad
     recipe changes nothing."""
-    from core import service
     checked = service.validate(recipe)
     rec = checked.recipe
     spec = checked.spec

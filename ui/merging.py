@@ -88,4 +88,5 @@ def do_merge(v: dict, progress=gr.Progress(), request=None) -> dict:
     res, wall, entry = merge_and_record(sess, recipe, progress_bar(progress))
     spec = C.spec_of(recipe["merge_method"])
     return {"merge_status": status_line(recipe, res, wall, entry["n"]), **history_outputs(sess),
-            "chat0": gr.update(label=f"Merged ({spec.label})")}
+            # the method's name without its gloss: "ACM", not "ACM (activation-guided)" (a column is narrow)
+            "chat0": gr.update(label=f"Merged ({spec.label.split(' (')[0]})")}

@@ -11,12 +11,13 @@ from . import state as S
 from .common import progress_bar
 
 
-SUITES = ["harmful", "benign", "math", "code"]
+SUITES = list(service.probe_kinds())
 PROBE_LIMIT = 24
 # a real family is probed on public benchmarks by default; its own held-out suites show what its experts
 # were trained for (SmolLM2's math expert: 82% of smol-math, near 0% of GSM8K)
 BENCHMARKS, HELD_OUT = "public benchmarks", "the family's held-out suites"
-UTILITY_METRICS = {"math": "accuracy", "code": "pass_rate"}
+# the skills a merge is for besides safety (refusing harmful requests, not refusing harmless ones)
+UTILITY_METRICS = {k: m for k, m in service.probe_kinds().items() if k not in ("harmful", "benign")}
 
 
 def metric(res: dict, suite: str, key: str):

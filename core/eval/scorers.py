@@ -181,8 +181,10 @@ def extract_code(text: str) -> str:
 # a plain sum asked in symbols or words ("47 + 8", "What's 47 plus 8?", "6 times 7")
 _OPS = {"+": "+", "plus": "+", "-": "-", "minus": "-", "*": "*", "×": "*", "x": "*", "times": "*",
         "multiplied by": "*"}
-_SUM = re.compile(r"^\D*?(-?\d+(?:\.\d+)?)\s*(multiplied by|plus|minus|times|[-+*×x])\s*(-?\d+(?:\.\d+)?)\D*$",
-                  re.I)
+# a short lead-in ("What's ", "Compute ") and tail ("?"): "a function that returns x times 3 plus 2" is a
+# code question whose answer is no sum, and was tagged "wrong" for a plain-text answer
+_SUM = re.compile(r"^\D{0,20}?(-?\d+(?:\.\d+)?)\s*(multiplied by|plus|minus|times|[-+*×x])\s*(-?\d+(?:\.\d+)?)"
+                  r"\D{0,20}$", re.I)
 
 
 def chat_tag(prompt: str, answer: str) -> str:

@@ -256,6 +256,54 @@ def test_switching_methods_keeps_each_methods_settings(page):
     shot(page, "9-switch")
 
 
+def test_controls_reach_their_defaults_and_five_columns_stay_readable(page, url):
+    """ACM's t slider reaches 0.7 (its default) and 1.0; five chat columns (three experts and the base) keep
+    their labels clear of the icons, carry no per-message copy icons, and wrap code inside the column; the
+    board's seven columns fit its width."""
+    from playwright.sync_api import expect
+    expect.set_options(timeout=60_000)
+    page = page.context.browser.new_page(viewport={"width": 1360, "height": 900})
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    expect(page.locator("#model-report")).to_contain_text("Compatible")
+    page.locator("#fam3").click()
+    expect(page.locator("#model-table")).to_contain_text("zoo:code")
+    tab(page, "Merge")
+    choose_method(page, "ACM (activation-guided)", "acm")
+    t = page.locator("#acm-temperature")
+    for want in ("0.7", "1"):
+        t.locator("input[type=range]").fill(want)
+        expect(t.locator("input[type=number]")).to_have_value(want)
+    page.locator("#merge-btn").click()
+    expect(page.locator("#merge-status")).to_contain_text("#1 in the history")
+    tab(page, "Chat")
+    page.locator("#with-base input").check()
+    page.locator("#ex-code").click()
+    page.locator("#send").click()
+    for i in range(5):
+        # a finished answer carries its tag
+        expect(page.locator(f"#chat-{i} .message.bot").last).to_contain_text(
+            re.compile(r"(code|answered|refused|wrong|correct)\s*$"), timeout=120_000)
+    assert page.locator(".chat-col .message button[aria-label*='opy']").count() == 0
+    for i in range(5):
+        col = page.locator(f"#chat-{i}")
+        label = col.locator("[data-testid=block-label]").bounding_box()
+        for icon in col.locator("button").all()[:4]:
+            box = icon.bounding_box()
+            if box is None or box["y"] > label["y"] + label["height"]:
+                continue
+            assert box["x"] >= label["x"] + label["width"] or box["x"] + box["width"] <= label["x"], i
+        overflow = col.evaluate("e => [...e.querySelectorAll('pre')].map(p => p.scrollWidth - p.clientWidth)")
+        assert all(o <= 1 for o in overflow), (i, overflow)
+    shot(page, "9b-five-columns")
+    tab(page, "Probe")
+    board = page.locator("#board .table-wrap")
+    assert board.evaluate("e => e.scrollWidth - e.clientWidth") <= 1
+    expect(page.locator("#board")).to_contain_text("measured on")
+    no_error_toast(page)
+    page.close()
+
+
 def test_stop_ends_the_answers_and_marks_them(page, url):
     """In a session of its own (a fresh page): nothing queued ahead of the answer but its merge."""
     from playwright.sync_api import expect

@@ -148,7 +148,7 @@ def test_two_browser_sessions_merge_and_chat_at_once_with_their_own_models(monke
             a.locator("#send").click()
             b.locator("#send").click()
             expect(a.locator("#chat-0")).to_contain_text("Merged (Task Arithmetic)")
-            expect(b.locator("#chat-0")).to_contain_text("Merged (Linear (model soup))")
+            expect(b.locator("#chat-0")).to_contain_text("Merged (Linear)")
             for pg, ans in ((a, ans_ta), (b, ans_soup)):
                 msg = pg.locator("#chat-0 .message.bot").last
                 expect(msg).not_to_be_empty()

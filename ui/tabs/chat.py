@@ -56,8 +56,10 @@ def layout(ui: Named) -> None:
         with gr.Row():
             for i in range(CHAT_COLUMNS):
                 label = "Merged" if i == 0 else ("Base" if i == BASE_COLUMN else f"Expert {i}")
+                # one copy icon per column (copy all), not one per message: five narrow columns had 2-3 icons
+                # on every message and the column label hid under the share/copy icons
                 ui.add(f"chat{i}", gr.Chatbot(label=label, height=360, visible=i < 3, elem_id=f"chat-{i}",
-                                              elem_classes="chat-col"))
+                                              elem_classes="chat-col", buttons=["copy_all"]))
 
 
 def wire(ui: Named, demo) -> None:
