@@ -304,6 +304,33 @@ def test_controls_reach_their_defaults_and_five_columns_stay_readable(page, url)
     page.close()
 
 
+def test_a_refused_value_puts_the_live_merge_back_in_the_controls(page, url):
+    """r = 5 typed into expert 2's box: the browser shows its slider at 1, the server refuses 5 in one sentence;
+    the box then shows the live merge's 0.4 again and the status says the value was not merged. A valid value
+    then merges on its own (re-merging is on) and the status says so."""
+    from playwright.sync_api import expect
+    expect.set_options(timeout=60_000)
+    page = page.context.browser.new_page(viewport={"width": 1360, "height": 900})
+    page.set_default_timeout(60_000)
+    page.goto(url)
+    expect(page.locator("#model-report")).to_contain_text("Compatible")
+    tab(page, "Merge")
+    page.locator("#merge-btn").click()
+    expect(page.locator("#merge-status")).to_contain_text("#1 in the history")
+    box = page.locator("#led-mask_ratio-2 input[type=number]")
+    expect(box).to_have_value("0.4")
+    box.fill("5")
+    box.blur()
+    expect(page.locator(".toast-body").first).to_contain_text("r (mask ratio) must be between 0 and 1; got 5.")
+    expect(page.locator("#merge-status")).to_contain_text("That value was not merged; the controls show the live "
+                                                          "merge (#1) again.")
+    expect(box).to_have_value("0.4")
+    box.fill("0.3")
+    box.blur()
+    expect(page.locator("#merge-status")).to_contain_text("#2 in the history")
+    page.close()
+
+
 def test_stop_ends_the_answers_and_marks_them(page, url):
     """In a session of its own (a fresh page): nothing queued ahead of the answer but its merge."""
     from playwright.sync_api import expect

@@ -77,6 +77,20 @@ def auto_merge(v: dict, progress=gr.Progress(), request=None) -> dict:
     return do_merge(v, progress=progress, request=request)
 
 
+def show_live(v: dict, request=None) -> dict:
+    """The controls of the merge the live model holds, after a knob's value was refused (nothing before a merge,
+    or when the live merge is another method's: its controls are hidden)."""
+    sess = S.get(request)
+    live = sess.merged_recipe
+    if live is None or live["merge_method"] != v.get("method"):
+        return {}
+    entry = sess.live_entry()
+    which = f" (#{entry['n']})" if entry else ""
+    out = {k: x for k, x in C.values_from_recipe(live).items() if k in v}
+    out["merge_status"] = f"That value was not merged; the controls show the live merge{which} again."
+    return out
+
+
 @guard
 def restore_history(v: dict, request=None) -> dict:
     """Put a history entry's recipe back into the controls."""
@@ -156,6 +170,9 @@ def wire(ui: Named, demo) -> None:
         re = ui.on(triggers, auto_merge, mine + ["auto"], HISTORY_OUTPUTS, trigger_mode="always_last",
                    show_progress="minimal", **ui.heavy)
         ui.on(re.success, after_merge, mine, look_outs, trigger_mode="always_last", **ui.heavy)
+        # a refused value (r = 5 typed into a box whose slider then shows 1) or a failed re-merge: the controls
+        # go back to what the live model holds instead of showing settings nobody merged
+        ui.on(re.failure, show_live, mine, mine + ["merge_status"], show_progress="hidden")
     restored = ui.on(ui["restore"].click, restore_history, ["history_pick"], controls)
     merged = ui.on(restored.success, do_merge, controls, HISTORY_OUTPUTS, **ui.heavy)
     ui.on(merged.success, after_merge, controls, look_outs, **ui.heavy)
