@@ -172,7 +172,9 @@ def test_two_browser_sessions_merge_and_chat_at_once_with_their_own_models(monke
             assert [h["recipe"]["merge_method"] for h in sb.history] == ["linear"]
             assert [h["recipe"]["merge_method"] for h in sa.history] == ["task_arithmetic"]
 
-            # closing A's tab frees A's session; B keeps its model
+            # closing A's tab frees A's session (after the grace a reload would have to come back in); B keeps
+            # its model
+            monkeypatch.setattr(S, "RELOAD_GRACE_S", 1.0)
             ctx_a.close()
             deadline = time.time() + 20
             while (key_a in S.SESSIONS or sa.model is not None) and time.time() < deadline:
