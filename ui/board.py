@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import gradio as gr
 
+from . import controls as C
 from . import figures as F
 from . import state as S
 from .common import short_name
@@ -54,6 +55,23 @@ def board_outputs(sess: S.Session) -> dict:
     choices = [f"#{h['n']} · {h['label']}" for h in reversed(sess.history)]
     return {"board": rows, "board_pick": gr.update(choices=choices, value=choices[0] if choices else None),
             "board_plot": fig}
+
+
+def live_outputs(sess: S.Session, used: list[tuple[str, str]], suites: list[str], merged: dict, refs: list[str],
+                 others: list[dict]) -> dict:
+    """The Probe tab's table and scatter of the live merge (``merged``: its result), its base and its parents
+    ``used`` [(ref, task)] (``refs``/``others``: the base first, then the parents, and their results)."""
+    which = utility_suites([t for _, t in used], suites)
+    label = f"merged ({C.spec_of(sess.merged_recipe['merge_method']).label})"
+    named = [(label, "merged", merged), (short_name(refs[0]), "base", others[0])] + \
+        [(short_name(r), t, res) for (r, t), res in zip(used, others[1:])]
+    rows = [[n, k, pct(metric(res, "harmful", "refusal_rate")), pct(metric(res, "benign", "over_refusal_rate")),
+             pct(metric(res, "math", "accuracy")), pct(metric(res, "code", "pass_rate")),
+             round(float(res.get("seconds", 0.0)), 1)] for n, k, res in named]
+    fig = F.probe_scatter(points_of([("merged", k, res) if k == "merged" else (n, k, res) for n, k, res in named],
+                                    which),
+                          "Safety vs utility: merged model (★), its base and its parents", utility_label(which))
+    return {"probe_table": rows, "plot_probe": fig}
 
 
 # a merge adds an unprobed row to the board but never a point to its scatter: the plot is not re-sent

@@ -590,6 +590,12 @@ def test_each_tour_step_runs_from_a_fresh_page(session):
     assert all(h["scores"] for h in fresh.history)
     assert out["merge_status"].startswith("✓ Steps 1 and 4's merges, made by step 5") and out["method"] == "led"
     assert [r[0] for r in out["board"]][:2] == ["#2", "#1"] and out["probe_status"].startswith("Compared 2 merges")
+    # right under the status, not only further down: the live merge (step 4's LED), its base and parents, with
+    # the numbers the board shows for them
+    assert [r[0] for r in out["probe_table"]] == ["merged (LED-Merging)", "base", "safety", "math"]
+    board = {r[0]: r for r in out["board"]}
+    assert out["probe_table"][0][2:6] == board["#2"][2:6] and out["probe_table"][1][2:6] == board["base"][2:6]
+    assert len(out["plot_probe"].data) == 4
 
 
 def test_a_reloaded_page_gets_its_session_back_and_a_second_tab_does_not(monkeypatch):

@@ -10,12 +10,12 @@ from core import service
 from .. import controls as C
 from .. import learn as L
 from .. import state as S
-from ..board import BOARD_OUTPUTS, HISTORY_OUTPUTS, history_outputs
+from ..board import BOARD_OUTPUTS, HISTORY_OUTPUTS, history_outputs, live_outputs
 from ..chatting import send_from
 from ..common import Named, experts_in, guard
 from ..merging import do_merge, merge_and_record, merge_into_session
 from ..pictures import LOOK_OUTPUTS, after_merge, led_pictures, look_opened, open_tab
-from ..probing import probe_live, probe_references, probe_request
+from ..probing import measured_on, probe_live, probe_references, probe_request
 
 
 def tour_family(v: dict):
@@ -99,8 +99,14 @@ def compare_tour(v: dict, progress=gr.Progress(), request=None) -> dict:
         if latest is not None and sess.merged_recipe != latest:
             merge_into_session(sess, latest, lambda f, m: None)
         used = [(r, t) for _, r, t in experts_in(v) if r != sess.base_ref]
-        probe_references(sess, used, suites, limit, lambda f, m: cb(len(todo) / (len(todo) + 1), m))
-        out = history_outputs(sess, plot=True)
+        refs, others = probe_references(sess, used, suites, limit, lambda f, m: cb(len(todo) / (len(todo) + 1), m))
+        # the table and scatter right under the status show the live merge (step 4's), its base and parents,
+        # measured as the board is
+        entry = sess.live_entry()
+        live = entry.get("scores") if entry else None
+        if live is None or measured_on(live)[0] != measured_on(others[0])[0]:
+            live = probe_live(sess, suites, limit, lambda f, m: None)
+        out = {**history_outputs(sess, plot=True), **live_outputs(sess, used, suites, live, refs, others)}
     if made:
         # the controls and the Merge tab show the live merge, step 4's
         out.update(made)
@@ -156,7 +162,8 @@ def wire(ui: Named, demo) -> None:
         else:
             d = ui.on(trigger, lambda v, request=None: {"tabs": open_tab("probe", request)}, [], ["tabs"])
             d = ui.on(d.then, compare_tour, controls + ["suites", "limit", "suite_set"],
-                      list(dict.fromkeys(BOARD_OUTPUTS + HISTORY_OUTPUTS + controls + ["probe_status"])), **ui.heavy)
+                      list(dict.fromkeys(BOARD_OUTPUTS + HISTORY_OUTPUTS + controls +
+                                         ["probe_table", "plot_probe", "probe_status"])), **ui.heavy)
         ui.on(d.success, tour_done(key), [], TOUR_BAR, show_progress="hidden")
 
     for key, _label, _text in L.STEPS:

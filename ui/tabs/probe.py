@@ -14,18 +14,12 @@ from .. import controls as C
 from .. import figures as F
 from .. import gpu as G
 from .. import state as S
-from ..board import BOARD_OUTPUTS, HEADERS, HISTORY_OUTPUTS, board_outputs, history_outputs
+from ..board import BOARD_OUTPUTS, HEADERS, HISTORY_OUTPUTS, board_outputs, history_outputs, live_outputs
 from ..common import Named, experts_in, guard, progress_bar, sentence, short_name
 from ..merging import merge_into_session
 from ..probing import (BENCHMARKS, HELD_OUT, PROBE_LIMIT, SUITES, check_limit, check_suites, metric, pct,
                        points_of, probe_live, probe_parents, probe_references, probe_request, suites_for,
                        take_suite_set, utility, utility_label, utility_suites)
-
-
-def _probe_row(name: str, role: str, res: dict) -> list:
-    return [name, role, pct(metric(res, "harmful", "refusal_rate")), pct(metric(res, "benign", "over_refusal_rate")),
-            pct(metric(res, "math", "accuracy")), pct(metric(res, "code", "pass_rate")),
-            round(float(res.get("seconds", 0.0)), 1)]
 
 
 @guard
@@ -45,21 +39,16 @@ def run_probes(v: dict, progress=gr.Progress(), request=None) -> dict:
                                         lambda f, m: cb((1 + f * (1 + len(used))) / (2 + len(used)), m), ran)
         board = board_outputs(sess)
     wall = time.perf_counter() - t0
-    which = utility_suites([t for _, t in used], suites)
-    label = f"merged ({C.spec_of(sess.merged_recipe['merge_method']).label})"
-    named = [(label, "merged", merged), (short_name(refs[0]), "base", others[0])] + \
-        [(short_name(r), t, res) for (r, t), res in zip(used, others[1:])]
-    rows = [_probe_row(n, k, res) for n, k, res in named]
-    fig = F.probe_scatter(points_of([("merged", k, res) if k == "merged" else (n, k, res) for n, k, res in named], which),
-                          "Safety vs utility: merged model (★), its base and its parents", utility_label(which))
+    live = live_outputs(sess, used, suites, merged, refs, others)
+    named = len(refs) + 1
     cb(1.0, "done")
     # the number says which merge these rows belong to once the live model has moved on (#n in its status)
     entry = sess.live_entry()
     which_merge = f"merge #{entry['n']}" if entry else "the merged model"
-    return {"probe_table": rows, "plot_probe": fig, **board,
+    return {**live, **board,
             "probe_status": f"Probed {which_merge}, its base and parents: {limit} prompts per suite "
-                            f"({', '.join(suites)}); {1 + len(ran)} of {len(named)} models probed now, "
-                            f"{len(named) - 1 - len(ran)} remembered from earlier probes, in {wall:.2f} s."}
+                            f"({', '.join(suites)}); {1 + len(ran)} of {named} models probed now, "
+                            f"{named - 1 - len(ran)} remembered from earlier probes, in {wall:.2f} s."}
 
 
 def sweep_options(v: dict, request=None) -> dict:
