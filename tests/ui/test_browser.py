@@ -68,6 +68,25 @@ def shot(page, name: str) -> None:
     page.screenshot(path=os.path.join(ART, f"{name}.png"), full_page=True)
 
 
+def fresh_page(page, url, timeout_ms: int = 60_000):
+    """A page of its own (a new browser context: a new session, no token of an earlier one), loaded."""
+    pg = page.context.browser.new_page(viewport={"width": 1360, "height": 900})
+    pg.set_default_timeout(timeout_ms)
+    pg.goto(url)
+    return pg
+
+
+def merged_page(page, url):
+    """A fresh page whose first merge (the page's defaults) is done, on the Merge tab."""
+    from playwright.sync_api import expect
+    pg = fresh_page(page, url)
+    expect(pg.locator("#model-report")).to_contain_text("Compatible")
+    tab(pg, "Merge")
+    pg.locator("#merge-btn").click()
+    expect(pg.locator("#merge-status")).to_contain_text("#1 in the history")
+    return pg
+
+
 def tab(page, name: str) -> None:
     page.get_by_role("tab", name=name, exact=True).click()
 
@@ -190,9 +209,7 @@ def test_a_tour_step_out_of_order_does_what_it_needs_first(page, url):
     model answers next to its parents (no warning, no error)."""
     from playwright.sync_api import expect
     expect.set_options(timeout=60_000)
-    page = page.context.browser.new_page(viewport={"width": 1360, "height": 900})
-    page.set_default_timeout(60_000)
-    page.goto(url)
+    page = fresh_page(page, url)
     tab(page, "Learn")
     page.locator("#learn-ask_harmful").click()
     expect(page.get_by_role("tab", name="Chat", exact=True)).to_have_attribute("aria-selected", "true")
@@ -213,13 +230,7 @@ def test_a_reload_keeps_the_session(page, url):
     Merge tab says the page kept its session."""
     from playwright.sync_api import expect
     expect.set_options(timeout=60_000)
-    page = page.context.browser.new_page(viewport={"width": 1360, "height": 900})
-    page.set_default_timeout(60_000)
-    page.goto(url)
-    expect(page.locator("#model-report")).to_contain_text("Compatible")
-    tab(page, "Merge")
-    page.locator("#merge-btn").click()
-    expect(page.locator("#merge-status")).to_contain_text("#1 in the history")
+    page = merged_page(page, url)
     tab(page, "Chat")
     page.locator("#ex-math").click()
     page.locator("#send").click()
@@ -262,9 +273,7 @@ def test_controls_reach_their_defaults_and_five_columns_stay_readable(page, url)
     board's seven columns fit its width."""
     from playwright.sync_api import expect
     expect.set_options(timeout=60_000)
-    page = page.context.browser.new_page(viewport={"width": 1360, "height": 900})
-    page.set_default_timeout(60_000)
-    page.goto(url)
+    page = fresh_page(page, url)
     expect(page.locator("#model-report")).to_contain_text("Compatible")
     page.locator("#fam3").click()
     expect(page.locator("#model-table")).to_contain_text("zoo:code")
@@ -310,13 +319,7 @@ def test_a_refused_value_puts_the_live_merge_back_in_the_controls(page, url):
     then merges on its own (re-merging is on) and the status says so."""
     from playwright.sync_api import expect
     expect.set_options(timeout=60_000)
-    page = page.context.browser.new_page(viewport={"width": 1360, "height": 900})
-    page.set_default_timeout(60_000)
-    page.goto(url)
-    expect(page.locator("#model-report")).to_contain_text("Compatible")
-    tab(page, "Merge")
-    page.locator("#merge-btn").click()
-    expect(page.locator("#merge-status")).to_contain_text("#1 in the history")
+    page = merged_page(page, url)
     box = page.locator("#led-mask_ratio-2 input[type=number]")
     expect(box).to_have_value("0.4")
     box.fill("5")
@@ -335,9 +338,7 @@ def test_stop_ends_the_answers_and_marks_them(page, url):
     """In a session of its own (a fresh page): nothing queued ahead of the answer but its merge."""
     from playwright.sync_api import expect
     expect.set_options(timeout=60_000)
-    page = page.context.browser.new_page(viewport={"width": 1360, "height": 900})
-    page.set_default_timeout(60_000)
-    page.goto(url)
+    page = fresh_page(page, url)
     expect(page.locator("#model-report")).to_contain_text("Compatible")
     tab(page, "Merge")
     before = page.locator("#merge-status").inner_text()
@@ -369,9 +370,7 @@ def test_models_tab_takes_local_folders_of_another_architecture(page, url, tmp_p
     from playwright.sync_api import expect
     from tests import archs
     folders = archs.build("qwen2", str(tmp_path_factory.mktemp("qwen2-family")))
-    page = page.context.browser.new_page(viewport={"width": 1360, "height": 900})
-    page.set_default_timeout(60_000)
-    page.goto(url)
+    page = fresh_page(page, url)
     expect(page.locator("#model-report")).to_contain_text("Compatible", timeout=60_000)
     for elem, folder in (("base", folders["base"]), ("expert1", folders["e1"]), ("expert2", folders["e2"])):
         box = page.locator(f"#{elem} input")
@@ -412,9 +411,7 @@ def test_the_smol_family_in_the_page(page, url):
             pytest.fail(f"SmolLM2 is required here: {exc}")
         pytest.skip(f"SmolLM2 is not available here: {exc}")
     expect.set_options(timeout=120_000)
-    page = page.context.browser.new_page(viewport={"width": 1360, "height": 900})
-    page.set_default_timeout(120_000)
-    page.goto(url)
+    page = fresh_page(page, url, 120_000)
     expect(page.locator("#smol-status")).to_contain_text("is in this machine's cache")
     expect(page.locator("#smol-fetch")).to_be_hidden()
     page.locator("#smol2").click()
@@ -455,9 +452,7 @@ def test_an_empty_message_warns_and_blocks_nothing(page, url):
     """Send with no message (or before any merge): a yellow warning, no red 'Error' mark over the prompt box
     or the chat columns, and the prompt box takes typing at once."""
     from playwright.sync_api import expect
-    page = page.context.browser.new_page(viewport={"width": 1360, "height": 900})
-    page.set_default_timeout(60_000)
-    page.goto(url)
+    page = fresh_page(page, url)
     expect(page.locator("#model-report")).to_contain_text("Compatible")
     tab(page, "Chat")
     page.locator("#send").click()
