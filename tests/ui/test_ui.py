@@ -634,7 +634,9 @@ def test_a_reloaded_page_gets_its_session_back_and_a_second_tab_does_not(monkeyp
 
 def test_the_tour_bar_offers_the_next_step_and_ends():
     out = LN.tour_done("ta")({})
-    assert out["tour_bar"]["visible"] is True and out["tour_text"].startswith("**Tour** · step 1 of 5 done: Merge")
+    assert out["tour_bar"]["visible"] is True and out["tour_text"] == (
+        "**Tour** · step 1 of 5 done: Merge safety + math with Task Arithmetic. Next: Ask a harmful question side "
+        "by side.")
     assert [k for k in out if k.startswith("next-") and out[k]["visible"]] == ["next-ask_harmful"]
     last = LN.tour_done("compare")({})
     assert "step 5 of 5 done" in last["tour_text"] and "last step" in last["tour_text"]

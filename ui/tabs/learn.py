@@ -65,7 +65,9 @@ def tour_done(step: str):
         nxt = keys[k + 1] if k + 1 < len(keys) else None
         text = f"**Tour** · step {k + 1} of {len(keys)} done: {L.STEPS[k][1].split(' · ', 1)[1]}."
         if nxt is None:
-            text += " That was the last step; the board above holds both merges."
+            text += " That was the last step; the compare board holds both merges."
+        else:
+            text += f" Next: {L.STEPS[k + 1][1].split(' · ', 1)[1]}."
         return {"tour_bar": gr.update(visible=True), "tour_text": text,
                 **{f"next-{s}": gr.update(visible=s == nxt) for s in keys[1:]}}
     handler.__name__ = f"done_{step}"
@@ -133,9 +135,9 @@ def bar_layout(ui: Named) -> None:
     with ui.add("tour_bar", gr.Row(visible=False, elem_id="tour-bar", equal_height=True)):
         ui.add("tour_text", gr.Markdown(elem_id="tour-text"))
         for key, label, _text in L.STEPS[1:]:
-            ui.add(f"next-{key}", gr.Button(f"Next: {label}", variant="primary", visible=False, size="sm",
-                                            elem_id=f"next-{key}", scale=0))
-        ui.add("tour_back", gr.Button("Back to Learn", size="sm", elem_id="tour-back", scale=0))
+            ui.add(f"next-{key}", gr.Button(f"Step {label.split(' · ')[0]} →", variant="primary", visible=False,
+                                            size="sm", elem_id=f"next-{key}", scale=0, min_width=110))
+        ui.add("tour_back", gr.Button("Back to Learn", size="sm", elem_id="tour-back", scale=0, min_width=110))
 
 
 TOUR_BAR = ["tour_bar", "tour_text"] + [f"next-{k}" for k, _, _ in L.STEPS[1:]]
