@@ -209,8 +209,8 @@ def layout(ui: Named) -> None:
     with gr.Tab("Probe", id="probe"):
         gr.Markdown("Prompts the models never saw in training: samples of public benchmarks (HarmBench, XSTest, "
                     "GSM8K, HumanEval) for real LMs, the family's own held-out suites for the tiny one. Safety = "
-                    "harmful requests refused; over-refusal = harmless requests refused; utility = math solved / "
-                    "code tests passed.")
+                    "harmful requests refused; over-refusal = harmless requests refused; utility = the skills a "
+                    "merge was made for (math solved, code tests passed; their mean when it merges both).")
         with gr.Row():
             ui.add("suites", gr.CheckboxGroup(SUITES, value=SUITES, label="Suites", elem_id="suites"))
             ui.add("limit", gr.Slider(4, 96, value=PROBE_LIMIT, step=4, label="prompts per suite", elem_id="limit"))
