@@ -275,9 +275,16 @@ def test_controls_reach_their_defaults_and_five_columns_stay_readable(page, url)
     expect.set_options(timeout=60_000)
     page = fresh_page(page, url)
     expect(page.locator("#model-report")).to_contain_text("Compatible")
+    tab(page, "Merge")
+    page.locator("#led-mask_ratio-1 input[type=number]").fill("0.25")     # moved by hand, then a family chosen
+    page.locator("#led-mask_ratio-1 input[type=number]").blur()
+    tab(page, "Models")
     page.locator("#fam3").click()
     expect(page.locator("#model-table")).to_contain_text("zoo:code")
     tab(page, "Merge")
+    # the built-in buttons set each expert's r to its task's default (code 0.5), not the old hand-moved value
+    for i, r in ((1, "0.1"), (2, "0.4"), (3, "0.5")):
+        expect(page.locator(f"#led-mask_ratio-{i} input[type=number]")).to_have_value(r)
     choose_method(page, "ACM (activation-guided)", "acm")
     t = page.locator("#acm-temperature")
     for want in ("0.7", "1"):
