@@ -55,6 +55,12 @@ def used_when() -> dict:
 USED_WHEN = used_when()
 
 
+def used_when_keys(method: str, name: str) -> list[str]:
+    """The control keys of a knob in USED_WHEN: one per expert, or the one global control."""
+    p = spec_of(method).param(name)
+    return [key(method, name, i) for i in range(N_EXPERTS)] if p.per_model else [key(method, name)]
+
+
 def method_choices() -> list[tuple[str, str]]:
     return [(s.label, name) for name, s in methods().items()]
 
@@ -197,6 +203,9 @@ def recipe_from_values(v: dict) -> dict:
             x = _typed(p, v.get(key(method, p.name), p.default))
             if x is not None:
                 glob[p.name] = x
+    # a global knob the other globals do not use (Subspace Boosting's normalize under Task Arithmetic) is hidden
+    # and not sent either
+    glob = {k: x for k, x in glob.items() if in_use(method, k, glob)}
     models = []
     for i, ref, task in used:
         params = {}

@@ -65,7 +65,7 @@ SPEC = register(MethodSpec(
         Param("density", 1.0, 0.0, 1.0, per_model=True, used_when=("base_method", "ties"),
               help="TIES only: fraction of this expert's largest changes kept per tensor"),
         Param("lambda", 1.0, 0.0, 2.0, symbol="λ", label="scale", help="λ: global scale of the merged task vector"),
-        Param("normalize", True, kind="bool",
+        Param("normalize", True, kind="bool", used_when=("base_method", "ties"),
               help="TIES only: divide by the summed weights of the experts that agree with each sign"),
     ],
 ))

@@ -45,7 +45,8 @@ def test_a_new_symbol_needs_no_ui_change(monkeypatch):
 
 def test_used_when_comes_from_the_registry(monkeypatch):
     assert C.USED_WHEN == {("acm", "density"): ("base_method", "ties"),
-                           ("subspace_boosting", "density"): ("base_method", "ties")}
+                           ("subspace_boosting", "density"): ("base_method", "ties"),
+                           ("subspace_boosting", "normalize"): ("base_method", "ties")}
     assert C.USED_WHEN == C.used_when()
     assert not C.in_use("acm", "density", {"base_method": "task_arithmetic"})
     assert C.in_use("acm", "density", {"base_method": "ties"})

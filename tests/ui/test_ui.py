@@ -17,6 +17,7 @@ from safetensors.torch import load, load_file
 
 from core import checkpoint as M
 from core import service
+from core.errors import UserError
 from ui import app as A
 from ui import controls as C
 from ui import learn as L
@@ -630,6 +631,22 @@ def test_a_reloaded_page_gets_its_session_back_and_a_second_tab_does_not(monkeyp
     finally:
         for k in ("page-a", "page-b", "tab-2", "page-c", "page-d", "late"):
             S.drop(Req(session_hash=k))
+
+
+def test_a_global_knob_the_settings_do_not_use_is_hidden_and_not_sent():
+    """Subspace Boosting's normalize divides TIES' sign-agreeing sum: under Task Arithmetic it is hidden, not sent,
+    and a recipe that sets it anyway gets the one sentence; under TIES it is shown and sent."""
+    v = {**controls({"merge_method": "subspace_boosting", "base_model": "zoo:base",
+                     "models": [{"model": "zoo:safety", "task": "safety"}, {"model": "zoo:math", "task": "math"}],
+                     "parameters": {"base_method": "ties", "normalize": False}})}
+    assert MG.visibility(v)["subspace_boosting.normalize"]["visible"] is True
+    assert C.recipe_from_values(v)["parameters"]["normalize"] is False
+    ta = {**v, "subspace_boosting.base_method": "ta"}
+    assert MG.visibility(ta)["subspace_boosting.normalize"]["visible"] is False
+    assert "normalize" not in C.recipe_from_values(ta)["parameters"]
+    with pytest.raises(UserError, match="^Subspace Boosting's normalize is used only when base_method is ties; "
+                                        "set base_method: ties or leave normalize out.$"):
+        service.validate({**C.recipe_from_values(ta), "parameters": {"base_method": "ta", "normalize": False}})
 
 
 def test_the_tour_bar_offers_the_next_step_and_ends():

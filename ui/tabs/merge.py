@@ -33,8 +33,8 @@ def visibility(v: dict, request=None) -> dict:
             out[f"grp/{name}"] = gr.update(visible=name == method)
         for (m, pname), _need in C.USED_WHEN.items():
             if m == name:
-                for i in range(C.N_EXPERTS):
-                    out[C.key(name, pname, i)] = gr.update(visible=C.in_use(name, pname, glob))
+                for k in C.used_when_keys(name, pname):
+                    out[k] = gr.update(visible=C.in_use(name, pname, glob))
     return out
 
 
@@ -143,8 +143,8 @@ def layout(ui: Named) -> None:
 def wire(ui: Named, demo) -> None:
     controls = ui.controls()
     look_outs = LOOK_OUTPUTS + ["look_status"]
-    vis_outs = ["summary"] + ui.keys("grp/") + [C.key(m, p, i) for (m, p) in C.USED_WHEN
-                                                for i in range(C.N_EXPERTS) if C.key(m, p, i) in ui.comp]
+    vis_outs = ["summary"] + ui.keys("grp/") + [k for (m, p) in C.USED_WHEN for k in C.used_when_keys(m, p)
+                                                if k in ui.comp]
     ui.on(ui["method"].change, method_changed, controls, vis_outs + ["merge_status"], show_progress="hidden")
     models = [ui[k] for k in ("base", "expert0", "expert1", "expert2", "task0", "task1", "task2")]
     # the person changed a model: the statuses about the old ones no longer hold (.input: a tour step or a
