@@ -81,6 +81,10 @@ def reattach(v: dict, request=None) -> dict:
             out["merge_status"] = ("A new session: this browser's earlier one is gone (closed, or idle for "
                                    f"{S.ttl_seconds() // 60} minutes) and its merges with it.")
         return out
+    # the new page shows no picture yet and opens on the Models tab: the Look tab draws everything when opened
+    sess.drawn.clear()
+    sess.shows.clear()
+    sess.look_open, sess.look_stale = False, sess.merged_recipe is not None
     out = {"sid": sess.token, **history_outputs(sess, plot=True)}
     entry = sess.live_entry()
     if sess.model is not None and sess.merged_recipe is not None:

@@ -609,6 +609,8 @@ def test_a_reloaded_page_gets_its_session_back_and_a_second_tab_does_not(monkeyp
     try:
         MRG.do_merge(controls(recipe(w=(0.5, 0.25))), request=a)
         first = S.get(a)
+        PIC.open_tab("look", request=a)
+        PIC.look_refresh(controls(recipe(w=(0.5, 0.25))), request=a)     # the old page shows the pictures
         model = first.model
         A._unload(a)
         out = A.reattach({"sid": first.token}, request=b)
@@ -616,6 +618,9 @@ def test_a_reloaded_page_gets_its_session_back_and_a_second_tab_does_not(monkeyp
         assert out["merge_status"] == ("✓ The page was reloaded and kept its session: 1 merge in the history; the "
                                        f"live model is #1: {first.history[0]['label']}.")
         assert [r[0] for r in out["history"]] == [1] and values(out)["task_arithmetic.weight.1"] == 0.25
+        # the reloaded page has no picture yet: opening Look draws every one, none skipped as "already shown"
+        look = PIC.look_opened(controls(recipe(w=(0.5, 0.25))), request=b)
+        assert {"tv_norms", "tv_cos", "prov_share", "prov_coef"} <= set(look)
         other = A.reattach({"sid": first.token}, request=Req(session_hash="tab-2"))
         assert other["merge_status"] == "This tab has a session of its own; the other tab keeps its merges."
         assert S.get(Req(session_hash="tab-2")) is not first and S.get(b) is first
