@@ -66,6 +66,7 @@ def reattach(v: dict, request=None) -> dict:
     session's secret token (gr.BrowserState), written here."""
     from .board import history_outputs
     from .chatting import CHAT_COLUMNS
+    from .merging import merged_label
     token = v.get("sid")
     deadline = time.monotonic() + ADOPT_WAIT_S
     sess = S.adopt(token, request)
@@ -94,6 +95,8 @@ def reattach(v: dict, request=None) -> dict:
                                f"{'' if len(sess.history) == 1 else 's'} in the history; the live model is {which}.")
     if len(sess.transcripts) == CHAT_COLUMNS:
         out.update({f"chat{i}": [dict(m) for m in sess.transcripts[i]] for i in range(CHAT_COLUMNS)})
+    if sess.merged_recipe is not None:
+        out["chat0"] = gr.update(value=out.get("chat0", []), label=merged_label(sess.merged_recipe))
     return out
 
 

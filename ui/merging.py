@@ -86,7 +86,11 @@ def do_merge(v: dict, progress=gr.Progress(), request=None) -> dict:
     recipe = C.recipe_from_values(v)
     sess = S.get(request)
     res, wall, entry = merge_and_record(sess, recipe, progress_bar(progress))
-    spec = C.spec_of(recipe["merge_method"])
     return {"merge_status": status_line(recipe, res, wall, entry["n"]), **history_outputs(sess),
-            # the method's name without its gloss: "ACM", not "ACM (activation-guided)" (a column is narrow)
-            "chat0": gr.update(label=f"Merged ({spec.label.split(' (')[0]})")}
+            "chat0": gr.update(label=merged_label(recipe))}
+
+
+def merged_label(recipe: dict) -> str:
+    """The merged chat column's label: the method's name without its gloss ("Merged (ACM)", not "Merged (ACM
+    (activation-guided))": a column is narrow)."""
+    return f"Merged ({C.spec_of(recipe['merge_method']).label.split(' (')[0]})"

@@ -618,6 +618,7 @@ def test_a_reloaded_page_gets_its_session_back_and_a_second_tab_does_not(monkeyp
         assert out["merge_status"] == ("✓ The page was reloaded and kept its session: 1 merge in the history; the "
                                        f"live model is #1: {first.history[0]['label']}.")
         assert [r[0] for r in out["history"]] == [1] and values(out)["task_arithmetic.weight.1"] == 0.25
+        assert out["chat0"]["label"] == "Merged (Task Arithmetic)"
         # the reloaded page has no picture yet: opening Look draws every one, none skipped as "already shown"
         look = PIC.look_opened(controls(recipe(w=(0.5, 0.25))), request=b)
         assert {"tv_norms", "tv_cos", "prov_share", "prov_coef"} <= set(look)
