@@ -9,7 +9,7 @@ from . import controls as C
 from . import figures as F
 from . import state as S
 from .common import short_name
-from .probing import UTILITY_METRICS, measured_on, metric, pct, points_of, utility_label, utility_suites
+from .probing import UTILITY_METRICS, measured_on, points_of, score_cells, utility_label, utility_suites
 
 
 BOARD_OUTPUTS = ["board", "board_pick", "board_plot"]
@@ -30,9 +30,7 @@ def _entries(sess: S.Session) -> list[tuple[str, str, str, dict | None, list]]:
 
 def board_outputs(sess: S.Session) -> dict:
     entries = _entries(sess)
-    rows = [[label, desc, pct(metric(r, "harmful", "refusal_rate")) if r else "not probed",
-             pct(metric(r, "benign", "over_refusal_rate")) if r else "", pct(metric(r, "math", "accuracy")) if r else "",
-             pct(metric(r, "code", "pass_rate")) if r else "", measured_on(r)[1] if r else ""]
+    rows = [[label, desc, *(score_cells(r) if r else ["not probed", "", "", ""]), measured_on(r)[1] if r else ""]
             for label, kind, desc, r, _t in entries]
     # one picture, one measurement: only the entries measured like the newest probed merge (or, before any,
     # the references) are drawn; others keep their row in the table with what they were measured on
@@ -52,9 +50,13 @@ def board_outputs(sess: S.Session) -> dict:
             f"; {left} entr{'y' if left == 1 else 'ies'} measured on other prompts not drawn (see the table)"
             if left else "") + "</sup>"
     fig = F.probe_scatter(pts, title, utility_label(which)) if pts else F.empty("Probe a merge to place it on the board.")
+    return {"board": rows, "board_pick": _entry_picker(sess), "board_plot": fig}
+
+
+def _entry_picker(sess: S.Session):
+    """The choices of an entry dropdown (the history's, the board's): "#n · label", newest first, picked."""
     choices = [f"#{h['n']} · {h['label']}" for h in reversed(sess.history)]
-    return {"board": rows, "board_pick": gr.update(choices=choices, value=choices[0] if choices else None),
-            "board_plot": fig}
+    return gr.update(choices=choices, value=choices[0] if choices else None)
 
 
 def live_outputs(sess: S.Session, used: list[tuple[str, str]], suites: list[str], merged: dict, refs: list[str],
@@ -65,9 +67,7 @@ def live_outputs(sess: S.Session, used: list[tuple[str, str]], suites: list[str]
     label = f"merged ({C.spec_of(sess.merged_recipe['merge_method']).label})"
     named = [(label, "merged", merged), (short_name(refs[0]), "base", others[0])] + \
         [(short_name(r), t, res) for (r, t), res in zip(used, others[1:])]
-    rows = [[n, k, pct(metric(res, "harmful", "refusal_rate")), pct(metric(res, "benign", "over_refusal_rate")),
-             pct(metric(res, "math", "accuracy")), pct(metric(res, "code", "pass_rate")),
-             round(float(res.get("seconds", 0.0)), 1)] for n, k, res in named]
+    rows = [[n, k, *score_cells(res), round(float(res.get("seconds", 0.0)), 1)] for n, k, res in named]
     fig = F.probe_scatter(points_of([("merged", k, res) if k == "merged" else (n, k, res) for n, k, res in named],
                                     which),
                           "Safety vs utility: merged model (★), its base and its parents", utility_label(which))
@@ -78,15 +78,9 @@ def live_outputs(sess: S.Session, used: list[tuple[str, str]], suites: list[str]
 HISTORY_OUTPUTS = ["merge_status", "history", "history_pick", "chat0", "board", "board_pick"]
 
 
-def _history_table(sess: S.Session) -> tuple[list, dict]:
-    rows = [[h["n"], h["time"], h["label"], round(h["seconds"], 2)] for h in reversed(sess.history)]
-    choices = [f"#{h['n']} · {h['label']}" for h in reversed(sess.history)]
-    return rows, gr.update(choices=choices, value=choices[0] if choices else None)
-
-
 def history_outputs(sess: S.Session, plot: bool = False) -> dict:
-    rows, pick = _history_table(sess)
-    out = {"history": rows, "history_pick": pick, **board_outputs(sess)}
+    rows = [[h["n"], h["time"], h["label"], round(h["seconds"], 2)] for h in reversed(sess.history)]
+    out = {"history": rows, "history_pick": _entry_picker(sess), **board_outputs(sess)}
     if not plot:
         out.pop("board_plot")
     return out

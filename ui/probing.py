@@ -54,6 +54,11 @@ def pct(v) -> str:
     return "—" if v is None else f"{v:.0%}"
 
 
+def score_cells(res: dict) -> list[str]:
+    """A probe result's four table cells: refuses harmful, over-refuses benign, math solved, code passes."""
+    return [pct(metric(res, k, m)) for k, m in service.probe_kinds().items()]
+
+
 def probe_parents(sess: S.Session, refs: list[str], suites: list[str], limit: int, cb,
                    ran: list | None = None) -> list[dict]:
     """Probe results of reference models (the base, the parents): computed once per process (service);
@@ -120,7 +125,7 @@ def measured_on(res: dict) -> tuple[tuple, str]:
     ("24 per suite: harmbench, xstest-safe (20), gsm8k, humaneval")."""
     suites = res.get("suites", {})
     key = tuple(sorted((k, v.get("suite", k), v.get("n")) for k, v in suites.items()))
-    top = max((v.get("n") or 0 for v in suites.values()), default=0)
+    top = sample_size(res)
     names = [v.get("suite", k) + ("" if v.get("n") == top else f" ({v.get('n')})") for k, v in suites.items()]
     return key, f"{top} per suite: {', '.join(names)}"
 

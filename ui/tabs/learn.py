@@ -61,13 +61,14 @@ def tour_done(step: str):
     keys = [k for k, _, _ in L.STEPS]
     k = keys.index(step)
 
+    def title(j: int) -> str:
+        return L.STEPS[j][1].split(" · ", 1)[1]       # "2 · Ask a harmful question…" -> its words
+
     def handler(v: dict, request=None) -> dict:
         nxt = keys[k + 1] if k + 1 < len(keys) else None
-        text = f"**Tour** · step {k + 1} of {len(keys)} done: {L.STEPS[k][1].split(' · ', 1)[1]}."
-        if nxt is None:
-            text += " That was the last step; the compare board holds both merges."
-        else:
-            text += f" Next: {L.STEPS[k + 1][1].split(' · ', 1)[1]}."
+        text = f"**Tour** · step {k + 1} of {len(keys)} done: {title(k)}."
+        text += " That was the last step; the compare board holds both merges." if nxt is None else \
+            f" Next: {title(k + 1)}."
         return {"tour_bar": gr.update(visible=True), "tour_text": text,
                 **{f"next-{s}": gr.update(visible=s == nxt) for s in keys[1:]}}
     handler.__name__ = f"done_{step}"

@@ -17,8 +17,8 @@ from .. import state as S
 from ..board import BOARD_OUTPUTS, HEADERS, HISTORY_OUTPUTS, board_outputs, history_outputs, live_outputs
 from ..common import Named, experts_in, guard, progress_bar, sentence, short_name
 from ..merging import merge_into_session
-from ..probing import (BENCHMARKS, HELD_OUT, PROBE_LIMIT, SUITES, check_limit, check_suites, metric, pct,
-                       points_of, probe_live, probe_parents, probe_references, probe_request, suites_for,
+from ..probing import (BENCHMARKS, HELD_OUT, PROBE_LIMIT, SUITES, check_limit, check_suites, metric, points_of,
+                       probe_live, probe_parents, probe_references, probe_request, score_cells, suites_for,
                        take_suite_set, utility, utility_label, utility_suites)
 
 
@@ -128,9 +128,7 @@ def run_sweep(v: dict, progress=gr.Progress(), request=None) -> dict:
     wall = time.perf_counter() - t0
     pars = points_of([(short_name(r), t, res) for (r, t), res in zip(used, parents)], which)
     fig = F.sweep(points, pars, p.name, f"Trade-off as {label} goes from {lo:g} to {hi:g}", utility_label(which))
-    rows = [[f"{pt['value']:g}", pct(pt["safety"]), pct(metric(pt["res"], "benign", "over_refusal_rate")),
-             pct(metric(pt["res"], "math", "accuracy")), pct(metric(pt["res"], "code", "pass_rate"))]
-            for pt in points]
+    rows = [[f"{pt['value']:g}", *score_cells(pt["res"])] for pt in points]
     flat = len({(pt["safety"], pt["utility"]) for pt in points}) == 1
     note = (f" Every value gave the same scores: at these settings {p.name} does not change what the probes "
             "measure (try a wider range or more prompts).") if flat else ""

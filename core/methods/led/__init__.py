@@ -118,7 +118,6 @@ class Prepared:
 
     def aux(self, name: str) -> dict:
         from . import masks
-        from .importance import shared_rows
         setup = self.plan
         shape = setup.base.tensors[name].shape
         rows = shape[0] if shape else None   # a grown vocabulary: elect on the shared rows only
@@ -141,8 +140,7 @@ class Prepared:
             self._summary.add_counts(name, imp, imp_base, counts, inter)
         else:
             # per set: its codes where they answer (the same mask), else top_r of its scores
-            tops = [[torch.from_numpy(c <= j) if c is not None and j is not None
-                     else masks.top_r(shared_rows(s.get(name), rows), e.ratio) for s, c in zip(sets, cs)]
+            tops = [[s.mask(name, e.ratio, rows, c, j) for s, c in zip(sets, cs)]
                     for sets, cs, j, e in zip(used, ranked, steps, setup.experts)]
             elected = [masks.combine(*t) if len(t) == 2 else t[0] for t in tops]
             final = masks.disjoint(elected) if setup.disjoint else elected

@@ -181,11 +181,15 @@ class Scores:
     def top(self, name: str, r: float, rows: int | None = None) -> torch.Tensor:
         """top_r of a tensor's scores (its first ``rows`` rows when given):
         from the rank codes when r is on their grid, else from the scores."""
+        return self.mask(name, r, rows, *(self.codes(name, r, rows) or (None, None)))
+
+    def mask(self, name: str, r: float, rows: int | None, codes: np.ndarray | None, j: int | None) -> torch.Tensor:
+        """``top`` for a caller that already read the rank codes (``ranked``) and r's grid step j:
+        ``codes <= j`` when both answer, else top_r of the scores."""
         from .masks import top_r
-        got = self.codes(name, r, rows)
-        if got is not None:
+        if codes is not None and j is not None:
             # numpy compare: one thread, no torch pool spinning on a busy CPU
-            return torch.from_numpy(got[0] <= got[1])
+            return torch.from_numpy(codes <= j)
         return top_r(shared_rows(self.get(name), rows), r)
 
     def total(self, name: str, rows: int | None = None) -> float:
