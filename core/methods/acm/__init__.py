@@ -35,7 +35,7 @@ import math
 
 import torch
 
-from .. import ties
+from .. import task_arithmetic, ties
 from ..base import MethodSpec, Param, TensorContext, register
 
 DEFAULT_T = 0.7
@@ -123,12 +123,8 @@ def merge(base: torch.Tensor, deltas: list, model_params: list, global_params: d
         weighted = [tr.apply(d).mul_(float(c)) for tr, d, c in zip(trims, deltas, coeffs)]
         # unit weights in the divisor: the disjoint mean counts agreeing experts
         return ties.elect(weighted, [1.0] * n, consensus=True, normalize=True, lam=1.0)
-    # ACM-TA: Task Arithmetic with weights λ_i^k/N (and λ = 1), added here: t's coefficient reaches τ_i
-    # in this call, not through a list of weight dicts handed on to task_arithmetic.merge
-    out = torch.zeros_like(base)
-    for d, c in zip(deltas, coeffs):
-        out.add_(d, alpha=float(c) / n)
-    return out
+    # ACM-TA: Task Arithmetic with weights λ_i^k/N and λ = 1
+    return task_arithmetic.merge(base, deltas, [{"weight": float(c) / n} for c in coeffs], {"lambda": 1.0}, ctx)
 
 
 SPEC = register(MethodSpec(
