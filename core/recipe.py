@@ -314,9 +314,8 @@ def validate(recipe: Recipe) -> Checked:
 
 def unused_sentence(spec, p) -> str:
     """The refusal of a parameter the method's settings do not use (``Param.used_when``)."""
-    who = spec.label.split(" (")[0]
     g, v = p.used_when
-    return f"{who}'s {p.name} is used only when {g} is {v}; set {g}: {v} or leave {p.name} out."
+    return f"{spec.short_label}'s {p.name} is used only when {g} is {v}; set {g}: {v} or leave {p.name} out."
 
 
 def _check_rules(checked: Checked) -> None:

@@ -93,4 +93,4 @@ def do_merge(v: dict, progress=gr.Progress(), request=None) -> dict:
 def merged_label(recipe: dict) -> str:
     """The merged chat column's label: the method's name without its gloss ("Merged (ACM)", not "Merged (ACM
     (activation-guided))": a column is narrow)."""
-    return f"Merged ({C.spec_of(recipe['merge_method']).label.split(' (')[0]})"
+    return f"Merged ({C.spec_of(recipe['merge_method']).short_label})"

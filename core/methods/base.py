@@ -159,6 +159,11 @@ class MethodSpec:
     # with the contributing experts' resolved Params, before any weight is read
     check: Callable | None = None
 
+    @property
+    def short_label(self) -> str:
+        """The label without its gloss: "ACM", not "ACM (activation-guided)" (sentences, narrow columns)."""
+        return self.label.split(" (")[0]
+
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
 
