@@ -18,27 +18,17 @@ from .common import Named, column_label, experts_in, guard
 
 
 CHAT_COLUMNS = 2 + C.N_EXPERTS          # merged, each parent, the base (optional, last)
-
-
 BASE_COLUMN = CHAT_COLUMNS - 1
-
-
 MAX_NEW_TOKENS = 96
-
-
 # a prompt longer than this is refused before any model sees it (and is not kept):
 # far beyond what a small model's context holds, and streamed back in every column
 MAX_PROMPT_CHARS = 4000
-
-
 # how long a message waits for a merge in its session before it is refused (a sweep takes minutes)
 MERGE_WAIT_S = 10.0
 
 
 def verdict(prompt: str, answer: str) -> str:
-    """A tag from the probe scorers: "refused"; for a plain sum whether the final number is right
-    ("correct", "wrong"); "code" for an answer that is code (its tests are the probes' job); else
-    "answered" -- a neutral word: answering a harmless question is no fault."""
+    """An answer's tag: refused / correct / wrong / code / answered (core's scorers.chat_tag)."""
     return service.answer_tag(prompt, answer)
 
 
