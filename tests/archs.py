@@ -125,3 +125,13 @@ def build(arch: str, root: str, *, grown: int = 0, seed: int = 0) -> dict[str, s
                 v[rows].copy_(src + torch.randn(src.shape, generator=g) * 0.01)
         save(big, "grown", VOCAB + grown)
     return out
+
+
+def folder_tensors(folder: str) -> dict[str, torch.Tensor]:
+    """Every tensor of a model folder's safetensors shards, by name."""
+    from safetensors.torch import load_file
+    out = {}
+    for f in sorted(os.listdir(folder)):
+        if f.endswith(".safetensors"):
+            out.update(load_file(os.path.join(folder, f)))
+    return out

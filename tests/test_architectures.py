@@ -16,7 +16,6 @@ import os
 
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import core
 from core import service
@@ -58,14 +57,6 @@ def family(tmp_path_factory):
     return get
 
 
-def _weights(folder: str) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(os.listdir(folder)):
-        if f.endswith(".safetensors"):
-            out.update(load_file(os.path.join(folder, f)))
-    return out
-
-
 def _loads_and_generates(folder: str, vocab: int = archs.VOCAB) -> None:
     """Plain transformers (no code of ours) loads the folder and generates."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -99,11 +90,11 @@ def test_every_method_on_the_architecture(arch, family, tmp_path):
     rep = service.compatibility(f["base"], [f["e1"], f["e2"]])
     cls = inspect(f["base"]).architecture
     assert rep.ok and rep.architecture.startswith(cls) and cls in rep.sentence(), rep.problems
-    base, e1, e2 = _weights(f["base"]), _weights(f["e1"]), _weights(f["e2"])
+    base, e1, e2 = archs.folder_tensors(f["base"]), archs.folder_tensors(f["e1"]), archs.folder_tensors(f["e2"])
     for name, rec in _recipes(f).items():
         out = str(tmp_path / name)
         res = service.merge(rec, out_dir=out)
-        merged = _weights(out)
+        merged = archs.folder_tensors(out)
         assert set(merged) == set(base), name
         _loads_and_generates(out)
         if name == "ta":
@@ -142,7 +133,7 @@ def test_a_grown_vocabulary_merges_under_the_architectures_names(arch, family, t
     out = str(tmp_path / "out")
     service.merge({"merge_method": "task_arithmetic", "base_model": f["base"], "models": [f["e1"], f["grown"]]},
                   out_dir=out)
-    merged, grown, base = _weights(out), _weights(f["grown"]), _weights(f["base"])
+    merged, grown, base = archs.folder_tensors(out), archs.folder_tensors(f["grown"]), archs.folder_tensors(f["base"])
     vocab = layout(inspect(f["base"])).vocab & set(base)
     assert vocab, arch
     for k in vocab:   # the extra rows are the grown expert's, as stored
@@ -178,7 +169,7 @@ def test_led_every_location_method(arch, location, family, tmp_path):
     rec["parameters"]["location"] = location
     out = str(tmp_path / "out")
     res = service.merge(rec, out_dir=out)
-    merged, base = _weights(out), _weights(f["base"])
+    merged, base = archs.folder_tensors(out), archs.folder_tensors(f["base"])
     changed = {k for k in base if not torch.equal(merged[k], base[k])}
     # a tensor that is zero in the base (a fresh bias) is unimportant there by
     # definition (|θ₀| = 0), so LED's election "11" never takes it
@@ -297,7 +288,7 @@ def test_scores_read_back_from_their_files_merge_the_same(family, tmp_path, monk
     assert all(isinstance(s, I.FileScores) for s in I.CACHE.values())
     I.clear_memory_cache()
     service.merge(rec, out_dir=str(tmp_path / "files-again"))   # from the disk cache alone
-    a, b, c = (_weights(str(tmp_path / x)) for x in ("memory", "files", "files-again"))
+    a, b, c = (archs.folder_tensors(str(tmp_path / x)) for x in ("memory", "files", "files-again"))
     assert set(a) == set(b) == set(c)
     for k in a:
         assert torch.equal(a[k], b[k]) and torch.equal(a[k], c[k]), k

@@ -23,20 +23,13 @@ from core.merge.plan import build
 from core import methods as registry
 from core.errors import UserError
 from core.methods.base import MethodSpec, Param
+from tests.archs import folder_tensors
 from core.recipe import ModelEntry, Recipe
 
 def ta(tiny_family, w=(1.0, 1.0), lam=1.0, dtype="float32", experts=("safety", "math")) -> Recipe:
     return Recipe("task_arithmetic", tiny_family["base"],
                   [ModelEntry(tiny_family[e], {"weight": wi}) for e, wi in zip(experts, w)],
                   {"lambda": lam}, dtype)
-
-
-def _tensors(folder) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(os.listdir(folder)):
-        if f.endswith(".safetensors"):
-            out.update(load_file(os.path.join(folder, f)))
-    return out
 
 
 def _leftovers(parent) -> list[str]:
@@ -49,7 +42,7 @@ def test_task_arithmetic_by_hand_on_one_tensor(tiny_family, tmp_path):
     name = "model.layers.1.self_attn.q_proj.weight"
     b, s, m = (load_file(os.path.join(tiny_family[k], "model.safetensors"))[name] for k in ("base", "safety", "math"))
     want = b + 0.5 * (0.7 * (s - b) + 0.3 * (m - b))
-    got = _tensors(out)[name]
+    got = folder_tensors(out)[name]
     assert torch.allclose(got, want, atol=1e-6, rtol=0)
     # the stats the UI plots are the norms of exactly these task vectors
     st = res.stats[name]
@@ -65,7 +58,7 @@ def test_streamed_output_equals_live_merge(tiny_family, tmp_path):
     out = tmp_path / "m"
     recipe = ta(tiny_family, (0.6, 1.2), 0.8)
     engine.run_merge(recipe, out_dir=str(out))
-    disk = _tensors(out)
+    disk = folder_tensors(out)
     live = AutoModelForCausalLM.from_pretrained(tiny_family["base"], dtype=torch.float32)
     engine.run_merge(recipe, live_model=live)  # first call opens readers and fills the cache
     live = AutoModelForCausalLM.from_pretrained(tiny_family["base"], dtype=torch.float32)
@@ -122,7 +115,7 @@ def test_tiny_shard_size_writes_an_index_and_the_same_tensors(tiny_family, tmp_p
     assert len(shards) > 3 and "model.safetensors" not in shards
     index = json.load(open(tmp_path / "many" / "model.safetensors.index.json"))
     assert set(index["weight_map"].values()) == set(shards)
-    a, b = _tensors(tmp_path / "one"), _tensors(tmp_path / "many")
+    a, b = folder_tensors(tmp_path / "one"), folder_tensors(tmp_path / "many")
     assert set(a) == set(index["weight_map"]) == set(b)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert index["metadata"]["total_size"] == sum(v.numel() * v.element_size() for v in b.values())
@@ -208,7 +201,7 @@ def test_vocab_growth_keeps_the_experts_extra_rows(tiny_family, tmp_path):
     out = tmp_path / "m"
     res = engine.run_merge(ta(tiny_family, experts=("safety", "grown")), out_dir=str(out))
     assert any("extra embedding rows" in n and tiny_family["grown"] in n for n in res.notes)
-    got = _tensors(out)
+    got = folder_tensors(out)
     base = load_file(os.path.join(tiny_family["base"], "model.safetensors"))
     grown = load_file(os.path.join(tiny_family["grown"], "model.safetensors"))
     safety = load_file(os.path.join(tiny_family["safety"], "model.safetensors"))
@@ -315,7 +308,7 @@ def test_zoo_task_arithmetic_end_to_end(tmp_path):
     recipe = Recipe("task_arithmetic", "zoo:base", [ModelEntry("zoo:safety", {"weight": 1.0}),
                                                     ModelEntry("zoo:math", {"weight": 1.0})], {"lambda": 0.5})
     res = service.merge(recipe, out_dir=str(tmp_path / "m"))
-    assert res.n_tensors == len(_tensors(tmp_path / "m"))
+    assert res.n_tensors == len(folder_tensors(tmp_path / "m"))
     model = AutoModelForCausalLM.from_pretrained(str(tmp_path / "m"))
     tok = AutoTokenizer.from_pretrained(str(tmp_path / "m"))
     ids = tok("2+3=", return_tensors="pt").input_ids
@@ -333,7 +326,7 @@ def test_row_blocks_give_the_same_tensors_as_whole_tensors(tiny_family, tmp_path
     recipe = ta(tiny_family, (0.6, 1.2), 0.8)
     engine.run_merge(recipe, out_dir=str(tmp_path / "m"))
     merged, whole = engine.merge_state_dict(recipe)          # the in-memory path never uses blocks
-    disk = _tensors(tmp_path / "m")
+    disk = folder_tensors(tmp_path / "m")
     assert set(disk) == set(merged)
     for k in disk:
         assert torch.equal(disk[k], merged[k]), k
@@ -346,7 +339,7 @@ def test_row_blocks_give_the_same_tensors_as_whole_tensors(tiny_family, tmp_path
 def test_row_blocks_with_vocab_growth_nan_and_no_base(tiny_family, tmp_path, small_blocks, monkeypatch):
     out = tmp_path / "g"
     engine.run_merge(ta(tiny_family, experts=("safety", "grown")), out_dir=str(out))
-    got = _tensors(out)
+    got = folder_tensors(out)
     grown = load_file(os.path.join(tiny_family["grown"], "model.safetensors"))
     vocab = got["lm_head.weight"].shape[0] - 6
     assert torch.equal(got["lm_head.weight"][vocab:], grown["lm_head.weight"][vocab:])
@@ -359,7 +352,7 @@ def test_row_blocks_with_vocab_growth_nan_and_no_base(tiny_family, tmp_path, sma
     recipe = Recipe("mean_test", None, [ModelEntry(tiny_family["safety"], {"weight": 1.0}),
                                         ModelEntry(tiny_family["math"], {"weight": 3.0})])
     res = engine.run_merge(recipe, out_dir=str(tmp_path / "mean"))
-    got = _tensors(tmp_path / "mean")
+    got = folder_tensors(tmp_path / "mean")
     s = load_file(os.path.join(tiny_family["safety"], "model.safetensors"))
     m = load_file(os.path.join(tiny_family["math"], "model.safetensors"))
     for k in s:

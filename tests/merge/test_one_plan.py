@@ -5,16 +5,14 @@ weights a merge of the same recipe into a folder writes (docs/ARCHITECTURE.md, "
 tensor")."""
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
-from safetensors.torch import load_file
 
 import core
 from core import checkpoint, service
 from core import recipe as R
 from core.merge import plan as plans
+from tests.archs import folder_tensors
 
 # r off the slider's ends (0.3 on its grid of 0.01, 0.305 off it: both ways of electing), t off its default
 LED = {"merge_method": "led", "base_model": "zoo:base",
@@ -52,14 +50,6 @@ def counts(monkeypatch, tmp_path):
     activations.clear_memory_cache()
 
 
-def _written(folder) -> dict[str, torch.Tensor]:
-    out = {}
-    for f in sorted(os.listdir(folder)):
-        if f.endswith(".safetensors"):
-            out.update(load_file(os.path.join(folder, f)))
-    return out
-
-
 @pytest.mark.parametrize("recipe", [LED, ACM], ids=["led", "acm"])
 def test_a_merge_from_the_page_builds_one_plan_and_gives_the_folder_merge(recipe, counts, tmp_path):
     plan = service.plan(recipe, live=True)
@@ -81,9 +71,9 @@ def test_a_merge_from_the_page_builds_one_plan_and_gives_the_folder_merge(recipe
     out = tmp_path / "m"
     service.merge(recipe, out_dir=str(out))
     assert counts == {"build": 2, "validate": 2}
-    written, live = _written(out), model.state_dict()
+    written, live = folder_tensors(out), model.state_dict()
     assert written and set(written) <= set(live)
-    base = _written(checkpoint.zoo_path("base"))
+    base = folder_tensors(checkpoint.zoo_path("base"))
     changed = [n for n in written if not torch.equal(written[n], base[n])]
     assert changed, "the merge changed nothing, so it would compare nothing"
     for name, t in written.items():
